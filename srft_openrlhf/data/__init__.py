@@ -1,0 +1,26 @@
+"""Datasets with demonstrations, prompt templates and tokenisation (DESIGN.md §1b).
+
+``prepare_model`` (the ``srft prepare-model`` command) and ``toy`` (the toy task) are
+imported by their users directly, so importing this package stays light.
+"""
+
+from srft_openrlhf.data.encode import Encoded, encode_example
+from srft_openrlhf.data.loading import Example, LoadedExamples, load_examples
+from srft_openrlhf.data.templates import (
+    QWEN_MATH_SYSTEM_PROMPT,
+    SRFT_SYSTEM_PROMPT,
+    TEMPLATES,
+    render_prompt,
+)
+
+__all__ = [
+    "QWEN_MATH_SYSTEM_PROMPT",
+    "SRFT_SYSTEM_PROMPT",
+    "TEMPLATES",
+    "Encoded",
+    "Example",
+    "LoadedExamples",
+    "encode_example",
+    "load_examples",
+    "render_prompt",
+]

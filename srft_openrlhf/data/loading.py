@@ -1,0 +1,251 @@
+"""Training / evaluation examples from a hub dataset or a local .json / .jsonl / .parquet file.
+
+Each row gives a prompt (a string, or a list of chat messages as in LUFFY's parquet files),
+an answer (the ground truth the reward grades against) and optionally a demonstration
+(a string, or OpenR1's ``target`` list of messages whose assistant turn is the demo).
+Keys may be dotted paths into nested columns (``reward_model.ground_truth``); list
+positions are numbers (``target.0.content``).
+
+A malformed row is an error naming file, row and field. ``skip_invalid_rows=True`` drops
+such rows instead, counts them in ``LoadedExamples.skipped`` and logs a warning, so that
+dropping data is never silent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from srft_openrlhf.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+_MISSING = object()
+
+
+@dataclass
+class Example:
+    prompt: str | list[dict]  # a question, or chat messages [{"role", "content"}, ...]
+    answer: str
+    demonstration: str | None
+    source: str  # the file or hub name it came from
+    row: int  # 0-based row index in that source
+
+
+@dataclass
+class LoadedExamples:
+    examples: list[Example]
+    skipped: int  # invalid rows dropped because skip_invalid_rows=True
+
+
+# ----------------------------------------------------------------------------- readers
+# Each reader yields (row index, row). A row the reader cannot decode arrives as the
+# DataError describing it, so the caller's skip policy treats it like any other bad row.
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    index = 0
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield index, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield index, DataError(f"{path} row {index} (line {lineno}): not valid JSON ({e.msg})")
+            index += 1
+
+
+def _json_rows(path: Path, split: str) -> Iterator[tuple[int, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON Lines saved as .json, common on the hub
+            yield from _jsonl_rows(path)
+            return
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict):
+        data = data.get(split, data.get("data"))
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of rows, or an object holding one "
+                        f"under '{split}' or 'data'")
+    yield from enumerate(data)
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    except pyarrow.ArrowException as e:
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    index = 0
+    for batch in batches:  # batch by batch: a 46k-row demo set never sits in memory twice
+        for row in batch.to_pylist():
+            yield index, row
+            index += 1
+
+
+def _hub_rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"'{name}' is not a local file, and loading hub datasets needs the "
+                        "'datasets' package; install it or point to a .json/.jsonl/.parquet file") from None
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as e:  # offline, unknown name, bad split, ...: all user-fixable
+        raise DataError(f"cannot load dataset '{name}' (split '{split}'): {type(e).__name__}: {e}; "
+                        "for offline use point to a local .json/.jsonl/.parquet file") from e
+    yield from enumerate(dataset)
+
+
+def _rows(source: str, split: str) -> Iterator[tuple[int, Any]]:
+    """Dispatch on the source: a local file by its extension, a local folder or hub name via ``datasets``."""
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in LOCAL_SUFFIXES:
+        if not path.is_file():
+            raise DataError(f"data file not found: {path}")
+        if suffix == ".jsonl":
+            return _jsonl_rows(path)
+        return _json_rows(path, split) if suffix == ".json" else _parquet_rows(path)
+    if path.is_file():
+        raise DataError(f"{path}: unknown data file extension '{path.suffix}' "
+                        f"(expected one of {', '.join(LOCAL_SUFFIXES)})")
+    if not path.exists() and source.startswith(("/", "./", "../", "~")):
+        raise DataError(f"data path not found: {path}")
+    return _hub_rows(source, split)  # also a local folder of data files, as `datasets` reads it
+
+
+# ----------------------------------------------------------------------------- fields
+
+def _get(row: dict, key: str) -> Any:
+    """``row[key]``, else the dotted path ``a.b.0.c`` through nested dicts and lists; None counts as missing."""
+    if key in row:
+        value = row[key]
+        return _MISSING if value is None else value
+    value: Any = row
+    for part in key.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, (list, tuple)) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return _MISSING if value is None else value
+
+
+def _missing(where: str, key: str, row: dict) -> DataError:
+    return DataError(f"{where} has no field '{key}' (row keys: {', '.join(map(str, row))})")
+
+
+def _prompt(value: Any, where: str, key: str) -> str | list[dict]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: field '{key}' is empty")
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"{where}: field '{key}' must be a string or a list of chat messages, "
+                        f"got {type(value).__name__}")
+    messages = []
+    for i, m in enumerate(value):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(f"{where}: field '{key}' message {i} is not a {{'role': str, 'content': str}} "
+                            f"mapping: {m!r:.120}")
+        messages.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+        raise DataError(f"{where}: field '{key}' has no non-empty user message")
+    return messages
+
+
+def _answer(value: Any, where: str, key: str) -> str:
+    # Integer / float ground truths (e.g. AIME answers stored as numbers) become their text.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: field '{key}' is empty")
+    return value
+
+
+def _demonstration(value: Any, where: str, key: str) -> str | None:
+    """A string, or OpenR1's ``target`` list of messages (its first assistant turn, else its first entry)."""
+    if isinstance(value, (list, tuple)) and value:
+        turns = [m for m in value if isinstance(m, dict) and m.get("role") == "assistant"]
+        value = turns[0] if turns else value[0]
+    if isinstance(value, dict):
+        value = value.get("content")
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{key}' must be a string or a list of messages with a "
+                        f"string 'content', got {type(value).__name__}")
+    return value if value.strip() else None
+
+
+def _example(row: Any, index: int, source: str, prompt_key: str, answer_key: str,
+             demo_key: str | None, require_demo: bool) -> Example:
+    where = f"{source} row {index}"
+    if isinstance(row, DataError):
+        raise row
+    if not isinstance(row, dict):
+        raise DataError(f"{where} is a {type(row).__name__}, not an object with fields")
+    prompt = _get(row, prompt_key)
+    if prompt is _MISSING:
+        raise _missing(where, prompt_key, row)
+    answer = _get(row, answer_key)
+    if answer is _MISSING:
+        raise _missing(where, answer_key, row)
+    demo = None
+    if demo_key is not None:
+        raw = _get(row, demo_key)
+        demo = None if raw is _MISSING else _demonstration(raw, where, demo_key)
+    if require_demo and demo is None:
+        raise DataError(f"{where} has no demonstration field '{demo_key}' (the preset needs "
+                        "demonstrations; set data.demo_key or choose a preset without demos)")
+    return Example(prompt=_prompt(prompt, where, prompt_key), answer=_answer(answer, where, answer_key),
+                   demonstration=demo, source=source, row=index)
+
+
+def load_examples(source: str, *, split: str = "train", prompt_key: str = "prompt",
+                  answer_key: str = "answer", demo_key: str | None = "demonstration",
+                  require_demo: bool = False, skip_invalid_rows: bool = False,
+                  limit: int | None = None) -> LoadedExamples:
+    """Load up to ``limit`` valid examples from ``source`` (see the module docstring).
+
+    ``split`` selects the hub split, or the key of a JSON object holding the rows; local
+    .jsonl / .parquet files are one split each. A missing demonstration is ``None`` unless
+    ``require_demo`` (then it is a malformed row). Raises ``DataError`` for a missing file,
+    an unknown extension, a malformed row (unless skipped) or a source without valid rows.
+    """
+    if require_demo and demo_key is None:
+        raise ConfigError("the preset needs demonstrations but data.demo_key is null; set data.demo_key")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"the row limit must be at least 1, got {limit}")
+    examples: list[Example] = []
+    skipped, first_problem = 0, ""
+    for index, row in _rows(source, split):
+        if limit is not None and len(examples) >= limit:
+            break
+        try:
+            examples.append(_example(row, index, source, prompt_key, answer_key, demo_key, require_demo))
+        except DataError as e:
+            if not skip_invalid_rows:
+                raise
+            skipped += 1
+            first_problem = first_problem or str(e)
+    if skipped:
+        logger.warning("%s: skipped %d invalid row(s) (skip_invalid_rows); first: %s",
+                       source, skipped, first_problem)
+    if not examples:
+        detail = f" ({skipped} invalid rows skipped; first: {first_problem})" if skipped else ""
+        raise DataError(f"{source}: no valid rows{detail}")
+    return LoadedExamples(examples=examples, skipped=skipped)
