@@ -252,6 +252,7 @@ def build_config(values: dict[str, Any]) -> SRFTConfig:
             raise ConfigError(f"loss.preset: {e}") from None
     _apply(cfg, values, "")
     _apply(cfg.loss, loss_values, "loss.")
+    cfg.loss.validate()
     return cfg
 
 

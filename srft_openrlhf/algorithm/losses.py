@@ -1,0 +1,254 @@
+"""The SRFT objective, Eq. 13: L = L_SFT^demo + L_RL^demo + L_RL^self-rollout.
+
+Every term is a per-token loss [B, T] over its own token set, reduced by ``aggregate``:
+
+- demo tokens      = mask & is_demo                      (Eq. 8 SFT and Eq. 9-10 RL on demos)
+- rollout tokens   = mask & ~is_demo, split by reward into positive (> 0.5) / negative (Eq. 12)
+
+Inputs are masked first (values outside ``mask`` are replaced by 0), so padding may hold
+anything, even inf/NaN, without reaching the loss or its gradient. A term whose token set
+is empty is exactly 0 with zero gradient.
+
+Entropy: the weights w_SFT, w_RL and the Appendix A.2 quantile use ``entropy`` detached, so
+it may be passed without grad. Only ``entropy_bonus > 0`` differentiates through it: then the
+caller must pass the entropy computed with grad (``token_logprobs_and_entropy(...,
+entropy_grad=True)``), else the bonus changes the loss value but not the update.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from srft_openrlhf.algorithm.config import LossConfig
+
+
+def aggregate(token_loss: Tensor, token_set: Tensor, mode: str, constant: float) -> Tensor:
+    """Reduce a per-token loss [B, T] over ``token_set`` (bool [B, T]) to a scalar.
+
+    token_mean:          Σ_set ℓ / |set|
+    constant:            (1/B) Σ_b Σ_t∈set ℓ_bt / constant   (B = all sequences of the batch;
+                         verl "seq-mean-token-sum-norm" / Dr.GRPO)
+    seq_mean_token_mean: mean over sequences b with set tokens of (Σ_t∈set ℓ_bt / |set_b|)  (Eq. 3)
+    An empty set gives exactly 0.
+    """
+    picked = torch.where(token_set, token_loss, torch.zeros_like(token_loss))
+    if mode == "token_mean":
+        return picked.sum() / token_set.sum().clamp(min=1)
+    if mode == "constant":
+        return picked.sum() / (constant * token_loss.shape[0])
+    per_seq_count = token_set.sum(-1)
+    per_seq = picked.sum(-1) / per_seq_count.clamp(min=1)
+    return per_seq.sum() / (per_seq_count > 0).sum().clamp(min=1)
+
+
+def masked_mean(values: Tensor, token_set: Tensor) -> Tensor:
+    """Mean of ``values`` over ``token_set``; 0 for an empty set."""
+    return aggregate(values.expand_as(token_set), token_set, "token_mean", 1.0)
+
+
+def entropy_weight(
+    entropy: Tensor, token_set: Tensor, scope: str, coef: float, sign: float, fixed: float | None
+) -> Tensor:
+    """Eq. 8 / Eq. 12 weight ``coef · exp(sign · H)`` with H detached; ``fixed`` overrides it.
+
+    scope "batch": H = mean entropy over ``token_set`` (one scalar, the paper);
+    "sequence": H per sequence, mean over its tokens in the set ([B, 1]);
+    "token": H per token ([B, T], the official code).
+    """
+    entropy = entropy.detach()
+    if fixed is not None:
+        return torch.full((), fixed, dtype=entropy.dtype, device=entropy.device)
+    if scope == "batch":
+        h = masked_mean(entropy, token_set)
+    elif scope == "sequence":
+        h = (torch.where(token_set, entropy, 0.0).sum(-1) / token_set.sum(-1).clamp(min=1))[:, None]
+    else:
+        h = entropy
+    return coef * torch.exp(sign * h)
+
+
+def sft_token_loss(log_probs: Tensor) -> Tensor:
+    """Eq. 5 / 8: −log πθ(y_t) per demonstration token (the weight is applied by the caller)."""
+    return -log_probs
+
+
+def demo_rl_token_loss(log_probs: Tensor, advantages: Tensor, shaping_gamma: float | None) -> Tensor:
+    """Eq. 9-10 with πβ = 1 and no clip: −Â · πθ(y_t), or −Â · π/(π+γ) with LUFFY's shaping."""
+    prob = torch.exp(log_probs)
+    if shaping_gamma is not None:
+        prob = prob / (prob + shaping_gamma)
+    return -advantages * prob
+
+
+def self_rollout_token_loss(log_probs: Tensor, positive: Tensor, w_rl: Tensor) -> Tensor:
+    """Eq. 12 per token: w_RL · (−log π) on positive rollouts, +log π on negative ones."""
+    return torch.where(positive, -w_rl * log_probs, log_probs)
+
+
+def grpo_token_loss(
+    log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip_low: float | None, clip_high: float | None
+) -> tuple[Tensor, Tensor]:
+    """Eq. 3 per token: −min(ratio·Â, clip(ratio, 1−ε_low, 1+ε_high)·Â), ratio = π/π_old.
+
+    Returns the loss and a bool tensor marking tokens where the clipped branch is active.
+    With both bounds None this is the unclipped −Â·ratio.
+    """
+    ratio = torch.exp(log_probs - old_log_probs)
+    loss = -advantages * ratio
+    if clip_low is None and clip_high is None:
+        return loss, torch.zeros_like(loss, dtype=torch.bool)
+    clipped = torch.clamp(
+        ratio,
+        min=None if clip_low is None else 1.0 - clip_low,
+        max=None if clip_high is None else 1.0 + clip_high,
+    )
+    clipped_loss = -advantages * clipped
+    return torch.maximum(loss, clipped_loss), clipped_loss > loss
+
+
+def kl_token(log_probs: Tensor, ref_log_probs: Tensor, estimator: str) -> Tensor:
+    """Per-token estimate of KL(πθ‖π_ref): k1 = logp − ref; k3 = e^(ref−logp) − (ref−logp) − 1."""
+    if estimator == "k1":
+        return log_probs - ref_log_probs
+    d = ref_log_probs - log_probs
+    return torch.exp(d) - d - 1.0
+
+
+def low_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tensor:
+    """Appendix A.2: response tokens whose entropy is below the batch's ``quantile`` entropy.
+
+    The quantile interpolates linearly between order statistics (as ``torch.quantile``),
+    written out because ``torch.quantile`` refuses inputs over 2^24 elements.
+    """
+    values = entropy.detach()[mask].sort().values
+    if values.numel() == 0:
+        return torch.zeros_like(mask)
+    pos = quantile * (values.numel() - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, values.numel() - 1)
+    threshold = values[lo] + (values[hi] - values[lo]) * (pos - lo)
+    return mask & (entropy.detach() < threshold)
+
+
+def _check_shapes(log_probs: Tensor, per_token: dict[str, Tensor | None], per_seq: dict[str, Tensor]) -> None:
+    if log_probs.dim() != 2:
+        raise ValueError(f"log_probs must be [B, T], got shape {tuple(log_probs.shape)}")
+    for name, t in per_token.items():
+        if t is not None and t.shape != log_probs.shape:
+            raise ValueError(f"{name} must have the shape of log_probs {tuple(log_probs.shape)}, got {tuple(t.shape)}")
+    for name, t in per_seq.items():
+        if t.shape != log_probs.shape[:1]:
+            raise ValueError(f"{name} must be [B] = [{log_probs.shape[0]}], got {tuple(t.shape)}")
+
+
+def srft_loss(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    advantages: Tensor,
+    rewards: Tensor,
+    is_demo: Tensor,
+    config: LossConfig | None = None,
+    ref_log_probs: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Eq. 13 and its configured variants; returns (scalar loss, metrics of plain floats).
+
+    Shapes: ``log_probs``, ``old_log_probs``, ``entropy``, ``mask`` [B, T] (mask = response
+    tokens); ``advantages``, ``rewards``, ``is_demo`` [B]. ``old_log_probs`` is read only by
+    the GRPO rollout objective (the demo term uses πβ = 1 by definition). Weight metrics
+    (``w_sft``, ``w_rl``) are means over the demo / rollout tokens; metrics of an empty token
+    set are 0.0.
+    """
+    config = config or LossConfig()
+    config.validate()
+    _check_shapes(
+        log_probs,
+        {"old_log_probs": old_log_probs, "entropy": entropy, "mask": mask, "ref_log_probs": ref_log_probs},
+        {"advantages": advantages, "rewards": rewards, "is_demo": is_demo},
+    )
+    if config.kl_coef > 0 and ref_log_probs is None:
+        raise ValueError(
+            f"loss.kl_coef = {config.kl_coef} > 0 needs ref_log_probs (the reference model's log-probs of the tokens)"
+        )
+
+    mask = mask.bool()
+    zero = torch.zeros((), dtype=log_probs.dtype, device=log_probs.device)
+    logp = torch.where(mask, log_probs, zero)
+    old = torch.where(mask, old_log_probs.detach().to(logp.dtype), zero)
+    ent = torch.where(mask, entropy.to(logp.dtype), zero)
+    adv = advantages.detach().to(logp.dtype)[:, None]
+    demo_seq = is_demo.bool()[:, None]
+    demo_tok = mask & demo_seq
+    roll_tok = mask & ~demo_seq
+    pos_tok = roll_tok & (rewards > 0.5)[:, None]
+    neg_tok = roll_tok & ~pos_tok
+
+    def agg(token_loss: Tensor, token_set: Tensor) -> Tensor:
+        return aggregate(token_loss, token_set, config.loss_agg, config.loss_agg_constant)
+
+    # Appendix A.2: RL terms see dropped tokens' log-probs as constants (no gradient, same value).
+    dropped = torch.zeros_like(mask)
+    if config.low_entropy_clip_quantile is not None:
+        dropped = low_entropy_tokens(ent, mask, config.low_entropy_clip_quantile)
+    logp_rl = torch.where(dropped, logp.detach(), logp)
+
+    scope = config.entropy_scope
+    w_sft = entropy_weight(ent, demo_tok, scope, config.w_sft_coef, config.w_sft_sign, config.w_sft_fixed)
+    w_rl = entropy_weight(ent, roll_tok, scope, config.w_rl_coef, config.w_rl_sign, config.w_rl_fixed)
+
+    loss_sft = zero
+    if config.sft_demo:
+        loss_sft = agg(w_sft * sft_token_loss(logp), demo_tok)
+    loss_rl_demo = zero
+    if config.rl_demo:
+        loss_rl_demo = agg(demo_rl_token_loss(logp_rl, adv, config.demo_shaping_gamma), demo_tok)
+    clipped = torch.zeros_like(mask)
+    loss_rl_rollout = zero
+    if config.rl_rollout and config.rollout_objective == "paper":
+        # two means (Eq. 12 has two expectations), not one mean over all rollout tokens
+        per_token = self_rollout_token_loss(logp_rl, pos_tok, w_rl)
+        loss_rl_rollout = agg(per_token, pos_tok) + agg(per_token, neg_tok)
+    elif config.rl_rollout:
+        per_token, clipped = grpo_token_loss(logp_rl, old, adv, config.clip_low, config.clip_high)
+        clipped = clipped & roll_tok
+        per_token = torch.where(adv > 0, w_rl * per_token, per_token)  # official code: w_RL on Â > 0
+        loss_rl_rollout = agg(per_token, roll_tok)
+
+    kl = torch.zeros_like(logp)
+    if ref_log_probs is not None:
+        ref = torch.where(mask, ref_log_probs.detach().to(logp.dtype), zero)
+        kl = kl_token(logp, ref, config.kl_estimator)
+    loss_kl = config.kl_coef * agg(kl, mask) if config.kl_coef > 0 else zero
+    loss_entropy_bonus = config.entropy_bonus * agg(ent, mask) if config.entropy_bonus > 0 else zero
+
+    loss = loss_sft + loss_rl_demo + loss_rl_rollout + loss_kl - loss_entropy_bonus
+
+    with torch.no_grad():
+        n_tokens = mask.sum()
+        metric_tensors = {
+            "loss": loss,
+            "loss_sft_demo": loss_sft,
+            "loss_rl_demo": loss_rl_demo,
+            "loss_rl_rollout": loss_rl_rollout,
+            "loss_kl": loss_kl,
+            "loss_entropy_bonus": loss_entropy_bonus,
+            "kl": masked_mean(kl, mask),
+            "w_sft": masked_mean(w_sft, demo_tok),
+            "w_rl": masked_mean(w_rl, roll_tok),
+            "entropy_demo": masked_mean(ent, demo_tok),
+            "entropy_rollout": masked_mean(ent, roll_tok),
+            "entropy": masked_mean(ent, mask),
+            "clip_frac": clipped.sum().double() / roll_tok.sum().clamp(min=1),
+            "low_entropy_drop_frac": dropped.sum().double() / n_tokens.clamp(min=1),
+            "n_tokens": n_tokens,
+            "n_demo_tokens": demo_tok.sum(),
+            "n_pos_tokens": pos_tok.sum(),
+            "n_neg_tokens": neg_tok.sum(),
+        }
+        # one device-to-host copy for all metrics
+        values = torch.stack([t.detach().to(torch.float64).reshape(()) for t in metric_tensors.values()]).tolist()
+    return loss, dict(zip(metric_tensors, values))
