@@ -101,9 +101,15 @@ class ClusterConfig:
     gpus_per_node: int = 8
     vllm_num_engines: int = 4
     vllm_tensor_parallel_size: int = 1
-    colocate_all: bool = False
-    ray_address: str | None = None
-    extra_args: list[str] = field(default_factory=list)
+    colocate_all: bool = False  # sync mode: vLLM and training share every GPU (vllm_num_engines × TP = all)
+    ray_address: str | None = None  # None: RAY_ADDRESS or a new local Ray; "auto": the `ray start` cluster
+    extra_args: list[str] = field(default_factory=list)  # appended to OpenRLHF's flags as they are
+    actor_gpus: int | None = None  # training GPUs; None: all GPUs vLLM does not take (all, when colocated)
+    attn_implementation: str = "flash_attention_2"  # OpenRLHF --ds.attn_implementation
+    enable_prefix_caching: bool = True  # vLLM: the n rollouts of a prompt share its KV cache
+    enforce_eager: bool = False  # vLLM: no CUDA graphs
+    adam_offload: bool = False  # DeepSpeed: optimizer states in CPU memory
+    save_hf_checkpoints: bool = False  # also save Hugging Face weights with every checkpoint
 
 
 @dataclass

@@ -1,0 +1,180 @@
+"""Cluster backend: SRFT on OpenRLHF 0.11.2's Ray PPO trainer, extended without a fork.
+
+``srft train --backend openrlhf`` calls ``launcher.run``: it writes the run's data files,
+translates the SRFT config into OpenRLHF's dotted flags and runs
+``python -m openrlhf.cli.train_ppo_ray`` in-process (``runpy``) with three changes, made by
+subclassing OpenRLHF's classes in ``patches`` and assigning the subclasses into OpenRLHF's
+modules (a Ray actor class is unwrapped to its Python class, subclassed and re-wrapped with
+the same Ray options):
+
+1. samples: each prompt's n vLLM rollouts are followed by its demonstration(s), tokenised
+   by ``srft_openrlhf.data.encode_example``, rewarded by the same reward function, marked
+   ``info["is_demo"]``, with rollout log-probs 0 (πβ = 1);
+2. experience: after OpenRLHF's old log-prob forward, demo rows' old log-probs are set to 0
+   and the advantages are ``srft_openrlhf.algorithm.batch_advantages`` over the augmented
+   group (Eq. 7);
+3. actor loss: the training step computes token log-probs and entropy with
+   ``srft_openrlhf.kernels`` and calls ``srft_openrlhf.algorithm.srft_loss``; DeepSpeed's
+   backward and step are OpenRLHF's.
+
+``HOOK_POINTS`` lists every place of OpenRLHF this relies on; ``patches.check_hook_points``
+verifies them against the installed OpenRLHF, so that an upgrade that moves one fails with
+a message naming it. Importing this package imports neither openrlhf, ray nor vllm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+OPENRLHF_VERSION = "0.11.2"  # the version the hook points below were read from
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One thing of OpenRLHF that the SRFT patches rely on.
+
+    ``target`` is ``"module:Qualified.name"`` (a Ray actor class counts as the class it
+    wraps). ``params``: the parameter names the function must start with (``self``
+    excluded). ``reads``: names the function's code must look up (module globals, attributes
+    or string keys) for a patch of that name to reach it. ``fields``: dataclass fields.
+    """
+
+    target: str
+    srft: str
+    params: tuple[str, ...] | None = None
+    reads: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+
+
+_SAMPLES = "openrlhf.trainer.ppo_utils.samples_generator"
+_MAKER = "openrlhf.trainer.ppo_utils.experience_maker"
+_ACTOR = "openrlhf.trainer.ray.ppo_actor"
+_SYNC = "openrlhf.trainer.ppo_trainer"
+_ASYNC = "openrlhf.trainer.ppo_trainer_async"
+
+HOOK_POINTS: tuple[HookPoint, ...] = (
+    HookPoint("openrlhf.cli.train_ppo_ray:train",
+              "the driver replaces these module attributes before running the CLI",
+              reads=("get_strategy", "PolicyModelActor", "PPOTrainer", "PPOTrainerAsync")),
+    HookPoint("openrlhf.utils:get_strategy", "wrapped to attach the SRFT config as args.srft", params=("args",)),
+    HookPoint(f"{_SYNC}:PPOTrainer.__init__",
+              "SRFTPPOTrainer: builds SRFTSamplesGenerator through the module global",
+              params=("pretrain", "strategy", "actor_model_group", "critic_model_group", "reward_model_group",
+                      "reference_model_group", "vllm_engines"),
+              reads=("SamplesGenerator",)),
+    HookPoint(f"{_SYNC}:BasePPOTrainer.__init__", "builds SRFTExperienceMaker through the module global",
+              reads=("RemoteExperienceMaker",)),
+    HookPoint(f"{_SYNC}:BasePPOTrainer._compute_rollout_stats",
+              "overridden: rollout reward/length statistics without the demonstrations",
+              params=("experiences",)),
+    HookPoint(f"{_ASYNC}:PPOTrainerAsync.__init__",
+              "SRFTPPOTrainerAsync: starts SRFTGenerateSamplesActor and SRFTTrainingActor",
+              reads=("GenerateSamplesActor", "TrainingActor")),
+    HookPoint(f"{_ASYNC}:GenerateSamplesActor.__init__", "builds SRFTSamplesGenerator through the module global",
+              reads=("SamplesGenerator",)),
+    HookPoint(f"{_ASYNC}:TrainingActor._compute_rollout_stats", "as BasePPOTrainer._compute_rollout_stats",
+              params=("experiences",)),
+    HookPoint(f"{_SAMPLES}:SamplesGenerator.__init__", "subclassed by SRFTSamplesGenerator",
+              params=("strategy", "prompts_dataloader", "eval_dataloader", "tokenizer", "vllm_engines")),
+    HookPoint(f"{_SAMPLES}:SamplesGenerator.generate_samples",
+              "overridden: n rollouts per prompt from vLLM, then the prompt's demonstration(s)"),
+    HookPoint(f"{_SAMPLES}:SamplesGenerator._dispatch_prompts_to_vllm",
+              "reads the per-call rollout count from generate_kwargs",
+              reads=("n_samples_per_prompt",)),
+    HookPoint(f"{_MAKER}:RemoteExperienceMaker.make_experience_batch", "calls the two overridden steps",
+              params=("rollout_samples",), reads=("make_experience", "compute_advantages_and_returns")),
+    HookPoint(f"{_MAKER}:RemoteExperienceMaker.make_experience",
+              "overridden: demo rows' old log-probs set to 0 after the actor forward",
+              params=("samples_list",)),
+    HookPoint(f"{_MAKER}:RemoteExperienceMaker.compute_advantages_and_returns",
+              "overridden: Eq. 7 advantages over the demo-augmented group",
+              params=("experiences",)),
+    HookPoint(f"{_ACTOR}:PolicyModelActor.init_model_from_pretrained",
+              "SRFTPolicyModelActor: builds SRFTActorPPOTrainer through the module global",
+              params=("strategy", "pretrain", "max_steps", "vllm_engines"), reads=("ActorPPOTrainer",)),
+    HookPoint(f"{_ACTOR}:ActorPPOTrainer.ppo_train", "overridden: adds the SRFT loss metrics to the step status",
+              params=("kl_ctl",), reads=("training_step",)),
+    HookPoint(f"{_ACTOR}:ActorPPOTrainer.training_step", "overridden: fused log-probs/entropy + srft_loss",
+              params=("experience", "kl_ctl", "step", "loss_batch_info")),
+    HookPoint("openrlhf.models.actor:Actor.forward", "called for the logits of the training step",
+              params=("sequences", "action_mask", "attention_mask", "return_output")),
+    HookPoint("openrlhf.utils.deepspeed:DeepspeedStrategy.backward", "the loss backward",
+              params=("loss", "model")),
+    HookPoint("openrlhf.utils.deepspeed:DeepspeedStrategy.optimizer_step", "the optimizer step",
+              params=("_optimizer", "model", "_scheduler")),
+    HookPoint("openrlhf.trainer.ppo_utils.experience:Experience", "samples and experiences are these",
+              fields=("sequences", "attention_mask", "action_mask", "action_log_probs", "base_action_log_probs",
+                      "rollout_log_probs", "advantages", "returns", "rewards", "scores", "response_length",
+                      "truncated", "total_length", "index", "prompts", "labels", "images", "mm_train_inputs",
+                      "info")),
+    HookPoint("openrlhf.utils.agent:SingleTurnAgentExecutor.__init__",
+              "loads reward_func from the .py file given as --reward.remote_url", reads=("reward_func",)),
+    HookPoint("openrlhf.utils.agent:SingleTurnAgentExecutor._fetch_rewards_via_func",
+              "calls reward_func(queries, prompts, labels)",
+              params=("queries_list", "prompts_list", "labels_list")),
+)
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """One prompt's group in a training batch: its rollouts, then its demonstrations (Eq. 6)."""
+
+    rollouts: int  # generated by vLLM per prompt
+    demos: int  # demonstrations appended after them
+
+    @property
+    def size(self) -> int:
+        return self.rollouts + self.demos
+
+
+def group_layout(n_samples_per_prompt: int, demos_per_group: int, demo_mode: str, needs_demos: bool) -> GroupLayout:
+    """``rollout.n_samples_per_prompt`` rollouts + ``loss.demos_per_group`` demos (``append``,
+    the paper's 8 + 1), or the demos take the last rollout slots (``replace``, the official
+    code's 7 + 1: those rollouts are then not generated at all)."""
+    demos = demos_per_group if needs_demos else 0
+    rollouts = n_samples_per_prompt - demos if demo_mode == "replace" else n_samples_per_prompt
+    return GroupLayout(rollouts=rollouts, demos=demos)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run keeps what the launcher writes and what OpenRLHF writes (one folder)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def train_data(self) -> Path:  # rows {"prompt": rendered text, "label": JSON answer + row}
+        return self.root / "openrlhf" / "train.jsonl"
+
+    @property
+    def demos(self) -> Path:  # line k: {"demonstrations": [...]} of example k
+        return self.root / "openrlhf" / "demos.jsonl"
+
+    @property
+    def eval_data(self) -> Path:
+        return self.root / "openrlhf" / "eval.jsonl"
+
+    @property
+    def reward_func(self) -> Path:  # what --reward.remote_url points to
+        return self.root / "openrlhf" / "reward_func.py"
+
+    @property
+    def checkpoints(self) -> Path:  # --ckpt.path: DeepSpeed states (+ HF weights if asked)
+        return self.root / "checkpoints"
+
+    @property
+    def model(self) -> Path:  # --ckpt.output_dir: the final model, Hugging Face format
+        return self.root / "model"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+
+def run_files(output_dir: str | Path) -> RunFiles:
+    return RunFiles(Path(output_dir).expanduser().resolve())

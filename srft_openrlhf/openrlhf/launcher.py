@@ -1,0 +1,380 @@
+"""``srft train --backend openrlhf``: SRFT config -> OpenRLHF's PPO Ray trainer, patched.
+
+``run`` (1) checks the config and the cluster layout, (2) writes into the run folder the
+config, the training data as OpenRLHF reads it (rendered prompts, JSON labels), the
+demonstrations and the reward-function file, (3) installs the SRFT patches, joins or starts
+Ray, and runs ``openrlhf.cli.train_ppo_ray`` as ``__main__`` with the translated flags.
+``--dry-run`` prints the equivalent command line, the hook points and the resolved config,
+and touches nothing. Importing this module imports neither openrlhf nor ray.
+
+One training step = ``train.prompts_per_step`` prompts, each a group of rollouts + demos
+(``GroupLayout``), one optimizer step over all of them (the paper's on-policy setting).
+OpenRLHF's ``--rollout.n_samples_per_prompt`` is the group size, so its batch accounting
+(steps, micro-batches, DeepSpeed's gradient accumulation) counts the demos too; vLLM is asked
+for the rollouts only. The training file holds exactly ``train.steps × prompts_per_step``
+prompts (the examples repeated in order; OpenRLHF shuffles), so one OpenRLHF episode is
+``train.steps`` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import runpy
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from srft_openrlhf.config import SRFTConfig, save_config
+from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.openrlhf import HOOK_POINTS, OPENRLHF_VERSION, GroupLayout, RunFiles, group_layout, run_files
+from srft_openrlhf.openrlhf.reward_func import encode_label, reward_func_file_text
+
+CLI_MODULE = "openrlhf.cli.train_ppo_ray"
+
+# Flags the launcher derives from the group layout and the data it writes: overriding them
+# through cluster.extra_args would break the layout the SRFT patches rely on. The last three
+# change how OpenRLHF groups samples, which the SRFT samples generator and actor step assume.
+_OWNED_FLAGS = ("--rollout.n_samples_per_prompt", "--rollout.batch_size", "--train.batch_size",
+                "--data.prompt_dataset", "--data.input_key", "--data.label_key", "--reward.remote_url",
+                "--ds.packing_samples", "--train.dynamic_batch_enable", "--rollout.vllm_generate_batch_size")
+
+# Forwarded to every Ray worker when set in the launching shell.
+_PASS_THROUGH_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE", "SRFT_KERNEL_BACKEND")
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    actor_nodes: int
+    actor_gpus_per_node: int
+    vllm_engines: int
+    vllm_tensor_parallel: int
+    colocated: bool  # vLLM shares the training GPUs (sync mode only)
+
+    @property
+    def actor_gpus(self) -> int:
+        return self.actor_nodes * self.actor_gpus_per_node
+
+
+def layout_of(cfg: SRFTConfig) -> GroupLayout:
+    """The group layout, or ConfigError naming the loss/rollout key that makes it impossible."""
+    loss = cfg.loss
+    if loss.needs_demos and loss.demos_per_group != 1:
+        raise ConfigError(f"loss.demos_per_group = {loss.demos_per_group}: the training data has one "
+                          "demonstration per example, so use 1")
+    layout = group_layout(cfg.rollout.n_samples_per_prompt, loss.demos_per_group, loss.demo_mode, loss.needs_demos)
+    if layout.rollouts < 1:
+        raise ConfigError(f"rollout.n_samples_per_prompt = {cfg.rollout.n_samples_per_prompt} leaves no rollout "
+                          f"once {layout.demos} demo(s) replace rollouts (loss.demo_mode = replace); raise it")
+    if layout.size < 2:
+        raise ConfigError("rollout.n_samples_per_prompt = 1 without demonstrations makes groups of one sample, "
+                          "whose advantage is always 0; use at least 2")
+    return layout
+
+
+def cluster_layout(cfg: SRFTConfig) -> ClusterLayout:
+    """Split ``cluster.nodes × cluster.gpus_per_node`` GPUs between vLLM and DeepSpeed.
+
+    Colocated (``cluster.colocate_all`` in sync mode): every engine and every training rank
+    share the GPUs, so engines × TP must equal the GPUs. Otherwise vLLM takes engines × TP GPUs
+    and training ``cluster.actor_gpus`` (default: the rest). In async mode OpenRLHF colocates
+    only the DeepSpeed models, so vLLM always gets its own GPUs there.
+    """
+    c = cfg.cluster
+    for key in ("nodes", "gpus_per_node", "vllm_num_engines", "vllm_tensor_parallel_size"):
+        if getattr(c, key) < 1:
+            raise ConfigError(f"cluster.{key} must be at least 1, got {getattr(c, key)}")
+    total = c.nodes * c.gpus_per_node
+    vllm_gpus = c.vllm_num_engines * c.vllm_tensor_parallel_size
+    colocated = c.colocate_all and not cfg.train.async_enable
+    if colocated:
+        if vllm_gpus != total:
+            raise ConfigError(f"cluster.colocate_all: vllm_num_engines × vllm_tensor_parallel_size = {vllm_gpus} must "
+                              f"equal nodes × gpus_per_node = {total} (set cluster.vllm_num_engines = "
+                              f"{max(1, total // c.vllm_tensor_parallel_size)})")
+        actor = c.actor_gpus or total
+    else:
+        actor = c.actor_gpus or total - vllm_gpus
+        if actor < 1 or actor + vllm_gpus > total:
+            raise ConfigError(f"cluster: {vllm_gpus} GPUs for vLLM (vllm_num_engines × vllm_tensor_parallel_size) "
+                              f"and {actor} for training do not fit in nodes × gpus_per_node = {total}; lower "
+                              "cluster.vllm_num_engines or set cluster.colocate_all with train.async_enable=false")
+    if actor <= c.gpus_per_node:
+        return ClusterLayout(1, actor, c.vllm_num_engines, c.vllm_tensor_parallel_size, colocated)
+    if actor % c.gpus_per_node:
+        raise ConfigError(f"cluster: {actor} training GPUs span nodes unevenly (gpus_per_node = {c.gpus_per_node}); "
+                          "set cluster.actor_gpus to a multiple of gpus_per_node")
+    return ClusterLayout(actor // c.gpus_per_node, c.gpus_per_node, c.vllm_num_engines,
+                         c.vllm_tensor_parallel_size, colocated)
+
+
+def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
+    """Every OpenRLHF-backend constraint on the config, as ConfigErrors naming the key."""
+    cfg.loss.validate()
+    if cfg.train.steps < 1 or cfg.train.prompts_per_step < 1 or cfg.train.micro_batch_size < 1:
+        raise ConfigError("train.steps, train.prompts_per_step and train.micro_batch_size must be at least 1")
+    if cfg.train.schedule != "joint":
+        raise ConfigError(f"train.schedule = {cfg.train.schedule}: the openrlhf backend runs one phase per job; "
+                          "run the phases as two jobs (scripts/train_baseline.sh sft_rl does)")
+    if cfg.model.dtype not in ("bf16", "fp16"):
+        raise ConfigError(f"model.dtype = {cfg.model.dtype}: OpenRLHF trains in bf16 or fp16")
+    if cfg.rollout.generator == "hf":
+        raise ConfigError("rollout.generator = hf: the openrlhf backend generates with vLLM; use auto or vllm")
+    owned = [a for a in cfg.cluster.extra_args if a.split("=")[0] in _OWNED_FLAGS]
+    if owned:
+        raise ConfigError(f"cluster.extra_args: {', '.join(owned)} is set by the launcher from the SRFT config "
+                          "(or breaks the SRFT group layout); set the corresponding SRFT key instead")
+    layout, cluster = layout_of(cfg), cluster_layout(cfg)
+    samples = cfg.train.prompts_per_step * layout.size
+    per_pass = cfg.train.micro_batch_size * cluster.actor_gpus
+    if samples % per_pass:
+        raise ConfigError(f"train.prompts_per_step × group size = {cfg.train.prompts_per_step} × {layout.size} = "
+                          f"{samples} samples per step must be a multiple of train.micro_batch_size × training "
+                          f"GPUs = {cfg.train.micro_batch_size} × {cluster.actor_gpus}")
+    return layout, cluster
+
+
+def openrlhf_args(cfg: SRFTConfig, files: RunFiles, resume: bool) -> list[str]:
+    """The ``train_ppo_ray`` flags for this config (OpenRLHF 0.11.2's dotted names)."""
+    layout, cluster = check_config(cfg)
+    t, r, d, c, lg = cfg.train, cfg.rollout, cfg.data, cfg.cluster, cfg.logging
+    args: list[Any] = [
+        "--actor.model_name_or_path", cfg.model.path,
+        "--actor.num_nodes", cluster.actor_nodes, "--actor.num_gpus_per_node", cluster.actor_gpus_per_node,
+        "--vllm.num_engines", cluster.vllm_engines, "--vllm.tensor_parallel_size", cluster.vllm_tensor_parallel,
+        "--vllm.gpu_memory_utilization", r.gpu_memory_utilization,
+        # data: the files the launcher writes; one episode of exactly train.steps steps
+        "--data.prompt_dataset", files.train_data, "--data.input_key", "prompt", "--data.label_key", "label",
+        "--data.max_len", d.max_prompt_len + max(r.max_new_tokens, d.max_response_len),
+        "--reward.remote_url", files.reward_func,
+        # one step: prompts_per_step groups of layout.size samples, one optimizer step over all
+        "--rollout.batch_size", t.prompts_per_step, "--rollout.n_samples_per_prompt", layout.size,
+        "--train.batch_size", t.prompts_per_step * layout.size,
+        "--rollout.micro_batch_size", t.micro_batch_size, "--train.micro_batch_size", t.micro_batch_size,
+        "--train.max_epochs", 1, "--train.num_episodes", 1, "--train.seed", t.seed,
+        "--rollout.temperature", r.temperature, "--rollout.top_p", r.top_p, "--rollout.max_new_tokens",
+        r.max_new_tokens,
+        # optimizer: AdamW, constant lr after warmup (the paper: 1e-6 constant)
+        "--actor.adam.lr", t.lr, "--actor.adam.betas", *t.adam_betas, "--actor.adam.weight_decay", t.weight_decay,
+        "--actor.max_norm", t.grad_clip, "--actor.lr_scheduler", "constant_with_warmup",
+        "--actor.lr_warmup_ratio", t.lr_warmup_steps / t.steps,
+        "--ds.zero_stage", t.zero_stage, "--ds.param_dtype", cfg.model.dtype,
+        "--ds.attn_implementation", c.attn_implementation,
+        # advantages and loss are SRFT's (patches); the estimator only keeps OpenRLHF critic-free
+        "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", cfg.loss.kl_coef,
+        # checkpoints and logs
+        "--ckpt.path", files.checkpoints, "--ckpt.output_dir", files.model,
+        "--ckpt.save_steps", t.save_every or -1, "--ckpt.max_num", t.keep_checkpoints,
+        "--logger.logging_steps", lg.log_every,
+    ]
+    flags = [
+        (cfg.loss.kl_coef > 0, ["--algo.kl.use_loss", "--algo.kl.estimator", cfg.loss.kl_estimator,
+                                "--ref.num_nodes", cluster.actor_nodes,
+                                "--ref.num_gpus_per_node", cluster.actor_gpus_per_node, "--train.colocate_actor_ref"]),
+        (t.async_enable, ["--train.async_enable", "--train.async_queue_size", t.max_staleness]),
+        (cluster.colocated, ["--train.colocate_all", "--vllm.enable_sleep", "--ds.enable_sleep"]),
+        (c.colocate_all and t.async_enable, ["--train.colocate_all"]),  # OpenRLHF then colocates DeepSpeed models only
+        (c.enable_prefix_caching, ["--vllm.enable_prefix_caching"]),
+        (c.enforce_eager, ["--vllm.enforce_eager"]),
+        (c.adam_offload, ["--ds.adam_offload"]),
+        (cfg.model.gradient_checkpointing, ["--actor.gradient_checkpointing_enable"]),
+        (c.save_hf_checkpoints, ["--ckpt.save_hf"]),
+        (resume, ["--ckpt.load_enable"]),
+        (bool(d.eval) and t.eval_every > 0, ["--eval.dataset", files.eval_data, "--eval.steps", t.eval_every,
+                                             "--eval.temperature", r.eval_temperature,
+                                             "--eval.n_samples_per_prompt", 1]),
+        (lg.tensorboard, ["--logger.tensorboard_dir", files.tensorboard]),
+        # WandbLogger logs in only without an API key in the environment; the key itself
+        # travels as WANDB_API_KEY (never on the command line, which OpenRLHF prints).
+        (bool(lg.wandb_project), ["--logger.wandb.key", "WANDB_API_KEY", "--logger.wandb.project", lg.wandb_project,
+                                  "--logger.wandb.run_name", lg.wandb_run_name or files.root.name]),
+    ]
+    for on, extra in flags:
+        if on:
+            args += extra
+    return [str(a) for a in args] + list(c.extra_args)
+
+
+def command_line(args: list[str]) -> str:
+    """``python -m openrlhf.cli.train_ppo_ray`` with one flag (and its values) per line."""
+    lines, current = [], [f"python -m {CLI_MODULE}"]
+    for a in args:
+        if a.startswith("--"):
+            lines.append(" ".join(current))
+            current = []
+        current.append(shlex.quote(a))
+    lines.append(" ".join(current))
+    return " \\\n  ".join(lines)
+
+
+def describe(cfg: SRFTConfig, args: list[str], files: RunFiles) -> str:
+    """What --dry-run prints."""
+    layout, cluster = check_config(cfg)
+    samples = cfg.train.prompts_per_step * layout.size
+    mode = f"async (queue {cfg.train.max_staleness})" if cfg.train.async_enable else "sync"
+    plain = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists for YAML
+    lines = [
+        f"# SRFT on OpenRLHF {OPENRLHF_VERSION} (dry run: nothing is written or started)",
+        "", "## resolved SRFT config", yaml.safe_dump(plain, sort_keys=False).rstrip(),
+        "", "## layout",
+        f"group: {layout.rollouts} rollouts + {layout.demos} demonstration(s) = {layout.size} samples per prompt "
+        f"(loss.preset = {cfg.loss.preset}, demo_mode = {cfg.loss.demo_mode})",
+        f"step: {cfg.train.prompts_per_step} prompts -> {samples} samples, one optimizer step; "
+        f"{cfg.train.steps} steps; generation {mode}",
+        f"training: {cluster.actor_nodes} node(s) × {cluster.actor_gpus_per_node} GPU(s), DeepSpeed ZeRO-"
+        f"{cfg.train.zero_stage}, micro-batch {cfg.train.micro_batch_size} -> "
+        f"{samples // (cfg.train.micro_batch_size * cluster.actor_gpus)} accumulation steps",
+        f"vLLM: {cluster.vllm_engines} engine(s) × tensor parallel {cluster.vllm_tensor_parallel}"
+        + (" (colocated with training)" if cluster.colocated else ""),
+        "", "## files", f"run folder: {files.root}",
+        "written at launch: " + ", ".join(str(p.relative_to(files.root)) for p in written_files(cfg, files)),
+        f"checkpoints: {files.checkpoints}; final model: {files.model}",
+        "", "## patch points (checked against the installed OpenRLHF when the run starts)",
+        *(f"- {h.target}: {h.srft}" for h in HOOK_POINTS),
+        "", "## command", command_line(args),
+    ]
+    return "\n".join(lines)
+
+
+def written_files(cfg: SRFTConfig, files: RunFiles) -> list[Path]:
+    demos = [files.demos] if layout_of(cfg).demos else []
+    evals = [files.eval_data] if cfg.data.eval and cfg.train.eval_every > 0 else []
+    return [files.config, files.train_data, *demos, *evals, files.reward_func]
+
+
+def absolute_output_dir(cfg: SRFTConfig) -> SRFTConfig:
+    """A copy of ``cfg`` whose run folder is absolute: the Ray workers read it from other cwds."""
+    out = str(Path(cfg.logging.output_dir).expanduser().resolve())
+    return dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, output_dir=out))
+
+
+# ----------------------------------------------------------------------------- data files
+
+
+def openrlhf_prompt(tokenizer: Any, question: Any, cfg: SRFTConfig, where: str) -> str:
+    """The prompt text OpenRLHF tokenises (without special tokens) into what ``encode_example``
+    gives: the rendered template, with the BOS text in front where our rules add a BOS."""
+    from srft_openrlhf.data import encode_example, render_prompt
+
+    text = render_prompt(question, cfg.data.template, tokenizer)
+    ids = encode_example(tokenizer, text, None, cfg.data.max_prompt_len, cfg.data.max_response_len,
+                         where=where).prompt_ids
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids and ids[0] == bos and not text.startswith(tokenizer.bos_token):
+        text = tokenizer.bos_token + text
+    return text
+
+
+def _rendered(examples: list, tokenizer: Any, cfg: SRFTConfig) -> list[tuple[Any, str]]:
+    """(example, prompt text) for every example whose prompt fits; a long prompt is a
+    DataError unless data.skip_invalid_rows (then it is dropped and counted)."""
+    from srft_openrlhf.errors import DataError
+
+    kept, skipped = [], 0
+    for ex in examples:
+        try:
+            kept.append((ex, openrlhf_prompt(tokenizer, ex.prompt, cfg, f"{ex.source} row {ex.row}")))
+        except DataError:
+            if not cfg.data.skip_invalid_rows:
+                raise
+            skipped += 1
+    if skipped:
+        print(f"srft: skipped {skipped} example(s) whose prompt exceeds data.max_prompt_len", file=sys.stderr)
+    if not kept:
+        raise DataError(f"{cfg.data.train}: no example has a prompt within data.max_prompt_len")
+    return kept
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
+    """train.jsonl (steps × prompts_per_step prompts), demos.jsonl and eval.jsonl, as OpenRLHF reads them."""
+    from srft_openrlhf.data import load_examples
+
+    d, layout = cfg.data, layout_of(cfg)
+    loaded = load_examples(d.train, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
+                           demo_key=d.demo_key if layout.demos else None, require_demo=bool(layout.demos),
+                           skip_invalid_rows=d.skip_invalid_rows, limit=d.max_train_rows)
+    kept = _rendered(loaded.examples, tokenizer, cfg)
+    if layout.demos:
+        _write_jsonl(files.demos, ({"demonstrations": [ex.demonstration]} for ex, _ in kept))
+    total = cfg.train.steps * cfg.train.prompts_per_step
+    _write_jsonl(files.train_data, (
+        {"prompt": kept[i % len(kept)][1], "label": encode_label(kept[i % len(kept)][0].answer, i % len(kept))}
+        for i in range(total)
+    ))
+    if d.eval and cfg.train.eval_every > 0:
+        evals = load_examples(d.eval, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
+                              demo_key=None, skip_invalid_rows=d.skip_invalid_rows, limit=d.max_eval_rows)
+        _write_jsonl(files.eval_data, (
+            {"prompt": text, "label": encode_label(ex.answer), "datasource": Path(ex.source).stem}
+            for ex, text in _rendered(evals.examples, tokenizer, cfg)
+        ))
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+def ray_runtime_env() -> dict:
+    """OpenRLHF's own worker environment (it sets it only when it starts Ray itself) plus
+    the credentials/caches set in this shell."""
+    env = {"TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "true"),
+           "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN"),
+           "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": os.environ.get("RAY_ENABLE_ZERO_COPY_TORCH_TENSORS", "1")}
+    env.update({k: os.environ[k] for k in _PASS_THROUGH_ENV if k in os.environ})
+    return {"env_vars": env}
+
+
+def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
+    """Train with OpenRLHF (see the module docstring); returns the exit code."""
+    cfg = absolute_output_dir(cfg)
+    files = run_files(cfg.logging.output_dir)
+    args = openrlhf_args(cfg, files, resume)
+    if dry_run:
+        print(describe(cfg, args, files))
+        return 0
+    if resume and not files.train_data.is_file():
+        raise ConfigError(f"--resume {files.root}: no {files.train_data.relative_to(files.root)} there")
+    from srft_openrlhf.openrlhf import patches  # imports OpenRLHF and checks the hook points
+
+    files.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, files.config)
+    if not resume:  # a resumed run keeps its data: OpenRLHF's saved dataloader state indexes it
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        write_data(cfg, files, tokenizer)
+    r = cfg.rollout
+    files.reward_func.write_text(reward_func_file_text(r.reward, r.reward_mode, r.reward_timeout_s, r.reward_workers))
+    patches.install_driver(cfg)
+    if cfg.logging.wandb_project and "WANDB_API_KEY" not in os.environ:
+        print("srft: logging.wandb_project is set but WANDB_API_KEY is not; wandb needs it (or a `wandb login` "
+              "on every node)", file=sys.stderr)
+
+    import ray
+
+    # Under `ray job submit` the job's runtime env holds the same variables; let ours (read
+    # from that same environment) win instead of failing on the duplicate keys.
+    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
+    ray.init(address=cfg.cluster.ray_address, runtime_env=ray_runtime_env())
+    argv = sys.argv
+    sys.argv = [CLI_MODULE, *args]
+    sys.modules.pop(CLI_MODULE, None)  # imported as a module by the hook check; runpy runs it afresh
+    try:
+        runpy.run_module(CLI_MODULE, run_name="__main__", alter_sys=True)
+    finally:
+        sys.argv = argv
+        ray.shutdown()
+    return 0

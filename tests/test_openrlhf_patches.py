@@ -1,0 +1,540 @@
+"""The SRFT patches on the real OpenRLHF 0.11.2 (installed --no-deps), on CPU.
+
+flash-attn cannot be built without CUDA: ``tests/_flash_attn_stub`` stands in for the two
+modules OpenRLHF imports from it, put on ``sys.path`` by this module only. OpenRLHF's Ray
+trainer itself needs CUDA, so its pieces are driven directly: the launcher's flags through
+OpenRLHF's real argument parser, rollouts through its real ``SingleTurnAgentExecutor`` (with
+a stand-in vLLM engine) and the SRFT reward file, samples -> experiences through the SRFT
+generator and experience maker, the replay buffer's split/re-batch, and the SRFT training
+step on OpenRLHF's ``Actor`` with a tiny model and a CPU stand-in for DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import runpy
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from srft_openrlhf.algorithm import srft_loss
+from srft_openrlhf.config import load_config
+from srft_openrlhf.openrlhf import HookPoint, run_files
+from srft_openrlhf.openrlhf.launcher import openrlhf_args, write_data
+from srft_openrlhf.openrlhf.reward_func import decode_label, reward_func_file_text
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = Path(__file__).resolve().parent / "_flash_attn_stub"
+
+pytestmark = pytest.mark.openrlhf
+
+
+@pytest.fixture(scope="module")
+def patches():
+    for dep in ("openrlhf", "pylatexenc", "torchdata"):  # the last two: openrlhf imports them at import time
+        pytest.importorskip(dep, reason=f"{dep} is not installed (requirements.txt / requirements-nodeps.txt)")
+    sys.path.insert(0, str(STUB))
+    from srft_openrlhf.openrlhf import patches as module
+
+    yield module
+    sys.path.remove(str(STUB))
+
+
+@pytest.fixture(scope="module")
+def openrlhf_parser(patches):
+    """The ArgumentParser that ``python -m openrlhf.cli.train_ppo_ray`` builds, caught before it parses."""
+
+    class Caught(Exception):
+        pass
+
+    def catch(self, *args, **kwargs):
+        raise Caught(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(argparse.ArgumentParser, "parse_args", catch)
+        mp.setattr(sys, "argv", ["train_ppo_ray"])
+        mp.delitem(sys.modules, "openrlhf.cli.train_ppo_ray", raising=False)  # imported by the hook check
+        with pytest.raises(Caught) as caught:
+            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
+    return caught.value.args[0]
+
+
+def openrlhf_namespace(parser, argv, cfg):
+    """``args`` as the OpenRLHF actors see them (``args.srft`` attached like install_driver does)."""
+    from openrlhf.utils.config import hierarchize
+
+    args = hierarchize(parser.parse_args(argv))
+    args.srft = cfg
+    return args
+
+
+# ----------------------------------------------------------------------------- hook points
+
+
+def test_hook_points_match_openrlhf_0_11_2(patches):
+    patches.check_hook_points()
+
+
+def test_moved_hook_points_fail_naming_them(patches, monkeypatch):
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ray import ppo_actor
+
+    monkeypatch.delattr(RemoteExperienceMaker, "compute_advantages_and_returns")
+    monkeypatch.setattr(ppo_actor.ActorPPOTrainer, "training_step", lambda self, batch, step: None)
+    policy_actor = patches.unwrap(ppo_actor.PolicyModelActor)
+    monkeypatch.setattr(policy_actor, "init_model_from_pretrained",
+                        lambda self, strategy, pretrain, max_steps=None, vllm_engines=None: None)
+    with pytest.raises(patches.HookPointError) as error:
+        patches.check_hook_points()
+    message = str(error.value)
+    assert "RemoteExperienceMaker.compute_advantages_and_returns: not found" in message
+    assert "ActorPPOTrainer.training_step: signature is (batch, step)" in message
+    assert "PolicyModelActor.init_model_from_pretrained: no longer reads ActorPPOTrainer" in message
+    assert "openrlhf==0.11.2" in message
+    with pytest.raises(patches.HookPointError, match="openrlhf.trainer.gone:X: not found"):
+        patches.check_hook_points((HookPoint("openrlhf.trainer.gone:X", "test"),))
+
+
+def test_install_assigns_the_subclasses_and_the_config(patches, monkeypatch):
+    import openrlhf.utils
+
+    for module, name in patches.PATCHES:
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    monkeypatch.setattr(openrlhf.utils, "get_strategy", openrlhf.utils.get_strategy)
+    monkeypatch.setattr(patches, "_openrlhf_get_strategy", lambda args: ("strategy", args))
+    cfg = load_config(None, [])
+    patches.install_driver(cfg)
+    for (module, name), new in patches.PATCHES.items():
+        assert getattr(module, name) is new
+        assert patches.unwrap(new).__module__ == patches.__name__
+    policy = patches.PATCHES[(patches.ppo_actor, "PolicyModelActor")]
+    assert policy._default_options == {"num_gpus": 1}  # the original's Ray options
+    args = SimpleNamespace()
+    assert openrlhf.utils.get_strategy(args) == ("strategy", args) and args.srft is cfg
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("qwen2.5-math-7b", []),
+    ("qwen2.5-math-1.5b", ["loss.preset=luffy"]),
+    ("llama-3.1-8b", ["loss.preset=sft_kl", "logging.wandb_project=p", "data.eval=e.parquet", "train.eval_every=5"]),
+    ("qwen2.5-math-7b", ["train.async_enable=false", "cluster.colocate_all=true", "cluster.vllm_num_engines=8"]),
+])
+def test_openrlhf_parser_accepts_the_launcher_flags(openrlhf_parser, tmp_path, name, overrides):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"logging.output_dir={tmp_path}", *overrides])
+    args = openrlhf_namespace(openrlhf_parser, openrlhf_args(cfg, run_files(tmp_path), resume=True), cfg)
+    group = 8 if cfg.loss.preset == "luffy" else 9
+    assert args.rollout.n_samples_per_prompt == group and args.rollout.batch_size == 128
+    assert args.train.batch_size == 128 * group and args.actor.adam.lr == cfg.train.lr
+    assert args.data.max_len == 9216 and args.ckpt.load_enable
+    assert args.reward.remote_url == str(tmp_path / "openrlhf" / "reward_func.py")
+    assert args.algo.kl.init_coef == cfg.loss.kl_coef and args.algo.kl.use_loss == (cfg.loss.kl_coef > 0)
+    assert args.train.async_enable == cfg.train.async_enable
+
+
+# ----------------------------------------------------------------------------- a small run
+
+
+class FakeEngine:
+    """What SingleTurnAgentExecutor needs of a vLLM engine: ``generate`` returning the given texts."""
+
+    def __init__(self, tokenizer, texts):
+        self.tokenizer, self.texts = tokenizer, iter(texts)
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        ids = self.tokenizer(next(self.texts), add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        logprobs = None
+        if sampling_params.logprobs is not None:
+            logprobs = [{t: SimpleNamespace(logprob=-0.5)} for t in ids]
+        output = SimpleNamespace(token_ids=ids, text=self.tokenizer.decode(ids), finish_reason="stop",
+                                 logprobs=logprobs)
+        return SimpleNamespace(outputs=[output])
+
+
+EXAMPLES = [  # the third demonstration is wrong: demos are graded, not assumed correct
+    {"prompt": "What is 12 + 35?", "answer": "47", "demonstration": "<think>\n12 + 35 = 47</think>\n\\boxed{47}"},
+    {"prompt": "What is 2 + 3?", "answer": "5", "demonstration": "<think>\n2 + 3 = 5</think>\n\\boxed{5}"},
+    {"prompt": "What is 1 + 1?", "answer": "2", "demonstration": "<think>\n1 + 1 = 3</think>\n\\boxed{3}"},
+    {"prompt": "What is 4 + 4?", "answer": "8", "demonstration": "<think>\n4 + 4 = 8</think>\n\\boxed{8}"},
+]
+
+
+def rollout_texts(answer: str, n: int, prompt_index: int) -> list[str]:
+    """n rollouts; prompt 1 gets no correct one (its group then rests on the demo alone)."""
+    right, wrong = f"{answer}</think>\n\\boxed{{{answer}}}", "9</think>\n\\boxed{999}"
+    return [right if j % 2 == 0 and prompt_index != 1 else wrong for j in range(n)]
+
+
+def small_run(tmp_path, tokenizer, parser, *overrides: str):
+    """Config, OpenRLHF args and run files of a 4-prompt step of 3 rollouts + 1 demo each."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    cfg = load_config(None, [
+        f"model.path={tmp_path}", f"data.train={data}", "data.template=qwen_math", "data.max_prompt_len=200",
+        "data.max_response_len=64", "rollout.n_samples_per_prompt=3", "rollout.max_new_tokens=32",
+        "rollout.reward_workers=0", "train.steps=1", "train.prompts_per_step=4", "train.micro_batch_size=2",
+        "cluster.nodes=1", "cluster.gpus_per_node=2", "cluster.vllm_num_engines=1",
+        f"logging.output_dir={tmp_path / 'run'}", *overrides,
+    ])
+    files = run_files(cfg.logging.output_dir)
+    write_data(cfg, files, tokenizer)
+    r = cfg.rollout
+    files.reward_func.write_text(reward_func_file_text(r.reward, r.reward_mode, r.reward_timeout_s, r.reward_workers))
+    return cfg, openrlhf_namespace(parser, openrlhf_args(cfg, files, resume=False), cfg), files
+
+
+def generate_step(patches, monkeypatch, cfg, args, files, tokenizer):
+    """One step of samples through SRFTSamplesGenerator.generate_samples, with vLLM stood in for."""
+    from openrlhf.datasets import PromptDataset
+    from openrlhf.trainer.ppo_utils.samples_generator import _collect_prompt_batch
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+    from vllm import SamplingParams
+
+    strategy = SimpleNamespace(args=args, is_rank_0=lambda: True)
+    rows = [json.loads(line) for line in files.train_data.read_text().splitlines()]
+    dataset = PromptDataset(rows, tokenizer, strategy)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=dataset.collate_fn)
+    generator = patches.SRFTSamplesGenerator(strategy, loader, None, tokenizer, [])
+    executor = SingleTurnAgentExecutor([str(files.reward_func)])  # loads the SRFT reward file as OpenRLHF does
+    asked = []
+
+    def fake_vllm(dataloader_iter, num_prompts, dynamic_filtering, **kwargs):
+        prompts, labels, _, exhausted = _collect_prompt_batch(dataloader_iter, num_prompts)
+        n = kwargs["n_samples_per_prompt"]
+        asked.append(n)
+        params = SamplingParams(max_tokens=kwargs["max_new_tokens"],
+                                logprobs=1 if args.algo.advantage.is_correction_level != "off" else None)
+        samples = []
+        for i, (prompt, label) in enumerate(zip(prompts, labels)):
+            engine = FakeEngine(tokenizer, rollout_texts(decode_label(label)[0], n, i))
+            for _ in range(n):
+                response = asyncio.run(executor.execute(prompt, label, params, kwargs["max_len"], tokenizer, engine))
+                samples.append(generator._process_response_into_experience(response, **kwargs))
+        return samples, len(prompts), exhausted
+
+    monkeypatch.setattr(generator, "_generate_vllm", fake_vllm)
+    samples, _, consumed, exhausted = generator.generate_samples(
+        max_len=args.data.max_len, max_new_tokens=args.rollout.max_new_tokens, temperature=1.0, top_p=1.0)
+    return samples, asked, consumed, exhausted
+
+
+@pytest.fixture
+def run_step(patches, openrlhf_parser, monkeypatch, tmp_path, tiny_tokenizer):
+    def run(*overrides):
+        cfg, args, files = small_run(tmp_path, tiny_tokenizer, openrlhf_parser, *overrides)
+        return (cfg, args, files), generate_step(patches, monkeypatch, cfg, args, files, tiny_tokenizer)
+
+    return run
+
+
+def test_samples_append_each_prompts_demonstration_to_its_rollouts(run_step, tiny_tokenizer):
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    from srft_openrlhf.data import encode_example
+
+    (cfg, args, _), (samples, asked, consumed, _) = run_step()
+    assert asked == [3] and consumed == 4  # vLLM is asked for the rollouts only
+    assert len(samples) == 4 * 4
+    for g, example in enumerate(EXAMPLES):
+        group = samples[4 * g: 4 * g + 4]
+        assert len({s.prompts[0] for s in group}) == 1
+        assert [bool(s.info["is_demo"]) for s in group] == [False, False, False, True]
+        rollout, demo = group[0], group[3]
+        assert decode_label(demo.labels[0]) == (example["answer"], g)
+        encoded = encode_example(tiny_tokenizer, demo.prompts[0], example["demonstration"], 200, 64)
+        prompt_len = int(torch.nonzero(rollout.action_mask[0])[0]) + 1  # the rollouts' prompt ids
+        assert demo.sequences[0].tolist() == rollout.sequences[0, :prompt_len].tolist() + encoded.demo_ids
+        assert demo.sequences[0, :prompt_len].tolist() == encoded.prompt_ids
+        assert demo.action_mask[0].tolist() == [0] * (prompt_len - 1) + [1] * len(encoded.demo_ids)
+        assert int(demo.response_length) == len(encoded.demo_ids) and demo.rollout_log_probs is None
+        assert set(demo.info) == set(rollout.info)
+    assert [float(s.rewards) for s in samples[3::4]] == [1.0, 1.0, 0.0, 1.0]  # the wrong demo scores 0
+    assert [float(s.rewards) for s in samples[0:3]] == [1.0, 0.0, 1.0]
+    assert [float(s.rewards) for s in samples[4:7]] == [0.0, 0.0, 0.0]
+    batch = Experience.concat_experiences(samples, tiny_tokenizer.pad_token_id)  # OpenRLHF batches them next
+    assert batch.info["is_demo"].tolist() == [False, False, False, True] * 4
+
+
+def test_demo_rollout_logprobs_are_zero_with_importance_correction(run_step):
+    _, (samples, *_) = run_step("cluster.extra_args=[--algo.advantage.is_correction_level, token]")
+    rollout, demo = samples[0], samples[3]
+    assert rollout.rollout_log_probs[rollout.action_mask.bool()].eq(-0.5).all()  # vLLM's, from the fake engine
+    assert demo.rollout_log_probs.shape == demo.action_mask.shape and not demo.rollout_log_probs.any()  # πβ = 1
+
+
+def test_replace_mode_generates_fewer_rollouts(run_step):
+    (_, args, _), (samples, asked, *_) = run_step("loss.preset=luffy")
+    assert asked == [2] and args.rollout.n_samples_per_prompt == 3  # 2 rollouts + 1 demo in the 3 slots
+    assert [bool(s.info["is_demo"]) for s in samples[:3]] == [False, False, True]
+
+
+def reference_advantages(rewards: list[float], group: int, eps: float) -> list[float]:
+    """Eq. 7 in float64, group by group of consecutive samples (0 where a group's rewards are equal)."""
+    out = []
+    for g in range(0, len(rewards), group):
+        r = rewards[g: g + group]
+        if len(set(r)) == 1:
+            out += [0.0] * len(r)
+            continue
+        mean, std = statistics.fmean(r), statistics.stdev(r)
+        out += [(x - mean) / (std + eps) for x in r]
+    return out
+
+
+def make_experiences(patches, monkeypatch, args, samples, tokenizer):
+    """The experience maker on the step's samples; the actor's old log-prob forward (a Ray call
+    in OpenRLHF) is stood in for by random negative log-probs on every row."""
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    def forward(self, samples_list):
+        generator = torch.Generator().manual_seed(0)
+        for s in samples_list:
+            s.action_log_probs = -torch.rand(s.action_mask.shape, generator=generator) - 0.1
+            s.base_action_log_probs, s.kl = None, torch.zeros(s.action_mask.shape)
+        return samples_list
+
+    monkeypatch.setattr(RemoteExperienceMaker, "make_experience", forward)
+    strategy = SimpleNamespace(args=args)
+    maker = patches.SRFTExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tokenizer)
+    return maker.make_experience_batch(samples)
+
+
+@pytest.mark.parametrize("preset", ["srft", "sft_plus_rl"])
+def test_experience_zeroes_demo_old_logprobs_and_normalises_the_augmented_group(
+        patches, monkeypatch, run_step, tiny_tokenizer, preset):
+    (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
+    rewards = [float(s.rewards) for s in samples]
+    experiences = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
+    assert [len(e.index) for e in experiences] == [2] * 8  # rollout.micro_batch_size
+    if preset == "srft":  # the demo is in the group (Eq. 6-7)
+        expected = reference_advantages(rewards, 4, cfg.loss.adv_eps)
+    else:  # sft_plus_rl: groups of rollouts only, demos get 0
+        roll = reference_advantages([r for i, r in enumerate(rewards) if i % 4 != 3], 3, cfg.loss.adv_eps)
+        expected = [roll.pop(0) if i % 4 != 3 else 0.0 for i in range(len(rewards))]
+    for e in experiences:
+        mask = e.action_mask.bool()
+        for row, position in enumerate(e.index):
+            assert torch.allclose(e.advantages[row][mask[row]], torch.tensor(expected[position]), atol=1e-5)
+            assert not e.advantages[row][~mask[row]].any()
+        demo = e.info["is_demo"]
+        assert not e.action_log_probs[demo].any() and (e.action_log_probs[~demo][mask[~demo]] < 0).all()
+        assert torch.equal(e.returns, e.advantages)
+    if preset == "srft":  # the demo-only signal: prompt 1 has no correct rollout, its demo is positive
+        group1 = [a for e in experiences for a, i in zip(patches.sequence_advantages(e), e.index) if 4 <= i < 8]
+        assert group1[-1] > 0 and all(a < 0 for a in group1[:-1])
+
+
+def test_broken_group_layout_is_an_error(patches, monkeypatch, run_step, tiny_tokenizer):
+    (_, args, _), (samples, *_) = run_step()
+    within = list(samples)
+    within[2], within[3] = within[3], within[2]  # order inside a group does not matter
+    make_experiences(patches, monkeypatch, args, within, tiny_tokenizer)
+    across = list(samples)
+    across[3], across[4] = across[4], across[3]  # group 0 gets 4 rollouts, group 1 two demos
+    with pytest.raises(RuntimeError, match="not groups of 3 rollouts"):
+        make_experiences(patches, monkeypatch, args, across, tiny_tokenizer)
+
+
+def test_rollout_stats_leave_the_demos_out(patches, run_step):
+    _, (samples, *_) = run_step()
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    batch = [Experience.concat_experiences(samples[i: i + 2], 0) for i in range(0, len(samples), 2)]
+    stats = patches.SRFTPPOTrainer._compute_rollout_stats(object.__new__(patches.SRFTPPOTrainer), batch)
+    rewards = [float(s.rewards) for s in samples]
+    rollout_rewards = [r for i, r in enumerate(rewards) if i % 4 != 3]
+    assert stats["rollout/reward_mean"] == pytest.approx(statistics.fmean(rollout_rewards))
+    assert stats["rollout/demo_reward_mean"] == pytest.approx(0.75)
+    assert stats["rollout/num_samples"] == 12 and stats["rollout/num_demos"] == 4
+
+
+# ----------------------------------------------------------------------------- actor step
+
+
+class CPUStrategy:
+    """The part of OpenRLHF's DeepspeedStrategy the training step uses, in plain torch."""
+
+    ring_attn_group = None
+
+    def __init__(self, args):
+        self.args, self.grad_norm = args, 0.0
+
+    def backward(self, loss, model, optimizer):
+        loss.backward()
+
+    def optimizer_step(self, optimizer, model, scheduler, name="model"):
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+
+    def get_grad_norm(self, model):
+        return self.grad_norm
+
+    def all_reduce(self, data, op="mean"):
+        return data
+
+
+def actor_side(experiences):
+    """What the actor's replay buffer hands the training step: split, unpadded, re-batched."""
+    from openrlhf.trainer.ppo_utils.experience import (
+        make_experience_batch,
+        remove_padding_in_sequences,
+        split_experience_batch,
+    )
+
+    items = [item for e in experiences for item in remove_padding_in_sequences(split_experience_batch(e))]
+    return make_experience_batch(items[:4])  # the first group: 3 rollouts and the demonstration
+
+
+def reference_logprobs_and_entropy(model, experience):
+    """log π and H of every response token, by plain log_softmax in float64."""
+    seq, attention = experience.sequences, experience.attention_mask
+    positions = attention.long().cumsum(-1) - 1
+    positions.masked_fill_(attention == 0, 1)
+    logp_all = model(seq, attention_mask=attention, position_ids=positions).logits.double().log_softmax(-1)
+    width = experience.action_mask.shape[1]
+    logp = logp_all[:, :-1].gather(-1, seq[:, 1:, None]).squeeze(-1)[:, -width:]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)[:, :-1][:, -width:]
+    return logp, entropy
+
+
+@pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "sft_kl"])
+def test_training_step_is_srft_loss_with_a_deepspeed_style_step(
+        patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset):
+    from openrlhf.models import Actor
+
+    (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
+    experience = actor_side(make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer))
+    assert isinstance(experience.info["is_demo"], list)  # the replay buffer's re-batching leaves a list
+    if cfg.loss.kl_coef > 0:
+        experience.base_action_log_probs = experience.action_log_probs - 0.05
+    actor = Actor(str(tiny_model_dir), attn_implementation="eager", param_dtype="bf16")
+    actor.model.float()
+    reference_model = copy.deepcopy(actor.model).double()
+
+    trainer = patches.SRFTActorPPOTrainer.__new__(patches.SRFTActorPPOTrainer)  # its __init__ needs NCCL
+    trainer.strategy, trainer.args, trainer.actor = CPUStrategy(args), args, actor
+    trainer.actor_optim = torch.optim.SGD(actor.model.parameters(), lr=0.1)
+    trainer.actor_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.actor_optim, lambda step: 1.0)
+    trainer.ema_model, trainer.aux_loss = None, False
+    before = {n: p.detach().clone() for n, p in actor.model.named_parameters()}
+
+    status = trainer.training_step(experience, 0.0, 0)
+
+    logp, entropy = reference_logprobs_and_entropy(reference_model, experience)
+    is_demo = torch.stack(experience.info["is_demo"])
+    loss, metrics = srft_loss(
+        logp, experience.action_log_probs.double(), entropy, experience.action_mask,
+        patches.sequence_advantages(experience).double(), experience.rewards.double(), is_demo, cfg.loss,
+        ref_log_probs=experience.base_action_log_probs.double() if cfg.loss.kl_coef > 0 else None)
+    loss.backward()
+    assert float(status["metrics"]["policy_loss"]) == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)
+    moved = 0
+    for name, param in actor.model.named_parameters():
+        grad = dict(reference_model.named_parameters())[name].grad
+        expected = before[name] - 0.1 * (grad.float() if grad is not None else 0.0)
+        assert torch.allclose(param.detach(), expected, atol=2e-5), name
+        moved += int(not torch.equal(param.detach(), before[name]))
+    assert moved > 0
+    assert status["weights"]["policy_loss"] == "token" and "actor_grad_norm" in status["metrics"]
+    assert status["metrics"]["is_demo"].mean().item() == pytest.approx(is_demo.float().mean().item())
+    logged = trainer._srft_step_metrics()
+    for name in ("w_sft", "w_rl", "loss_sft_demo", "loss_rl_demo", "loss_rl_rollout", "loss_kl",
+                 "entropy_demo", "entropy_rollout"):
+        assert logged[f"srft/{name}"] == pytest.approx(metrics[name], rel=1e-4, abs=1e-6), name
+
+
+# ----------------------------------------------------------------------------- Ray workers
+
+
+@pytest.mark.slow
+def test_ray_actor_processes_install_the_patches(patches):
+    """An SRFT Ray actor is imported by reference in its worker and installs the patches
+    there, so OpenRLHF's code in that process builds the SRFT classes."""
+    import ray
+
+    path = os.pathsep.join([str(STUB), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        actor_class = patches.PATCHES[(patches.ppo_actor, "PolicyModelActor")]
+        actor = actor_class.options(num_gpus=0, num_cpus=0.1).remote(1, 0, None, None)
+
+        def probe(self):
+            from openrlhf.trainer import ppo_trainer, ppo_trainer_async
+            from openrlhf.trainer.ray import ppo_actor
+
+            cls = type(self).__ray_actor_class__
+            return {"actor": f"{cls.__module__}.{cls.__qualname__}",
+                    "ActorPPOTrainer": ppo_actor.ActorPPOTrainer.__qualname__,
+                    "SamplesGenerator": ppo_trainer_async.SamplesGenerator.__qualname__,
+                    "RemoteExperienceMaker": ppo_trainer.RemoteExperienceMaker.__qualname__}
+
+        seen = ray.get(actor.__ray_call__.remote(probe), timeout=600)
+    finally:
+        ray.shutdown()
+    assert seen == {"actor": "srft_openrlhf.openrlhf.patches.SRFTPolicyModelActor",
+                    "ActorPPOTrainer": "SRFTActorPPOTrainer", "SamplesGenerator": "SRFTSamplesGenerator",
+                    "RemoteExperienceMaker": "SRFTExperienceMaker"}
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypatch, tmp_path, tiny_model_dir):
+    """launcher.run up to OpenRLHF's CLI (which needs GPUs): files, patches, Ray, argv."""
+    import ray
+    import runpy as runpy_module
+
+    import openrlhf.utils
+
+    from srft_openrlhf.config import load_config as load
+    from srft_openrlhf.openrlhf import launcher
+
+    for module, name in patches.PATCHES:
+        monkeypatch.setattr(module, name, getattr(module, name))
+    monkeypatch.setattr(openrlhf.utils, "get_strategy", openrlhf.utils.get_strategy)
+    monkeypatch.setattr(patches, "_openrlhf_get_strategy", lambda args: "strategy")
+    seen: dict = {}
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.setdefault("init", kwargs))
+    monkeypatch.setattr(ray, "shutdown", lambda: seen.setdefault("shutdown", True))
+
+    def cli(name, run_name=None, alter_sys=False):
+        args = SimpleNamespace()
+        assert openrlhf.utils.get_strategy(args) == "strategy"  # what train_ppo_ray calls first
+        seen.update(run=(name, run_name, list(sys.argv)), srft=args.srft,
+                    policy=patches.ppo_actor.PolicyModelActor)
+
+    monkeypatch.setattr(runpy_module, "run_module", cli)
+    monkeypatch.setenv("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")  # run() sets it for `ray job submit`
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    cfg = load(None, [f"model.path={tiny_model_dir}", f"data.train={data}", "data.template=qwen_math",
+                      "data.max_prompt_len=200", "data.max_response_len=64", "rollout.n_samples_per_prompt=3",
+                      "train.steps=2", "train.prompts_per_step=2", "train.micro_batch_size=1",
+                      "cluster.gpus_per_node=2", "cluster.vllm_num_engines=1", "logging.output_dir=run"])
+    monkeypatch.chdir(tmp_path)
+    argv = list(sys.argv)
+    assert launcher.run(cfg) == 0
+    files = run_files(tmp_path / "run")
+    assert load(files.config).logging.output_dir == str(files.root)
+    assert len(files.train_data.read_text().splitlines()) == 4 and files.demos.is_file()
+    assert "make_reward_func(kind='math'" in files.reward_func.read_text()
+    name, run_name, cli_argv = seen["run"]
+    assert (name, run_name) == ("openrlhf.cli.train_ppo_ray", "__main__") and sys.argv == argv
+    assert cli_argv[1:] == openrlhf_args(seen["srft"], files, resume=False)
+    assert seen["srft"].logging.output_dir == str(files.root)  # absolute, for workers in other cwds
+    assert patches.unwrap(seen["policy"]) is patches.SRFTPolicyModelActor
+    assert {"TOKENIZERS_PARALLELISM", "NCCL_DEBUG"} <= set(seen["init"]["runtime_env"]["env_vars"])
+    assert seen["shutdown"]
