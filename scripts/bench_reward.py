@@ -1,0 +1,156 @@
+"""Throughput of the batched math reward: sequential (one process) vs the worker pool.
+
+    python scripts/bench_reward.py [--n 250] [--workers 2] [--modes either,oat,math_verify]
+                                   [--benchmarks ../shared/benchmarks] [--out bench_reward.json]
+
+Responses are built from the shared benchmark answers when that folder exists (half
+correct: "... so the answer is \\boxed{GOLD}", half another row's answer), else from
+synthetic arithmetic answers. Both paths are first warmed up on answers that are not
+measured (a fresh process spends seconds importing sympy's lazy parts). Then, per mode,
+sequential and pool grade the same fresh slice of answers; math-verify memoises parses
+and sympy caches expressions, so this process's caches are cleared before its run and
+the workers have not seen the slice. The load average is recorded: on cores shared with
+other work the pool cannot beat the sequential loop.
+Prints a table and writes JSON. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from srft_openrlhf.reward.batch import batch_rewards, close_pool, score_math_sample  # noqa: E402
+from srft_openrlhf.reward.math_grader import MODES, clean_ground_truth  # noqa: E402
+
+HPT_FILES = ("AIME24", "AMC23", "MATH-500", "Minerva", "Olympiad-Bench")
+
+
+def benchmark_golds(folder: Path) -> list[str]:
+    golds = []
+    for name in HPT_FILES:
+        path = folder / "hpt" / f"{name}.json"
+        if path.exists():
+            golds += [row["answer"] for row in json.loads(path.read_text())]
+    return golds
+
+
+def synthetic_golds(n: int, rng: random.Random) -> list[str]:
+    forms = [
+        lambda: str(rng.randint(0, 999)),
+        lambda: f"\\frac{{{rng.randint(1, 50)}}}{{{rng.randint(51, 99)}}}",
+        lambda: f"{rng.randint(1, 9)}\\sqrt{{{rng.choice([2, 3, 5, 7])}}}",
+        lambda: f"({rng.randint(-9, 9)}, {rng.randint(-9, 9)})",
+        lambda: f"{rng.randint(1, 99)}^\\circ",
+    ]
+    return [rng.choice(forms)() for _ in range(n)]
+
+
+def make_samples(golds: list[str], rng: random.Random) -> tuple[list[str], list[str]]:
+    responses, truths = [], []
+    for k, gold in enumerate(golds):
+        said = gold if k % 2 == 0 else golds[rng.randrange(len(golds))]
+        thinking = "Let me work through this carefully. " * rng.randint(5, 40)
+        responses.append(f"<think>\n{thinking}</think>\nSo the answer is $\\boxed{{{clean_ground_truth(said)}}}$.")
+        truths.append(gold)
+    return responses, truths
+
+
+def clear_caches() -> None:
+    """Forget math-verify's memoised parses and sympy's expression cache in this process."""
+    import sympy.core.cache
+    from math_verify import parser
+
+    parser.parse_latex_cached.cache_clear()
+    parser.parse_expr_cached.cache_clear()
+    sympy.core.cache.clear_cache()
+
+
+def run(mode: str, workers: int, responses: list[str], truths: list[str], timeout_s: float) -> dict:
+    start, cpu_start = time.perf_counter(), time.process_time()
+    if workers == 0:
+        scored = [score_math_sample(r, g, mode, timeout_s) for r, g in zip(responses, truths)]
+        rewards = [reward for reward, _ in scored]
+        timeouts = sum(d["status"] == "timeout" for _, d in scored)
+    else:
+        result = batch_rewards(responses, truths, mode=mode, timeout_s=timeout_s, num_workers=workers)
+        rewards, timeouts = result.rewards, result.timeouts
+    seconds = time.perf_counter() - start
+    # CPU per sample of this process: the sequential cost, robust to other load on the cores.
+    cpu_ms = (time.process_time() - cpu_start) * 1000 / len(responses) if workers == 0 else None
+    return {
+        "mode": mode, "method": "sequential" if workers == 0 else f"pool-{workers}",
+        "samples": len(responses), "seconds": round(seconds, 3),
+        "samples_per_s": round(len(responses) / seconds, 1), "mean_reward": round(sum(rewards) / len(rewards), 3),
+        "timeouts": timeouts, "cpu_ms_per_sample": None if cpu_ms is None else round(cpu_ms, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=250, help="samples per mode")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--timeout", type=float, default=5.0, help="per-sample timeout (s)")
+    parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench_reward.json"))
+    args = parser.parse_args(argv)
+
+    rng = random.Random(args.seed)
+    golds = benchmark_golds(args.benchmarks)
+    source = "shared benchmark answers" if golds else "synthetic answers"
+    modes = args.modes.split(",")
+    warmup = 100
+    golds = golds or synthetic_golds(warmup + args.n * len(modes), rng)
+    rng.shuffle(golds)
+    if warmup + args.n * len(modes) > len(golds):
+        parser.error(f"--n {args.n}: only {len(golds)} answers for {len(modes)} modes plus {warmup} to warm up")
+
+    start = time.perf_counter()
+    batch_rewards(["\\boxed{1}"] * args.workers, ["1"] * args.workers, num_workers=args.workers)
+    pool_start_s = time.perf_counter() - start
+    responses, truths = make_samples(golds[:warmup], rng)
+    run("either", 0, responses, truths, args.timeout)
+    run("either", args.workers, responses, truths, args.timeout)
+
+    load_before = os.getloadavg()[0]
+    rows = []
+    for k, mode in enumerate(modes):
+        responses, truths = make_samples(golds[warmup + k * args.n:warmup + (k + 1) * args.n], rng)
+        clear_caches()
+        rows.append(run(mode, 0, responses, truths, args.timeout))
+        rows.append(run(mode, args.workers, responses, truths, args.timeout))
+    load_after = os.getloadavg()[0]
+    close_pool()
+
+    header = (f"{'mode':<12} {'method':<11} {'samples':>7} {'seconds':>8} {'samples/s':>9} "
+              f"{'cpu ms/sample':>13} {'reward':>6} {'timeouts':>8}")
+    print(f"math reward throughput on {os.cpu_count()} CPUs (load average {load_before:.1f} -> {load_after:.1f}), "
+          f"{source}, pool start {pool_start_s:.2f} s")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        cpu = "-" if r["cpu_ms_per_sample"] is None else f"{r['cpu_ms_per_sample']:.2f}"
+        print(f"{r['mode']:<12} {r['method']:<11} {r['samples']:>7} {r['seconds']:>8.2f} "
+              f"{r['samples_per_s']:>9.1f} {cpu:>13} {r['mean_reward']:>6.3f} {r['timeouts']:>8}")
+    report = {
+        "cpus": os.cpu_count(), "python": platform.python_version(), "source": source,
+        "load_average": [round(load_before, 2), round(load_after, 2)],
+        "timeout_s": args.timeout, "pool_start_s": round(pool_start_s, 3), "results": rows,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,579 @@
+"""OAT-style normalising answer grader: our second opinion next to math-verify.
+
+In the spirit of the graders of OAT / Dr. GRPO (itself derived from Hendrycks' MATH
+normaliser and PRM800K's sympy check), written here from scratch:
+
+1. ``normalize`` rewrites both answers into one canonical LaTeX spelling (no ``\\left``,
+   units, ``\\text{}``, spaces, degrees, ``\\$``, trailing dots, ``\\dfrac``; ``\\frac12``
+   and ``\\sqrt2`` shorthands braced; thousands separators dropped; ``x = 5`` -> ``5``).
+2. Equal strings are equal. Otherwise the gold's structure drives the comparison:
+   ``\\cup`` unions, matrices, intervals / tuples (same brackets, same length, element by
+   element, in order), bare comma lists (element by element, in order: unlike
+   math-verify, which treats them as sets), equations (sides compared up to sign).
+3. Elements are parsed by a small LaTeX parser written here into sympy objects (built
+   through sympy's API, never ``eval``: the text comes from the model) and compared:
+   numbers with a relative tolerance (integers exactly; ``50%`` equals ``0.5`` and ``50``),
+   expressions by evaluation at fixed pseudo-random points.
+
+Anything the parser does not understand is compared as a normalised string only, so the
+grader errs towards "wrong". Answers longer than ``MAX_ANSWER_CHARS`` and powers that
+would build numbers of more than ``MAX_DIGITS`` digits are never handed to sympy.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import sympy
+
+MAX_ANSWER_CHARS = 1000
+MAX_DIGITS = 10_000
+NUMBER_REL_TOL = 1e-4      # as OAT/Qwen's numeric check; integers are matched exactly
+EXPRESSION_REL_TOL = 1e-9  # at 30 digits, equal expressions agree far beyond this
+EVALUATION_NOISE = 1e-20   # |x| below this counts as 0 when evaluating at sample points
+# Irrational-looking values in (0.5, 2): away from the roots and poles answers tend to have.
+_SAMPLE_POINTS = (0.5772156649, 1.3247179572, 1.1560939428)
+
+# ---------------------------------------------------------------- normalisation
+
+_DOLLAR = re.compile(r"\\\$|(?<!\\)\$")
+_TEXT_UNIT_AT_END = re.compile(
+    r"(?<=[\d}])\s*\\(?:text|mbox|mathrm|textrm)\s*\{[A-Za-z~ .]*\}(?:\^\{?\d\}?)?\s*$"
+)
+_PLAIN_UNIT_AT_END = re.compile(
+    r"(?<=[\d}])\s+(?:square\s+|sq\.?\s*|cubic\s+)?"
+    r"(?:units?|degrees?|cm|mm|km|meters?|metres?|inches|inch|feet|foot|ft|miles?|"
+    r"cents?|dollars?|hours?|minutes?|seconds?|days?|weeks?|years?|mph|pounds?|points?)"
+    r"(?:\^\{?\d\}?)?\s*$"
+)
+_TEXT_COMMAND = re.compile(
+    r"\\(?:text|textbf|textit|textrm|texttt|mbox|mathrm|mathbf|mathit|mathsf|boldsymbol|"
+    r"operatorname)\s*\{([^{}]*)\}"
+)
+_INVISIBLE_DELIMITER = re.compile(r"\\(?:left|right)\.")
+_SIZING = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![A-Za-z])")
+_SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad(?![A-Za-z])|~|\\displaystyle(?![A-Za-z])")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
+_FRAC_VARIANT = re.compile(r"\\[dt]frac(?![A-Za-z])")
+_FRAC_TWO_CHARS = re.compile(r"\\frac(\w)(\w)")
+_FRAC_CHAR_THEN_GROUP = re.compile(r"\\frac(\w)\{")
+_FRAC_GROUP_THEN_CHAR = re.compile(r"(\\frac\{[^{}]*\})(\w)")
+_SQRT_CHAR = re.compile(r"\\sqrt(\w)")
+_LEADING_DOT = re.compile(r"(?<![\w}.])\.(\d)")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_ASSIGNMENT = re.compile(
+    r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[\w\\]+\}?)?(?:\([A-Za-z]\))?(?:=|\\in(?![A-Za-z]))(?!=)"
+)
+_LETTER_IN_PARENS = re.compile(r"^\(([A-Z])\)$")
+
+
+def _strip_units(s: str) -> str:
+    """``864 \\mbox{ inches}^2`` -> ``864``; only after a number (or a closing brace)."""
+    for pattern in (_TEXT_UNIT_AT_END, _PLAIN_UNIT_AT_END):
+        stripped = pattern.sub("", s)
+        if stripped.strip():
+            s = stripped
+    return s
+
+
+def _unwrap_text_commands(s: str) -> str:
+    """``\\text{Evelyn}`` -> ``Evelyn``, innermost first (bounded: no pathological loops)."""
+    for _ in range(10):
+        unwrapped = _TEXT_COMMAND.sub(r"\1", s)
+        if unwrapped == s:
+            break
+        s = unwrapped
+    return s
+
+
+def _strip_outer_braces(s: str) -> str:
+    """``{{5}}`` -> ``5``: drop brace pairs that wrap the whole string (one pass)."""
+    closing, stack = {}, []
+    for i, c in enumerate(s):
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            closing[stack.pop()] = i
+    depth = 0
+    while depth < len(s) - 1 - depth and s[depth] == "{" and closing.get(depth) == len(s) - 1 - depth:
+        depth += 1
+    return s[depth:len(s) - depth]
+
+
+def strip_assignment(s: str) -> str:
+    """``x=5`` -> ``5``, ``f(x)=2x`` -> ``2x``, ``x\\in[-2,7]`` -> ``[-2,7]`` (spaces removed)."""
+    match = _ASSIGNMENT.match(s)
+    if match is None or not s[match.end():]:
+        return s
+    return s[match.end():]
+
+
+def normalize(answer: str) -> str:
+    """One canonical spelling of an answer (see the module docstring)."""
+    s = _DOLLAR.sub("", answer.strip())
+    s = _strip_units(s)
+    s = _unwrap_text_commands(s)
+    s = _INVISIBLE_DELIMITER.sub("", s)
+    s = _SIZING.sub("", s)
+    s = _SPACING.sub(" ", s)
+    s = _DEGREES.sub("", s)
+    s = _FRAC_VARIANT.sub(r"\\frac", s)
+    s = s.replace("\\%", "%").replace("{,}", ",")
+    s = re.sub(r"\s+", "", s).rstrip(".")
+    s = _FRAC_TWO_CHARS.sub(r"\\frac{\1}{\2}", s)
+    s = _FRAC_CHAR_THEN_GROUP.sub(r"\\frac{\1}{", s)
+    s = _FRAC_GROUP_THEN_CHAR.sub(r"\1{\2}", s)
+    s = _SQRT_CHAR.sub(r"\\sqrt{\1}", s)
+    s = _LEADING_DOT.sub(r"0.\1", s)
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    s = _strip_outer_braces(s)
+    s = strip_assignment(s)
+    letter = _LETTER_IN_PARENS.match(s)
+    return letter.group(1) if letter else s
+
+
+# ---------------------------------------------------------------- structure
+
+_OPENERS = "([{"
+_CLOSERS = ")]}"
+
+
+def _closing_index(s: str, start: int) -> int:
+    """Index of the bracket closing ``s[start]`` (any bracket type closes any), or -1."""
+    depth = 0
+    for i in range(start, len(s)):
+        if s[i] in _OPENERS:
+            depth += 1
+        elif s[i] in _CLOSERS:
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def split_top_level(s: str, separator: str = ",") -> list[str]:
+    """Split on ``separator`` outside any brackets (``\\{``, ``\\}`` count as brackets)."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c in _OPENERS:
+            depth += 1
+        elif c in _CLOSERS:
+            depth -= 1
+        elif depth == 0 and s.startswith(separator, i):
+            parts.append(s[start:i])
+            i += len(separator)
+            start = i
+            continue
+        i += 1
+    parts.append(s[start:])
+    return parts
+
+
+def _wrapping_brackets(s: str) -> tuple[str, str, str] | None:
+    """``(a,b]`` -> ``("(", "a,b", "]")`` when one bracket pair wraps the whole string.
+    Escaped set braces ``\\{...\\}`` are reported as ``"\\{"`` / ``"\\}"``."""
+    if s.startswith("\\{") and s.endswith("\\}") and len(s) >= 4:
+        inner = s[2:-2]
+        if _closing_index("{" + inner + "}", 0) == len(inner) + 1:
+            return "\\{", inner, "\\}"
+        return None
+    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _closing_index(s, 0) == len(s) - 1:
+        return s[0], s[1:-1], s[-1]
+    return None
+
+
+_MATRIX = re.compile(r"^\\begin\{([pbvBV]?matrix)\}(.*)\\end\{\1\}$", re.S)
+
+
+def _matrix_cells(s: str) -> list[list[str]] | None:
+    match = _MATRIX.match(s)
+    if match is None:
+        return None
+    rows = [r for r in match.group(2).split("\\\\") if r]
+    return [row.split("&") for row in rows]
+
+
+def oat_equal(prediction: str, gold: str) -> bool:
+    """OAT-style equivalence of two answer strings (not symmetric: ``gold`` drives the
+    structure). Never raises for string inputs; ``False`` when unsure."""
+    pred, ref = normalize(prediction), normalize(gold)
+    if not pred or not ref:
+        return False
+    if pred == ref:
+        return True
+    if len(pred) > MAX_ANSWER_CHARS or len(ref) > MAX_ANSWER_CHARS:
+        return False
+    return _structured_equal(pred, ref)
+
+
+def _structured_equal(pred: str, ref: str) -> bool:
+    pred, ref = strip_assignment(pred), strip_assignment(ref)
+    if pred == ref:
+        return True
+    for separator in ("\\cup", ","):
+        ref_parts = split_top_level(ref, separator)
+        if len(ref_parts) > 1:
+            pred_parts = split_top_level(pred, separator)
+            return len(pred_parts) == len(ref_parts) and all(
+                _structured_equal(p, r) for p, r in zip(pred_parts, ref_parts)
+            )
+    ref_matrix = _matrix_cells(ref)
+    if ref_matrix is not None:
+        pred_matrix = _matrix_cells(pred)
+        return (
+            pred_matrix is not None
+            and [len(r) for r in pred_matrix] == [len(r) for r in ref_matrix]
+            and all(_element_equal(p, r) for pr, rr in zip(pred_matrix, ref_matrix) for p, r in zip(pr, rr))
+        )
+    ref_wrapped = _wrapping_brackets(ref)
+    if ref_wrapped is not None and len(split_top_level(ref_wrapped[1])) > 1:
+        pred_wrapped = _wrapping_brackets(pred)
+        if pred_wrapped is None or (pred_wrapped[0], pred_wrapped[2]) != (ref_wrapped[0], ref_wrapped[2]):
+            return False
+        pred_items, ref_items = split_top_level(pred_wrapped[1]), split_top_level(ref_wrapped[1])
+        return len(pred_items) == len(ref_items) and all(
+            _structured_equal(p, r) for p, r in zip(pred_items, ref_items)
+        )
+    return _element_equal(pred, ref)
+
+
+def _is_word(s: str) -> bool:
+    return len(s) >= 3 and s.isalpha()
+
+
+def _element_equal(pred: str, ref: str) -> bool:
+    """Equality of two single answers (no top-level commas)."""
+    pred, ref = strip_assignment(pred), strip_assignment(ref)
+    if pred == ref:
+        return True
+    if _is_word(pred) or _is_word(ref):
+        # Multi-letter words ("Evelyn", "even") are names, not products of symbols.
+        return pred.casefold() == ref.casefold()
+    if pred.count("=") == 1 and ref.count("=") == 1:
+        return _equation_equal(pred, ref)
+    if "=" in pred or "=" in ref:
+        return False
+    if pred.endswith("%") or ref.endswith("%"):
+        return _percent_equal(pred, ref)
+    a, b = parse_latex(pred), parse_latex(ref)
+    return a is not None and b is not None and sympy_equal(a, b)
+
+
+def _equation_equal(pred: str, ref: str) -> bool:
+    """``a = b`` vs ``c = d``: equal when a - b = ±(c - d)."""
+    sides = [parse_latex(side) for side in pred.split("=") + ref.split("=")]
+    if any(side is None for side in sides):
+        return False
+    left, right = sides[0] - sides[1], sides[2] - sides[3]
+    return sympy_equal(left, right) or sympy_equal(left, -right)
+
+
+def _percent_equal(pred: str, ref: str) -> bool:
+    """``50%`` equals ``0.5`` and ``50``; two plain numbers are never rescaled."""
+    candidates = []
+    for text in (pred, ref):
+        value = parse_latex(text.rstrip("%"))
+        if value is None:
+            return False
+        candidates.append([value, value / 100] if text.endswith("%") else [value])
+    return any(sympy_equal(a, b) for a in candidates[0] for b in candidates[1])
+
+
+# ---------------------------------------------------------------- LaTeX -> sympy
+
+
+class _Unparsable(Exception):
+    """The parser does not understand the input (compare as strings instead)."""
+
+
+_TOKEN = re.compile(
+    r"(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+    r"|(?P<cmd>\\[A-Za-z]+|\\[{}|])"
+    r"|(?P<name>[A-Za-z])"
+    r"|(?P<op>[-+*/^_!(){}\[\]|'])"
+    r"|(?P<space>\s+)"
+)
+_GREEK = frozenset(
+    "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu "
+    "xi omicron rho varrho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda "
+    "Xi Sigma Upsilon Phi Psi Omega hbar ell".split()
+)
+_FUNCTIONS: dict[str, Callable[[sympy.Expr], sympy.Expr]] = {
+    "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot,
+    "sec": sympy.sec, "csc": sympy.csc, "arcsin": sympy.asin, "arccos": sympy.acos,
+    "arctan": sympy.atan, "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh,
+    "ln": sympy.log, "exp": sympy.exp,
+}
+_MULTIPLY = frozenset({"*", "\\cdot", "\\times"})
+_DIVIDE = frozenset({"/", "\\div"})
+
+
+def _tokenize(text: str) -> list[str]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise _Unparsable(text[pos:pos + 10])
+        if match.lastgroup != "space":
+            tokens.append(match.group())
+        pos = match.end()
+    return tokens
+
+
+def _check_power_size(base: sympy.Expr, exponent: sympy.Expr) -> None:
+    """Refuse powers whose exact value would have more than MAX_DIGITS digits: sympy
+    computes integer powers eagerly and ``9^{9^{9^9}}`` would never finish."""
+    if not (base.is_Number and exponent.is_Number):
+        return
+    try:
+        size = abs(float(exponent)) * abs(math.log10(abs(float(base)))) if base != 0 else 0.0
+    except (OverflowError, ValueError, TypeError):
+        raise _Unparsable("power too large") from None
+    if size > MAX_DIGITS:
+        raise _Unparsable("power too large")
+
+
+class _Parser:
+    """Recursive descent over LaTeX tokens: expr := term (± term)*; term := factor
+    (op factor | implicit factor)*; factor := ±factor | power; power := postfix (^ exp)?"""
+
+    def __init__(self, tokens: list[str]):
+        self.tokens = tokens
+        self.i = 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        token = self.peek()
+        if token is None or (expected is not None and token != expected):
+            raise _Unparsable(f"expected {expected!r}, got {token!r}")
+        self.i += 1
+        return token
+
+    def parse(self) -> sympy.Expr:
+        value = self.expr()
+        if self.peek() is not None:
+            raise _Unparsable(f"unexpected {self.peek()!r}")
+        return value
+
+    def expr(self) -> sympy.Expr:
+        value = self.term()
+        while self.peek() in ("+", "-"):
+            sign = self.take()
+            rhs = self.term()
+            value = value + rhs if sign == "+" else value - rhs
+        return value
+
+    def term(self) -> sympy.Expr:
+        value = self.factor()
+        while True:
+            token = self.peek()
+            if token in _MULTIPLY:
+                self.take()
+                value = value * self.factor()
+            elif token in _DIVIDE:
+                self.take()
+                value = value / self.factor()
+            elif self._starts_atom(token):
+                value = value * self.power()
+            else:
+                return value
+
+    def factor(self) -> sympy.Expr:
+        if self.peek() in ("+", "-"):
+            sign = self.take()
+            value = self.factor()
+            return -value if sign == "-" else value
+        return self.power()
+
+    def power(self) -> sympy.Expr:
+        base = self.postfix()
+        if self.peek() != "^":
+            return base
+        self.take("^")
+        exponent = self.group() if self.peek() == "{" else self.factor()
+        _check_power_size(base, exponent)
+        return base**exponent
+
+    def postfix(self) -> sympy.Expr:
+        value = self.atom()
+        while self.peek() == "!":
+            self.take()
+            if value.is_Number and abs(float(value)) > 5000:
+                raise _Unparsable("factorial too large")
+            value = sympy.factorial(value)
+        return value
+
+    def group(self) -> sympy.Expr:
+        """``{...}`` or a single atom (LaTeX argument)."""
+        if self.peek() == "{":
+            self.take("{")
+            value = self.expr()
+            self.take("}")
+            return value
+        return self.atom()
+
+    def _starts_atom(self, token: str | None) -> bool:
+        if token is None:
+            return False
+        if token in ("(", "{", "["):
+            return True
+        if token[0].isdigit() or token[0] == "." or (len(token) == 1 and token.isalpha()):
+            return True
+        return token.startswith("\\") and token not in _MULTIPLY | _DIVIDE | {"\\}", "\\rfloor", "\\rceil"}
+
+    def _subscript(self) -> str:
+        """Raw subscript text (``_{max}`` -> ``max``), used only to name a symbol."""
+        self.take("_")
+        if self.peek() != "{":
+            return self.take()
+        self.take("{")
+        depth, parts = 1, []
+        while True:
+            token = self.take()
+            depth += token == "{"
+            depth -= token == "}"
+            if depth == 0:
+                return "".join(parts)
+            parts.append(token)
+
+    def atom(self) -> sympy.Expr:
+        token = self.take()
+        if token[0].isdigit() or token[0] == ".":
+            if self.peek() == "_":  # 52_8: a number in base 8, only equal to itself
+                return sympy.Symbol(f"{token}_{self._subscript()}")
+            return sympy.Rational(token)
+        if token in ("(", "["):
+            value = self.expr()
+            self.take(")" if token == "(" else "]")
+            return value
+        if token == "{":
+            value = self.expr()
+            self.take("}")
+            return value
+        if len(token) == 1 and token.isalpha():
+            return self._symbol(token)
+        if token.startswith("\\"):
+            return self._command(token[1:])
+        raise _Unparsable(token)
+
+    def _symbol(self, name: str) -> sympy.Expr:
+        if self.peek() == "_":
+            name = f"{name}_{self._subscript()}"
+        while self.peek() == "'":
+            name += self.take()
+        if name == "e":
+            return sympy.E
+        if name == "i":
+            return sympy.I
+        return sympy.Symbol(name)
+
+    def _command(self, name: str) -> sympy.Expr:
+        if name == "frac":
+            numerator = self.group()
+            return numerator / self.group()
+        if name == "sqrt":
+            if self.peek() == "[":
+                self.take("[")
+                index = self.expr()
+                self.take("]")
+                return sympy.root(self.group(), index)
+            return sympy.sqrt(self.group())
+        if name == "binom":
+            top = self.group()
+            return sympy.binomial(top, self.group())
+        if name == "pi":
+            return sympy.pi
+        if name == "infty":
+            return sympy.oo
+        if name in ("lfloor", "lceil"):
+            value = self.expr()
+            self.take("\\rfloor" if name == "lfloor" else "\\rceil")
+            return sympy.floor(value) if name == "lfloor" else sympy.ceiling(value)
+        if name == "log":
+            base = None
+            if self.peek() == "_":
+                self.take("_")
+                base = self.group()
+            argument = self._function_argument()
+            return sympy.log(argument) if base is None else sympy.log(argument, base)
+        if name in _FUNCTIONS:
+            power = None
+            if self.peek() == "^":
+                self.take("^")
+                power = self.group()
+            value = _FUNCTIONS[name](self._function_argument())
+            return value if power is None else value**power
+        if name in _GREEK:
+            return self._symbol(name)
+        raise _Unparsable("\\" + name)
+
+    def _function_argument(self) -> sympy.Expr:
+        if self.peek() in ("(", "{", "["):
+            return self.atom()
+        return self.power()
+
+
+def parse_latex(text: str) -> sympy.Expr | None:
+    """A sympy expression for a normalised LaTeX answer, or None if we cannot read it."""
+    if not text or len(text) > MAX_ANSWER_CHARS:
+        return None
+    try:
+        value = _Parser(_tokenize(text)).parse()
+    except Exception:  # sympy raises many types on odd input; unreadable means "compare as strings"
+        return None
+    return value if isinstance(value, sympy.Expr) else None
+
+
+# ---------------------------------------------------------------- sympy comparison
+
+
+def _as_complex(value: sympy.Expr) -> complex | None:
+    try:
+        number = complex(sympy.N(value, 30))
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+    if math.isnan(number.real) or math.isnan(number.imag):
+        return None
+    return number
+
+
+def _close(a: complex, b: complex, rel_tol: float, abs_tol: float) -> bool:
+    if math.isinf(abs(a)) or math.isinf(abs(b)):
+        return a == b
+    return abs(a - b) <= max(rel_tol * max(abs(a), abs(b)), abs_tol)
+
+
+def sympy_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
+    """Numbers: within NUMBER_REL_TOL (two integers: exactly). Expressions with symbols:
+    equal values at fixed pseudo-random points (a handful of evaluations instead of
+    ``simplify``, which can take minutes)."""
+    try:
+        if a == b:
+            return True
+        if a.is_Integer and b.is_Integer:
+            return False
+        symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+        if not symbols:
+            # An integer on either side (AIME-style answers) must match exactly.
+            rel_tol = EXPRESSION_REL_TOL if a.is_Integer or b.is_Integer else NUMBER_REL_TOL
+            va, vb = _as_complex(a), _as_complex(b)
+            # Purely relative: Minerva's answers go down to 1e-27.
+            return va is not None and vb is not None and _close(va, vb, rel_tol, 0.0)
+        agreeing = 0
+        for k, offset in enumerate(_SAMPLE_POINTS):
+            point = {s: sympy.Float(offset + 0.37 * j + 0.11 * k) for j, s in enumerate(symbols)}
+            va, vb = _as_complex(a.subs(point)), _as_complex(b.subs(point))
+            if va is None or vb is None:
+                continue
+            if not _close(va, vb, EXPRESSION_REL_TOL, EVALUATION_NOISE):
+                return False
+            agreeing += 1
+        return agreeing >= 2
+    except Exception:  # an expression sympy cannot evaluate is not proven equal
+        return False
