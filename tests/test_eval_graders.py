@@ -1,0 +1,113 @@
+"""The reward module's graders on the shared benchmark copies, loaded by evaluation's loaders,
+and the re-grading command ``python -m evaluation.grade``.
+
+Every gold answer written as a model would (``... \\boxed{gold}``) must be graded correct on at
+least 99% of the rows of each math set (known misses are listed, with the reason, in
+tests/fixtures/eval_grader_misses.json), and the neighbouring row's answer must be graded wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation.benchmarks import BENCHMARKS, LETTERS, load_benchmark
+from evaluation.grade import grade_responses, main as grade_main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+KNOWN = json.loads((Path(__file__).parent / "fixtures" / "eval_grader_misses.json").read_text())
+
+MATH_SETS = [("hpt", "math500", "MATH-500.json"), ("hpt", "aime24", "AIME24.json"), ("hpt", "amc", "AMC23.json"),
+             ("hpt", "minerva", "Minerva.json"), ("hpt", "olympiad", "Olympiad-Bench.json")] + \
+            [("luffy", name, "valid.all.parquet") for name in ("math500", "aime24", "amc", "minerva", "olympiad")]
+CHOICE_SETS = [("hpt", "gpqa_diamond", "GPQA.json"), ("luffy", "gpqa_diamond", "valid.gpqa.parquet"),
+               ("luffy", "arc_c", "valid.arc_c.parquet")]
+
+
+def as_model_would(answer: str) -> str:
+    return f"<think>\nLet me work it out... maybe \\boxed{{0}}?\n</think>\nSo the final answer is $\\boxed{{{answer}}}$."
+
+
+def problems(folder: str, name: str, file: str):
+    if not SHARED.is_dir():
+        pytest.skip("../shared/benchmarks is absent (fresh clone)")
+    return load_benchmark(BENCHMARKS[name], SHARED / folder / file)
+
+
+def neighbour_answers(golds: list[str]) -> list[str]:
+    """For each row, the answer of the next row whose gold is written differently."""
+    out = []
+    for i, gold in enumerate(golds):
+        j = (i + 1) % len(golds)
+        while golds[j] == gold:
+            j = (j + 1) % len(golds)
+        out.append(golds[j])
+    return out
+
+
+@pytest.mark.slow  # about a minute per large set: math-verify's symbolic comparisons
+@pytest.mark.parametrize("folder,name,file", MATH_SETS, ids=[f"{f}/{n}" for f, n, _ in MATH_SETS])
+def test_gold_answers_are_graded_correct_and_other_rows_wrong(folder, name, file):
+    rows = problems(folder, name, file)
+    golds = [p.answer for p in rows]
+    key = f"{folder}/{name}"
+
+    # a generous timeout: the CPU is shared, and a grader that is slow is not a grader that is wrong
+    verdicts = grade_responses("math", [as_model_would(g) for g in golds], golds, timeout_s=60)
+    misses = {p.id for p, v in zip(rows, verdicts) if not v.correct}
+    assert misses <= set(KNOWN["misses"].get(key, {})), f"unlisted misses: {sorted(misses)}"
+    assert 1 - len(misses) / len(rows) >= 0.99
+    assert all(v.extracted is not None and v.grading == "ok" for v in verdicts)
+    # the stored per-grader verdicts agree with the combined one
+    assert all(v.correct == bool(v.math_verify or v.oat) for v in verdicts)
+
+    wrong = grade_responses("math", [as_model_would(a) for a in neighbour_answers(golds)], golds, timeout_s=60)
+    assert all(v.grading == "ok" for v in wrong)  # rejected by the graders, not by the clock
+    accepted = {p.id for p, v in zip(rows, wrong) if v.correct}
+    assert accepted <= set(KNOWN["equivalent"].get(key, {})), f"other rows' answers accepted: {sorted(accepted)}"
+
+
+@pytest.mark.parametrize("folder,name,file", CHOICE_SETS, ids=[f"{f}/{n}" for f, n, _ in CHOICE_SETS])
+def test_choice_letters(folder, name, file):
+    rows = problems(folder, name, file)
+    golds = [p.answer for p in rows]
+    right = grade_responses("choice", [as_model_would(g) for g in golds], golds)
+    assert all(v.correct and v.choice and v.extracted == g for v, g in zip(right, golds))
+    others = [LETTERS[(LETTERS.index(g) + 1) % 4] for g in golds]
+    assert not any(v.correct for v in grade_responses("choice", [as_model_would(o) for o in others], golds))
+
+
+def write_jsonl(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_regrade_generations_made_elsewhere(tmp_path, capsys):
+    lines = [{"benchmark": "aime", "answer": "204", "response": as_model_would("204")},   # LUFFY data_source name
+             {"benchmark": "aime", "answer": "204", "response": as_model_would("205")},
+             {"benchmark": "gpqa_diamond", "id": "q1", "answer": "C", "response": "ANSWER: C"},
+             {"benchmark": "my_quiz", "kind": "math", "answer": "\\frac12", "response": as_model_would("0.5")}]
+    src = write_jsonl(tmp_path / "gens.jsonl", lines)
+    assert grade_main([str(src)]) == 0
+    out = tmp_path / "gens_graded"
+    graded = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [g["correct"] for g in graded] == [True, False, True, True]
+    assert [g["benchmark"] for g in graded] == ["aime24", "aime24", "gpqa_diamond", "my_quiz"]
+    assert [(g["id"], g["sample"]) for g in graded[:2]] == [("1", 0), ("2", 0)]
+    assert graded[0]["math_verify"] is True and graded[0]["extracted"] == "204" and graded[2]["choice"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmarks"]["aime24"]["score"] == 0.5 and summary["benchmarks"]["my_quiz"]["score"] == 1.0
+    assert "| AIME24 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line,message", [
+    ({"benchmark": "aime", "response": "x"}, "line 1: missing field(s) answer"),
+    ({"benchmark": "quiz", "answer": "1", "response": "x"}, "unknown benchmark 'quiz'"),
+    ({"benchmark": "amc", "answer": "1", "response": "x", "sample": "first"}, "field 'sample' must be an integer"),
+])
+def test_regrade_bad_lines_are_one_line_errors(tmp_path, capsys, line, message):
+    assert grade_main([str(write_jsonl(tmp_path / "g.jsonl", [line]))]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
