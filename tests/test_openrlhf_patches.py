@@ -363,21 +363,27 @@ def test_rollout_stats_leave_the_demos_out(patches, run_step):
 
 
 class CPUStrategy:
-    """The part of OpenRLHF's DeepspeedStrategy the training step uses, in plain torch."""
+    """The part of OpenRLHF's DeepspeedStrategy the training step uses, in plain torch, with
+    DeepSpeed's gradient accumulation: ``backward`` divides the loss by the engine's
+    gradient_accumulation_steps and the optimizer steps at every gas-th ``optimizer_step`` only."""
 
     ring_attn_group = None
 
     def __init__(self, args):
-        self.args, self.grad_norm = args, 0.0
+        self.args, self.grad_norm, self.micro_steps, self.steps = args, 0.0, 0, 0
 
     def backward(self, loss, model, optimizer):
-        loss.backward()
+        (loss / model.model.gradient_accumulation_steps()).backward()
 
     def optimizer_step(self, optimizer, model, scheduler, name="model"):
+        self.micro_steps += 1
+        if self.micro_steps % model.model.gradient_accumulation_steps():
+            return
         self.grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
         optimizer.step()
         optimizer.zero_grad()
         scheduler.step()
+        self.steps += 1
 
     def get_grad_norm(self, model):
         return self.grad_norm
@@ -386,16 +392,11 @@ class CPUStrategy:
         return data
 
 
-def actor_side(experiences):
-    """What the actor's replay buffer hands the training step: split, unpadded, re-batched."""
-    from openrlhf.trainer.ppo_utils.experience import (
-        make_experience_batch,
-        remove_padding_in_sequences,
-        split_experience_batch,
-    )
+def replay_items(experiences):
+    """What the actor's replay buffer holds: the experiences split into unpadded samples."""
+    from openrlhf.trainer.ppo_utils.experience import remove_padding_in_sequences, split_experience_batch
 
-    items = [item for e in experiences for item in remove_padding_in_sequences(split_experience_batch(e))]
-    return make_experience_batch(items[:4])  # the first group: 3 rollouts and the demonstration
+    return [item for e in experiences for item in remove_padding_in_sequences(split_experience_batch(e))]
 
 
 def reference_logprobs_and_entropy(model, experience):
@@ -410,20 +411,44 @@ def reference_logprobs_and_entropy(model, experience):
     return logp, entropy
 
 
+def reference_loss(model, experience, cfg, totals=None):
+    """srft_loss in float64 on ``experience`` (one batch) with a float64 copy of the model."""
+    logp, entropy = reference_logprobs_and_entropy(model, experience)
+    from srft_openrlhf.openrlhf.patches import demo_flags, sequence_advantages
+
+    return srft_loss(
+        logp, experience.action_log_probs.double(), entropy, experience.action_mask,
+        sequence_advantages(experience).double(), experience.rewards.double(), demo_flags(experience), cfg.loss,
+        ref_log_probs=experience.base_action_log_probs.double() if cfg.loss.kl_coef > 0 else None, totals=totals)
+
+
 @pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "sft_kl"])
-def test_training_step_is_srft_loss_with_a_deepspeed_style_step(
+def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
         patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset):
+    """Two groups (6 rollouts, 2 demos) in 4 micro-batches of 2, one DeepSpeed-style optimizer step:
+    loss and update equal srft_loss of the 8 samples in one float64 batch. (srft: its batch-scope
+    entropy weights stay per micro-batch in this backend, so there the float64 reference is the
+    same step with each micro-batch's own mean entropies.)"""
     from openrlhf.models import Actor
+    from openrlhf.trainer.ppo_utils.experience import make_experience_batch
+
+    from srft_openrlhf.algorithm import step_totals
 
     (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
-    experience = actor_side(make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer))
-    assert isinstance(experience.info["is_demo"], list)  # the replay buffer's re-batching leaves a list
+    items = replay_items(make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer))[:8]
     if cfg.loss.kl_coef > 0:
-        experience.base_action_log_probs = experience.action_log_probs - 0.05
+        for item in items:
+            item.base_action_log_probs = item.action_log_probs - 0.05
+    micro_batches = [make_experience_batch(items[i: i + 2]) for i in range(0, 8, 2)]
+    assert isinstance(micro_batches[0].info["is_demo"], list)  # the replay buffer's re-batching leaves a list
+    assert not any(patches.demo_flags(micro_batches[0]))  # a micro-batch without demos
+    whole = make_experience_batch(items)
+    gas = len(micro_batches)
+
     actor = Actor(str(tiny_model_dir), attn_implementation="eager", param_dtype="bf16")
     actor.model.float()
     reference_model = copy.deepcopy(actor.model).double()
-
+    actor.model.gradient_accumulation_steps = lambda: gas  # what the DeepSpeed engine in actor.model answers
     trainer = patches.SRFTActorPPOTrainer.__new__(patches.SRFTActorPPOTrainer)  # its __init__ needs NCCL
     trainer.strategy, trainer.args, trainer.actor = CPUStrategy(args), args, actor
     trainer.actor_optim = torch.optim.SGD(actor.model.parameters(), lr=0.1)
@@ -431,16 +456,21 @@ def test_training_step_is_srft_loss_with_a_deepspeed_style_step(
     trainer.ema_model, trainer.aux_loss = None, False
     before = {n: p.detach().clone() for n, p in actor.model.named_parameters()}
 
-    status = trainer.training_step(experience, 0.0, 0)
+    windows = patches.srft_step_windows(iter(micro_batches), trainer.strategy, gas, lambda e: e.action_mask)
+    statuses = [trainer.training_step(e, 0.0, step, info) for step, (e, info) in enumerate(windows)]
+    assert trainer.strategy.steps == 1
 
-    logp, entropy = reference_logprobs_and_entropy(reference_model, experience)
-    is_demo = torch.stack(experience.info["is_demo"])
-    loss, metrics = srft_loss(
-        logp, experience.action_log_probs.double(), entropy, experience.action_mask,
-        patches.sequence_advantages(experience).double(), experience.rewards.double(), is_demo, cfg.loss,
-        ref_log_probs=experience.base_action_log_probs.double() if cfg.loss.kl_coef > 0 else None)
+    loss, metrics = reference_loss(reference_model, whole, cfg)
+    if preset == "srft":
+        counts_only = step_totals(whole.action_mask, whole.rewards, patches.demo_flags(whole))
+        parts = [reference_loss(reference_model, e, cfg, counts_only) for e in micro_batches]
+        assert abs(sum(p for p, _ in parts).item() - loss.item()) > 1e-6  # the weights do differ
+        loss = sum(p for p, _ in parts)
+        metrics = {k: sum(m[k] for _, m in parts) for k in metrics if k.startswith("loss")}
     loss.backward()
-    assert float(status["metrics"]["policy_loss"]) == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)
+    policy_losses = [float(s["metrics"]["policy_loss"]) for s in statuses]
+    assert all(s["weights"]["policy_loss"] == "sample" and s["num_samples"] == 2 for s in statuses)
+    assert statistics.fmean(policy_losses) == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)  # ppo_train's mean
     moved = 0
     for name, param in actor.model.named_parameters():
         grad = dict(reference_model.named_parameters())[name].grad
@@ -448,12 +478,16 @@ def test_training_step_is_srft_loss_with_a_deepspeed_style_step(
         assert torch.allclose(param.detach(), expected, atol=2e-5), name
         moved += int(not torch.equal(param.detach(), before[name]))
     assert moved > 0
-    assert status["weights"]["policy_loss"] == "token" and "actor_grad_norm" in status["metrics"]
-    assert status["metrics"]["is_demo"].mean().item() == pytest.approx(is_demo.float().mean().item())
+    assert "actor_grad_norm" in statuses[-1]["metrics"]
     logged = trainer._srft_step_metrics()
-    for name in ("w_sft", "w_rl", "loss_sft_demo", "loss_rl_demo", "loss_rl_rollout", "loss_kl",
-                 "entropy_demo", "entropy_rollout"):
+    for name in ("loss_sft_demo", "loss_rl_demo", "loss_rl_rollout", "loss_kl"):
         assert logged[f"srft/{name}"] == pytest.approx(metrics[name], rel=1e-4, abs=1e-6), name
+
+
+def test_training_step_without_step_totals_is_an_error(patches):
+    trainer = patches.SRFTActorPPOTrainer.__new__(patches.SRFTActorPPOTrainer)
+    with pytest.raises(RuntimeError, match="srft_step_windows"):
+        trainer.training_step(None, 0.0, 0, {"dp_size": 1, "batch_num_tokens": 3.0})
 
 
 # ----------------------------------------------------------------------------- Ray workers

@@ -1,4 +1,5 @@
-"""SRFT's mathematics, pure torch: group advantages, the demo-augmented group, the loss, presets.
+"""SRFT's mathematics, pure torch: group advantages, the demo-augmented group, the loss, presets,
+and the step-wide totals that make the loss exact under gradient accumulation.
 
 Both backends call these functions; they know nothing about OpenRLHF, Ray, vLLM or DeepSpeed.
 """
@@ -7,14 +8,17 @@ from srft_openrlhf.algorithm.advantages import batch_advantages, group_advantage
 from srft_openrlhf.algorithm.config import PRESETS, LossConfig
 from srft_openrlhf.algorithm.groups import AugmentedGroups, Response, augment_groups
 from srft_openrlhf.algorithm.losses import srft_loss
+from srft_openrlhf.algorithm.totals import StepTotals, step_totals
 
 __all__ = [
     "PRESETS",
     "AugmentedGroups",
     "LossConfig",
     "Response",
+    "StepTotals",
     "augment_groups",
     "batch_advantages",
     "group_advantages",
     "srft_loss",
+    "step_totals",
 ]

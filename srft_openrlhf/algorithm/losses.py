@@ -9,6 +9,11 @@ Inputs are masked first (values outside ``mask`` are replaced by 0), so padding 
 anything, even inf/NaN, without reaching the loss or its gradient. A term whose token set
 is empty is exactly 0 with zero gradient.
 
+Gradient accumulation: with ``totals`` (``StepTotals`` of the whole optimizer step) every
+term divides by the step's counts and the batch-scope weights use the step's entropies, so
+the caller SUMS the micro-batch losses to get the loss (and gradient) of the step in one
+batch. Without it, each call is a complete loss of the sequences it is given.
+
 Entropy: the weights w_SFT, w_RL and the Appendix A.2 quantile use ``entropy`` detached, so
 it may be passed without grad. Only ``entropy_bonus > 0`` differentiates through it: then the
 caller must pass the entropy computed with grad (``token_logprobs_and_entropy(...,
@@ -23,9 +28,12 @@ import torch
 from torch import Tensor
 
 from srft_openrlhf.algorithm.config import LossConfig
+from srft_openrlhf.algorithm.totals import StepTotals
 
 
-def aggregate(token_loss: Tensor, token_set: Tensor, mode: str, constant: float) -> Tensor:
+def aggregate(
+    token_loss: Tensor, token_set: Tensor, mode: str, constant: float, step: tuple[int, int, int] | None = None
+) -> Tensor:
     """Reduce a per-token loss [B, T] over ``token_set`` (bool [B, T]) to a scalar.
 
     token_mean:          Σ_set ℓ / |set|
@@ -33,15 +41,25 @@ def aggregate(token_loss: Tensor, token_set: Tensor, mode: str, constant: float)
                          verl "seq-mean-token-sum-norm" / Dr.GRPO)
     seq_mean_token_mean: mean over sequences b with set tokens of (Σ_t∈set ℓ_bt / |set_b|)  (Eq. 3)
     An empty set gives exactly 0.
+
+    ``step`` = (|set|, sequences with set tokens, B) over the whole optimizer step
+    (``StepTotals.counts``): the divisors are then the step's, not those of ``token_set``, so
+    the results of the step's micro-batches add up to the step's value.
     """
     picked = torch.where(token_set, token_loss, torch.zeros_like(token_loss))
-    if mode == "token_mean":
-        return picked.sum() / token_set.sum().clamp(min=1)
-    if mode == "constant":
-        return picked.sum() / (constant * token_loss.shape[0])
     per_seq_count = token_set.sum(-1)
+    if step is None:
+        n_tokens = token_set.sum().clamp(min=1)
+        n_seqs = (per_seq_count > 0).sum().clamp(min=1)
+        batch = token_loss.shape[0]
+    else:
+        n_tokens, n_seqs, batch = max(step[0], 1), max(step[1], 1), step[2]
+    if mode == "token_mean":
+        return picked.sum() / n_tokens
+    if mode == "constant":
+        return picked.sum() / (constant * batch)
     per_seq = picked.sum(-1) / per_seq_count.clamp(min=1)
-    return per_seq.sum() / (per_seq_count > 0).sum().clamp(min=1)
+    return per_seq.sum() / n_seqs
 
 
 def masked_mean(values: Tensor, token_set: Tensor) -> Tensor:
@@ -50,11 +68,18 @@ def masked_mean(values: Tensor, token_set: Tensor) -> Tensor:
 
 
 def entropy_weight(
-    entropy: Tensor, token_set: Tensor, scope: str, coef: float, sign: float, fixed: float | None
+    entropy: Tensor,
+    token_set: Tensor,
+    scope: str,
+    coef: float,
+    sign: float,
+    fixed: float | None,
+    step_mean: float | None = None,
 ) -> Tensor:
     """Eq. 8 / Eq. 12 weight ``coef · exp(sign · H)`` with H detached; ``fixed`` overrides it.
 
-    scope "batch": H = mean entropy over ``token_set`` (one scalar, the paper);
+    scope "batch": H = mean entropy over ``token_set`` (one scalar, the paper), or
+    ``step_mean``, the mean over the set's tokens of the whole optimizer step, when given;
     "sequence": H per sequence, mean over its tokens in the set ([B, 1]);
     "token": H per token ([B, T], the official code).
     """
@@ -62,7 +87,7 @@ def entropy_weight(
     if fixed is not None:
         return torch.full((), fixed, dtype=entropy.dtype, device=entropy.device)
     if scope == "batch":
-        h = masked_mean(entropy, token_set)
+        h = masked_mean(entropy, token_set) if step_mean is None else entropy.new_tensor(step_mean)
     elif scope == "sequence":
         h = (torch.where(token_set, entropy, 0.0).sum(-1) / token_set.sum(-1).clamp(min=1))[:, None]
     else:
@@ -154,6 +179,8 @@ def srft_loss(
     is_demo: Tensor,
     config: LossConfig | None = None,
     ref_log_probs: Tensor | None = None,
+    *,
+    totals: StepTotals | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Eq. 13 and its configured variants; returns (scalar loss, metrics of plain floats).
 
@@ -162,6 +189,13 @@ def srft_loss(
     the GRPO rollout objective (the demo term uses πβ = 1 by definition). Weight metrics
     (``w_sft``, ``w_rl``) are means over the demo / rollout tokens; metrics of an empty token
     set are 0.0.
+
+    ``totals``: ``step_totals`` of the whole optimizer step that these sequences are a
+    micro-batch of. Every term then divides by the step's counts and the batch-scope weights
+    use the step's mean entropies (the micro-batch's when ``totals`` has none), so the sum of
+    the micro-batch losses is the step's loss. The ``loss*`` metrics are then this
+    micro-batch's share (they add up over the step); all other metrics, and the Appendix A.2
+    entropy quantile, stay this micro-batch's own.
     """
     config = config or LossConfig()
     config.validate()
@@ -187,8 +221,9 @@ def srft_loss(
     pos_tok = roll_tok & (rewards > 0.5)[:, None]
     neg_tok = roll_tok & ~pos_tok
 
-    def agg(token_loss: Tensor, token_set: Tensor) -> Tensor:
-        return aggregate(token_loss, token_set, config.loss_agg, config.loss_agg_constant)
+    def agg(token_loss: Tensor, token_set: Tensor, name: str) -> Tensor:
+        step = None if totals is None else totals.counts(name)
+        return aggregate(token_loss, token_set, config.loss_agg, config.loss_agg_constant, step)
 
     # Appendix A.2: RL terms see dropped tokens' log-probs as constants (no gradient, same value).
     dropped = torch.zeros_like(mask)
@@ -197,33 +232,34 @@ def srft_loss(
     logp_rl = torch.where(dropped, logp.detach(), logp)
 
     scope = config.entropy_scope
-    w_sft = entropy_weight(ent, demo_tok, scope, config.w_sft_coef, config.w_sft_sign, config.w_sft_fixed)
-    w_rl = entropy_weight(ent, roll_tok, scope, config.w_rl_coef, config.w_rl_sign, config.w_rl_fixed)
+    h_demo, h_roll = (None, None) if totals is None else (totals.h_demo, totals.h_roll)
+    w_sft = entropy_weight(ent, demo_tok, scope, config.w_sft_coef, config.w_sft_sign, config.w_sft_fixed, h_demo)
+    w_rl = entropy_weight(ent, roll_tok, scope, config.w_rl_coef, config.w_rl_sign, config.w_rl_fixed, h_roll)
 
     loss_sft = zero
     if config.sft_demo:
-        loss_sft = agg(w_sft * sft_token_loss(logp), demo_tok)
+        loss_sft = agg(w_sft * sft_token_loss(logp), demo_tok, "demo")
     loss_rl_demo = zero
     if config.rl_demo:
-        loss_rl_demo = agg(demo_rl_token_loss(logp_rl, adv, config.demo_shaping_gamma), demo_tok)
+        loss_rl_demo = agg(demo_rl_token_loss(logp_rl, adv, config.demo_shaping_gamma), demo_tok, "demo")
     clipped = torch.zeros_like(mask)
     loss_rl_rollout = zero
     if config.rl_rollout and config.rollout_objective == "paper":
         # two means (Eq. 12 has two expectations), not one mean over all rollout tokens
         per_token = self_rollout_token_loss(logp_rl, pos_tok, w_rl)
-        loss_rl_rollout = agg(per_token, pos_tok) + agg(per_token, neg_tok)
+        loss_rl_rollout = agg(per_token, pos_tok, "pos") + agg(per_token, neg_tok, "neg")
     elif config.rl_rollout:
         per_token, clipped = grpo_token_loss(logp_rl, old, adv, config.clip_low, config.clip_high)
         clipped = clipped & roll_tok
         per_token = torch.where(adv > 0, w_rl * per_token, per_token)  # official code: w_RL on Â > 0
-        loss_rl_rollout = agg(per_token, roll_tok)
+        loss_rl_rollout = agg(per_token, roll_tok, "rollout")
 
     kl = torch.zeros_like(logp)
     if ref_log_probs is not None:
         ref = torch.where(mask, ref_log_probs.detach().to(logp.dtype), zero)
         kl = kl_token(logp, ref, config.kl_estimator)
-    loss_kl = config.kl_coef * agg(kl, mask) if config.kl_coef > 0 else zero
-    loss_entropy_bonus = config.entropy_bonus * agg(ent, mask) if config.entropy_bonus > 0 else zero
+    loss_kl = config.kl_coef * agg(kl, mask, "response") if config.kl_coef > 0 else zero
+    loss_entropy_bonus = config.entropy_bonus * agg(ent, mask, "response") if config.entropy_bonus > 0 else zero
 
     loss = loss_sft + loss_rl_demo + loss_rl_rollout + loss_kl - loss_entropy_bonus
 
@@ -251,4 +287,10 @@ def srft_loss(
         }
         # one device-to-host copy for all metrics
         values = torch.stack([t.detach().to(torch.float64).reshape(()) for t in metric_tensors.values()]).tolist()
-    return loss, dict(zip(metric_tensors, values))
+    metrics = dict(zip(metric_tensors, values))
+    if totals is not None and any(
+        metrics[f"n_{name}_tokens"] > getattr(totals, f"{name}_tokens") for name in ("demo", "pos", "neg")
+    ):
+        raise ValueError("totals: this micro-batch has more demo / positive / negative tokens than its step's "
+                         "StepTotals; compute step_totals over all the micro-batches of the step")
+    return loss, metrics

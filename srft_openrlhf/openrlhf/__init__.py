@@ -14,8 +14,9 @@ the same Ray options):
    and the advantages are ``srft_openrlhf.algorithm.batch_advantages`` over the augmented
    group (Eq. 7);
 3. actor loss: the training step computes token log-probs and entropy with
-   ``srft_openrlhf.kernels`` and calls ``srft_openrlhf.algorithm.srft_loss``; DeepSpeed's
-   backward and step are OpenRLHF's.
+   ``srft_openrlhf.kernels`` and calls ``srft_openrlhf.algorithm.srft_loss`` with the
+   ``StepTotals`` of its optimizer step, so that the micro-batches add up to the step's loss;
+   DeepSpeed's backward and step are OpenRLHF's.
 
 ``HOOK_POINTS`` lists every place of OpenRLHF this relies on; ``patches.check_hook_points``
 verifies them against the installed OpenRLHF, so that an upgrade that moves one fails with
@@ -95,12 +96,23 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
               params=("strategy", "pretrain", "max_steps", "vllm_engines"), reads=("ActorPPOTrainer",)),
     HookPoint(f"{_ACTOR}:ActorPPOTrainer.ppo_train", "overridden: adds the SRFT loss metrics to the step status",
               params=("kl_ctl",), reads=("training_step",)),
+    HookPoint(f"{_ACTOR}:ActorPPOTrainer.ppo_train",
+              "pairs micro-batches with loss_batch_info through the module global, replaced by srft_step_windows",
+              reads=("iter_grad_accum_global_norm", "accumulated_gradient")),
+    HookPoint("openrlhf.utils.loss_utils:iter_grad_accum_global_norm",
+              "srft_step_windows takes its place and arguments", params=("data_iter", "strategy",
+                                                                          "accumulated_gradient", "mask_fn")),
+    HookPoint("openrlhf.utils.loss_utils:_get_dp_group", "the DP group the step's totals are gathered over",
+              params=("strategy",)),
     HookPoint(f"{_ACTOR}:ActorPPOTrainer.training_step", "overridden: fused log-probs/entropy + srft_loss",
               params=("experience", "kl_ctl", "step", "loss_batch_info")),
     HookPoint("openrlhf.models.actor:Actor.forward", "called for the logits of the training step",
               params=("sequences", "action_mask", "attention_mask", "return_output")),
     HookPoint("openrlhf.utils.deepspeed:DeepspeedStrategy.backward", "the loss backward",
-              params=("loss", "model")),
+              params=("loss", "model"), reads=("backward",)),
+    # DeepSpeedEngine.backward divides the loss by this (its nvtx decorator hides its code from the check)
+    HookPoint("deepspeed.runtime.engine:DeepSpeedEngine.gradient_accumulation_steps",
+              "the SRFT training step multiplies the loss by it, undoing DeepSpeed's division", params=()),
     HookPoint("openrlhf.utils.deepspeed:DeepspeedStrategy.optimizer_step", "the optimizer step",
               params=("_optimizer", "model", "_scheduler")),
     HookPoint("openrlhf.trainer.ppo_utils.experience:Experience", "samples and experiences are these",

@@ -33,6 +33,7 @@ from typing import Any
 
 import ray
 import torch
+import torch.distributed as dist
 
 import openrlhf.utils
 from openrlhf.trainer import ppo_trainer, ppo_trainer_async
@@ -41,7 +42,8 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray import ppo_actor
-from srft_openrlhf.algorithm import batch_advantages, srft_loss
+from openrlhf.utils.loss_utils import _get_dp_group
+from srft_openrlhf.algorithm import StepTotals, batch_advantages, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig
 from srft_openrlhf.data import encode_example
 from srft_openrlhf.errors import UserError
@@ -348,7 +350,43 @@ def group_reward_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Te
 
 # ----------------------------------------------------------------------------- 3. actor loss
 
-# srft_loss metric -> the token count it is a mean over (None: one value per micro-batch).
+def srft_step_windows(data_iter, strategy, accumulated_gradient: int, mask_fn=None):
+    """Replaces ``iter_grad_accum_global_norm`` in ``ppo_actor``, whose ``ppo_train`` calls it
+    with the same arguments: the same windows of ``accumulated_gradient`` micro-batches (one
+    optimizer step; DeepSpeed's accumulation boundaries), each micro-batch paired with
+    ``{"srft_totals": StepTotals of the window on every DP rank, "dp_size": ...}`` in place of
+    OpenRLHF's token counts. ``mask_fn`` is not needed: the totals read mask, rewards, is_demo.
+
+    The totals carry no entropies: the policy's entropy is known only from each micro-batch's
+    own forward, after the previous micro-batch's backward; the batch-scope weights of
+    Eq. 8 / Eq. 12 therefore stay per micro-batch here (docs/cluster.md, Limits).
+    """
+    dp_group = _get_dp_group(strategy)
+    dp_size = dist.get_world_size(group=dp_group) if dist.is_available() and dist.is_initialized() else 1
+    gas = max(int(accumulated_gradient), 1)
+    window: list[Experience] = []
+    for experience in data_iter:
+        window.append(experience)
+        if len(window) == gas:
+            yield from _with_totals(window, dp_group, dp_size)
+            window = []
+    if window:  # a trailing partial step, as OpenRLHF's own iterator allows
+        yield from _with_totals(window, dp_group, dp_size)
+
+
+def _with_totals(window: list[Experience], dp_group, dp_size: int) -> Iterator[tuple[Experience, dict]]:
+    parts = [step_totals(e.action_mask, e.rewards, demo_flags(e)) for e in window]
+    totals = sum(parts[1:], parts[0])
+    if dp_size > 1:  # every DP rank's micro-batches are part of the same optimizer step
+        ranks: list[StepTotals | None] = [None] * dp_size
+        dist.all_gather_object(ranks, totals, group=dp_group)
+        totals = sum(ranks[1:], ranks[0])
+    for experience in window:
+        yield experience, {"srft_totals": totals, "dp_size": dp_size}
+
+
+# srft_loss metric -> the token count it is a mean over (None: one value per micro-batch; for the
+# loss terms that is the micro-batch's share times gas · dp_size, whose mean is the step's loss).
 _METRIC_WEIGHTS = {
     "loss": None, "loss_sft_demo": None, "loss_rl_demo": None, "loss_rl_rollout": None, "loss_kl": None,
     "loss_entropy_bonus": None, "w_sft": "n_demo_tokens", "entropy_demo": "n_demo_tokens",
@@ -362,7 +400,10 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
 
     Each micro-batch: logits from OpenRLHF's ``Actor`` (fp32, divided by the sampling
     temperature), token log-probs and entropy from the fused kernel, ``srft_loss`` with the
-    run's ``LossConfig``, then DeepSpeed's backward and step exactly as OpenRLHF calls them.
+    run's ``LossConfig`` and the optimizer step's ``StepTotals`` (``srft_step_windows``), then
+    DeepSpeed's backward and step exactly as OpenRLHF calls them. The micro-batch losses are
+    shares of the step's loss that must add up, so the loss given to DeepSpeed is multiplied
+    by what DeepSpeed divides it by (``training_step``).
     The SRFT metrics (w_sft, w_rl, each term, entropy of demos / rollouts) are averaged over
     the step, each over the tokens it describes, and returned with OpenRLHF's status, which
     its trainer sends to wandb / tensorboard.
@@ -375,24 +416,32 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
         return status
 
     def training_step(self, experience: Experience, kl_ctl: float, step: int, loss_batch_info=None) -> dict:
-        # loss_batch_info (OpenRLHF's step-wide token count) is not used: srft_loss averages each
-        # term over its own tokens in the micro-batch, and DeepSpeed averages the micro-batches.
+        if not loss_batch_info or "srft_totals" not in loss_batch_info:
+            raise RuntimeError("SRFT: the training step got no StepTotals; ppo_train must pair micro-batches "
+                               "through srft_step_windows (patches.install(); dynamic batching is not supported)")
         config = srft_config(self.args).loss
         self.actor.train()
         log_probs, entropy, aux_loss = self.token_logprobs_and_entropy(experience, config.entropy_bonus > 0)
         is_demo = demo_flags(experience).to(log_probs.device)
-        loss, metrics = srft_loss(
+        share, metrics = srft_loss(
             log_probs, experience.action_log_probs, entropy, experience.action_mask,
             sequence_advantages(experience), experience.rewards, is_demo, config,
             ref_log_probs=experience.base_action_log_probs if config.kl_coef > 0 else None,
+            totals=loss_batch_info["srft_totals"],
         )
+        # The shares must SUM over the step's micro-batches of every DP rank. DeepSpeedEngine.backward
+        # divides the loss by its gradient_accumulation_steps and the DP all-reduce averages over
+        # dp_size ranks: multiply both back (as OpenRLHF's aggregate_loss does with dp_size and
+        # batch_num_tokens / gas).
+        scale = self.actor.model.gradient_accumulation_steps() * loss_batch_info["dp_size"]
+        loss = share * scale
         if self.aux_loss:
             loss = loss + aux_loss * self.args.actor.aux_loss_coef
         self.strategy.backward(loss, self.actor, self.actor_optim)
         self.strategy.optimizer_step(self.actor_optim, self.actor, self.actor_scheduler, name="actor")
         if self.ema_model:
             self.strategy.moving_average(self.actor, self.ema_model, self.ema_beta, "cuda")
-        self._record_srft_metrics(metrics)
+        self._record_srft_metrics(metrics, scale)
         return self._openrlhf_status(experience, loss)
 
     def token_logprobs_and_entropy(self, experience: Experience, entropy_grad: bool):
@@ -407,14 +456,15 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
         width = experience.action_mask.shape[1]
         return log_probs[:, :-1][:, -width:], entropy[:, :-1][:, -width:], getattr(output, "aux_loss", None)
 
-    def _record_srft_metrics(self, metrics: dict[str, float]) -> None:
+    def _record_srft_metrics(self, metrics: dict[str, float], scale: float) -> None:
         sums = self.__dict__.setdefault("_srft_sums", {})  # reset by ppo_train at each step
         counts = {"n_tokens": metrics["n_tokens"], "n_demo_tokens": metrics["n_demo_tokens"],
                   "n_rollout_tokens": metrics["n_tokens"] - metrics["n_demo_tokens"], None: 1.0}
         for name, count_key in _METRIC_WEIGHTS.items():
             weight = counts[count_key]
+            value = metrics[name] * (scale if name.startswith("loss") else 1.0)  # a share of the step's loss
             total = sums.setdefault(name, [0.0, 0.0])
-            total[0] += metrics[name] * weight
+            total[0] += value * weight
             total[1] += weight
 
     def _srft_step_metrics(self) -> dict[str, float]:
@@ -431,7 +481,9 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
         """The step status in the form OpenRLHF's ``ppo_train`` reduces (metrics + weights)."""
         metrics: dict[str, Any] = {"policy_loss": loss.detach(), "actor_lr": self.actor_scheduler.get_last_lr()[0],
                                    "actor_grad_norm": self.strategy.get_grad_norm(self.actor)}
-        weights: dict[str, str | None] = {"policy_loss": "token", "actor_lr": None, "actor_grad_norm": None}
+        # "sample": micro-batches hold equally many samples, so ppo_train's mean of these scaled shares
+        # (training_step) is the step's loss
+        weights: dict[str, str | None] = {"policy_loss": "sample", "actor_lr": None, "actor_grad_norm": None}
         for key, value in experience.info.items():
             if isinstance(value, list):
                 value = torch.stack([torch.as_tensor(v) for v in value]).float()
@@ -512,6 +564,7 @@ PATCHES: dict[tuple[Any, str], Any] = {
     (ppo_trainer_async, "SamplesGenerator"): SRFTSamplesGenerator,
     (ppo_trainer, "RemoteExperienceMaker"): SRFTExperienceMaker,
     (ppo_actor, "ActorPPOTrainer"): SRFTActorPPOTrainer,
+    (ppo_actor, "iter_grad_accum_global_norm"): srft_step_windows,
     (ppo_actor, "PolicyModelActor"): rewrap(SRFTPolicyModelActor, ppo_actor.PolicyModelActor),
     (ppo_trainer, "PPOTrainer"): rewrap(SRFTPPOTrainer, ppo_trainer.PPOTrainer),
     (ppo_trainer_async, "PPOTrainerAsync"): rewrap(SRFTPPOTrainerAsync, ppo_trainer_async.PPOTrainerAsync),
