@@ -82,6 +82,7 @@ class TrainConfig:
     save_every: int = 50
     eval_every: int = 0
     keep_checkpoints: int = 2
+    num_threads: int = 0  # local backend: torch CPU threads (0 = torch's default)
 
 
 @dataclass

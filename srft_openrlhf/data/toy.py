@@ -1,0 +1,324 @@
+"""The toy task of the quick start: 3-digit addition with worked column sums, offline.
+
+No model or dataset can be downloaded in the quick start, so it brings its own:
+
+- **Problems** ``"347+285=?"``, operands uniform in [100, 999]. The held-out split (greedy
+  accuracy before/after training) and the training split are disjoint as unordered pairs.
+- **Demonstrations** in the paper's format, one line per column, units first::
+
+      <think>
+      7+5=12
+      4+8+1=13
+      3+2+1=6
+      </think> \\boxed{632}
+
+- **Flawed demonstrations** (real distilled demonstrations are imperfect; the paper assumes
+  high-quality ones and names imperfect ones as future work. With perfect demonstrations
+  plain SFT is unbeatable on this task and the RL part is never tested):
+  1. *wrong step*: on problems with a chained carry (the units column carries into the
+     tens and the tens column carries again, about 25% of problems) the teacher forgets
+     the carry into the hundreds column half of the time, ``3+2=5``, and boxes the answer
+     that follows from it (off by 100): about 12% of all demonstrations. Imitation leaves
+     the policy undecided exactly there; rewards can tell which of the two is right.
+  2. *wrong final answer*: 10% of the other demonstrations have correct steps but one
+     digit of the boxed answer changed (a transcription slip).
+  ``TRAIN`` reports the shares it produced (``flaw_counts``).
+- **Tokenizer** built locally: one token per character (digits single tokens) plus the
+  markers ``<think>``, ``</think>``, ``\\boxed{`` and ``}``, so a demonstration is ~35 tokens.
+- **Base model**: a tiny Qwen2 (head_dim 32, as vLLM on CPU requires) pre-trained for a few
+  hundred steps on *correct* worked solutions of other problems, which leaves it weak but
+  not useless (roughly a quarter of the held-out problems right). It is built on first use
+  and cached under ``${SRFT_CACHE:-~/.cache/srft-openrlhf}/toy-base-<hash>``, the hash
+  covering every setting below, written to a temporary folder and renamed into place, so
+  an interrupted build never leaves a cache entry that loads half.
+
+``model.path: toy`` and ``data.train: toy`` in a config select this task (the trainer calls
+``base_model_path`` and ``examples``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from srft_openrlhf.data.loading import Example
+
+SOURCE = "toy"
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
+MARKERS = ("<think>", "</think>", "\\boxed{", "}")
+CHARACTERS = tuple("0123456789+=? \n")
+
+
+@dataclass(frozen=True)
+class ToyTask:
+    """Every setting of the toy task; the base-model cache is keyed by a hash of all of them."""
+
+    version: int = 1  # bump when the code below changes what it builds
+    seed: int = 1234
+    heldout_size: int = 400
+    train_size: int = 8000
+    chained_carry_flaw_rate: float = 0.5  # flaw 1: share of chained-carry demonstrations with the bug
+    typo_rate: float = 0.10  # flaw 2: share of the other demonstrations with a wrong final answer
+    # base model (Qwen2 architecture)
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 2
+    num_heads: int = 4  # head_dim = 128 / 4 = 32
+    max_position_embeddings: int = 128
+    # base pre-training on correct worked solutions of problems outside both splits
+    pretrain_steps: int = 220
+    pretrain_batch: int = 64
+    pretrain_lr: float = 3e-3
+
+    def key(self) -> str:
+        """Hash of the settings the base model depends on (the flaws only shape training data)."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in DEMO_ONLY_FIELDS}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+DEMO_ONLY_FIELDS = ("chained_carry_flaw_rate", "typo_rate")
+
+
+TASK = ToyTask()
+
+
+# ----------------------------------------------------------------------------- problems
+
+def question(a: int, b: int) -> str:
+    return f"{a}+{b}=?"
+
+
+def column_steps(a: int, b: int, drop_chained_carry: bool = False) -> tuple[list[str], int]:
+    """The column sums, units first, and the answer they lead to.
+
+    ``drop_chained_carry``: the teacher's bug (flaw 1) — when the units and the tens column
+    both carry, the carry into the hundreds column is forgotten.
+    """
+    da, db = str(a)[::-1], str(b)[::-1]
+    lines, digits, carry = [], [], 0
+    chained = chained_carry(a, b)
+    for col in range(len(da)):
+        x, y = int(da[col]), int(db[col])
+        if col == 2 and chained and drop_chained_carry:
+            carry = 0
+        s = x + y + carry
+        lines.append(f"{x}+{y}+{carry}={s}" if carry else f"{x}+{y}={s}")
+        digits.append(s % 10)
+        carry = s // 10
+    answer = int("".join(map(str, ([carry] if carry else []) + digits[::-1])))
+    return lines, answer
+
+
+def chained_carry(a: int, b: int) -> bool:
+    """The units column carries and the tens column, with that carry, carries again."""
+    units = a % 10 + b % 10
+    return units >= 10 and (a // 10 % 10 + b // 10 % 10 + 1) >= 10
+
+
+def problem_group(prompt: str) -> str:
+    """"chained_carry" (the demonstrations of such problems carry flaw 1) or "other"."""
+    a, b = prompt.removesuffix("=?").split("+")
+    return "chained_carry" if chained_carry(int(a), int(b)) else "other"
+
+
+def solution_text(lines: list[str], answer: str) -> str:
+    return "<think>\n" + "\n".join(lines) + "\n</think> \\boxed{" + answer + "}"
+
+
+def demonstration(a: int, b: int, rng: random.Random, task: ToyTask = TASK) -> tuple[str, str]:
+    """A teacher's demonstration and its kind: "correct", "wrong_step" or "wrong_answer"."""
+    if chained_carry(a, b):
+        if rng.random() < task.chained_carry_flaw_rate:
+            lines, answer = column_steps(a, b, drop_chained_carry=True)
+            return solution_text(lines, str(answer)), "wrong_step"
+        return solution_text(*_correct(a, b)), "correct"
+    lines, answer = column_steps(a, b)
+    text = str(answer)
+    if rng.random() < task.typo_rate:
+        pos = rng.randrange(len(text))
+        wrong = rng.choice([d for d in "0123456789" if d != text[pos] and not (pos == 0 and d == "0")])
+        return solution_text(lines, text[:pos] + wrong + text[pos + 1:]), "wrong_answer"
+    return solution_text(lines, text), "correct"
+
+
+def _pairs(rng: random.Random, count: int, exclude: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``count`` distinct problems, none equal to an excluded one as an unordered pair."""
+    out: list[tuple[int, int]] = []
+    seen = set(exclude)
+    while len(out) < count:
+        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        key = (min(a, b), max(a, b))
+        if key not in seen:
+            seen.add(key)
+            out.append((a, b))
+    return out
+
+
+def _splits(task: ToyTask) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    rng = random.Random(task.seed)
+    heldout = _pairs(rng, task.heldout_size, set())
+    taken = {(min(a, b), max(a, b)) for a, b in heldout}
+    return heldout, _pairs(rng, task.train_size, taken)
+
+
+def examples(split: str, task: ToyTask = TASK) -> list[Example]:
+    """``"train"`` (with demonstrations, flawed ones included) or ``"heldout"`` (correct ones)."""
+    heldout, train = _splits(task)
+    if split == "heldout":
+        return [Example(prompt=question(a, b), answer=str(a + b),
+                        demonstration=solution_text(*_correct(a, b)), source=SOURCE, row=i)
+                for i, (a, b) in enumerate(heldout)]
+    if split == "train":
+        rng = random.Random(task.seed + 1)
+        return [Example(prompt=question(a, b), answer=str(a + b),
+                        demonstration=demonstration(a, b, rng, task)[0], source=SOURCE, row=i)
+                for i, (a, b) in enumerate(train)]
+    raise ValueError(f"toy split must be 'train' or 'heldout', got {split!r}")
+
+
+def flaw_counts(task: ToyTask = TASK) -> dict[str, int]:
+    """How many training demonstrations are correct / wrong_step / wrong_answer."""
+    _, train = _splits(task)
+    rng = random.Random(task.seed + 1)
+    counts = {"correct": 0, "wrong_step": 0, "wrong_answer": 0}
+    for a, b in train:
+        counts[demonstration(a, b, rng, task)[1]] += 1
+    return counts
+
+
+def _correct(a: int, b: int) -> tuple[list[str], str]:
+    lines, answer = column_steps(a, b)
+    return lines, str(answer)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def build_tokenizer() -> Any:
+    """One token per character of ``CHARACTERS`` plus the markers; unknown characters -> <unk>."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + MARKERS + CHARACTERS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters join without separators
+    tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
+    # markers are matched before the per-character split, so each is one token
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKERS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+# ----------------------------------------------------------------------------- base model
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SRFT_CACHE", "~/.cache/srft-openrlhf")).expanduser()
+
+
+def base_model_path(task: ToyTask = TASK, cache_dir: Path | None = None, log=print) -> Path:
+    """The cached toy base model folder (HF format, tokenizer included), built on first use."""
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    final = root / f"toy-base-{task.key()}"
+    if (final / "config.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    log(f"[toy] building the toy base model (first use, cached in {final})")
+    tmp = Path(tempfile.mkdtemp(prefix=".toy-base-tmp-", dir=root))
+    try:
+        pretrain_base_model(task, tmp, log=log)
+        _fsync_tree(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "config.json").is_file():  # not a concurrent builder that won
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _pretrain_batch(rng: random.Random, tokenizer: Any, size: int, exclude: set[tuple[int, int]]):
+    """Token ids and loss mask (response tokens only) of ``size`` correct worked solutions."""
+    import torch
+
+    rows, masks = [], []
+    for a, b in _pairs(rng, size, exclude):
+        prompt = tokenizer(question(a, b), add_special_tokens=False)["input_ids"]
+        response = tokenizer(solution_text(*_correct(a, b)), add_special_tokens=False)["input_ids"]
+        response.append(tokenizer.eos_token_id)
+        rows.append(prompt + response)
+        masks.append([0] * len(prompt) + [1] * len(response))
+    width = max(map(len, rows))
+    ids = torch.full((size, width), tokenizer.pad_token_id, dtype=torch.long)
+    loss_mask = torch.zeros((size, width), dtype=torch.bool)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        ids[i, : len(r)] = torch.tensor(r)
+        loss_mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
+    return ids, loss_mask
+
+
+def pretrain_base_model(task: ToyTask, out: Path, log=print) -> None:
+    """A fresh tiny Qwen2 trained by next-token prediction on correct worked solutions."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(task.seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=task.hidden_size, intermediate_size=task.intermediate_size,
+        num_hidden_layers=task.num_layers, num_attention_heads=task.num_heads,
+        num_key_value_heads=task.num_heads, max_position_embeddings=task.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=task.pretrain_lr, weight_decay=0.0)
+    warmup = max(1, task.pretrain_steps // 10)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, task.pretrain_steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    heldout, train = _splits(task)
+    # the base never sees a problem of either split, so both measure what training adds
+    exclude = {(min(a, b), max(a, b)) for a, b in heldout + train}
+    rng = random.Random(task.seed + 2)
+    model.train()
+    for step in range(task.pretrain_steps):
+        ids, loss_mask = _pretrain_batch(rng, tokenizer, task.pretrain_batch, exclude)
+        logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
+        targets = ids[:, 1:]
+        token_loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
+        ).view_as(targets)
+        mask = loss_mask[:, 1:]
+        loss = (token_loss * mask).sum() / mask.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0 or step + 1 == task.pretrain_steps:
+            log(f"[toy] base pre-training step {step + 1}/{task.pretrain_steps}: loss {loss.item():.3f}")
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "toy_task.json").write_text(json.dumps(dataclasses.asdict(task), indent=1))

@@ -1,0 +1,125 @@
+"""Run logging: ``metrics.jsonl`` (always), a console progress bar with ETA, and optionally
+Weights & Biases and TensorBoard.
+
+``metrics.jsonl`` has one JSON object per line: training records ``{"step": k, ...}``
+(k = optimizer steps done) and evaluation records ``{"step": k, "eval_accuracy": ...}``.
+On resume, records after the checkpoint's step are dropped first, so the file reads as if
+the run had never been interrupted.
+
+wandb is imported only when ``logging.wandb_project`` is set; it runs offline unless
+``WANDB_API_KEY`` is set, and a resumed run continues the same wandb run (its id is kept
+in ``RUN_DIR/wandb_id``). TensorBoard (``logging.tensorboard: true``) writes to
+``RUN_DIR/tensorboard`` through ``torch.utils.tensorboard``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from srft_openrlhf.config import LoggingConfig, SRFTConfig
+from srft_openrlhf.errors import ConfigError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def check_logging(cfg: LoggingConfig) -> None:
+    """Requested sinks must be installed (checked before any expensive start-up)."""
+    if cfg.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logging.wandb_project is set but the 'wandb' package is not installed; "
+                          "pip install wandb, or unset logging.wandb_project")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logging.tensorboard is true but the 'tensorboard' package is not installed; "
+                          "pip install tensorboard, or set logging.tensorboard=false")
+    if cfg.log_every < 1:
+        raise ConfigError(f"logging.log_every must be >= 1, got {cfg.log_every}")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                continue
+    return records
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN / inf become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    """Writes every record to metrics.jsonl (+ wandb / TensorBoard) and drives the progress bar."""
+
+    def __init__(self, run_dir: Path, cfg: SRFTConfig, start_step: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
+        self.log_every = cfg.logging.log_every
+        kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= start_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.file = self.path.open("a")
+        self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="srft train", unit="step",
+                        dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+        self.wandb = self._start_wandb(cfg) if cfg.logging.wandb_project else None
+        self.tensorboard = None
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+
+    def _start_wandb(self, cfg: SRFTConfig):
+        import wandb
+
+        id_file = self.run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id + "\n")
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        return wandb.init(project=cfg.logging.wandb_project, name=cfg.logging.wandb_run_name, id=run_id,
+                          resume="allow", dir=str(self.run_dir), mode=mode, config=cfg.to_dict())
+
+    def log(self, step: int, record: dict[str, float], force: bool = False) -> None:
+        """One record for ``step`` (written when step % log_every == 0, or ``force``)."""
+        if not force and step % self.log_every:
+            return
+        line = {"step": step, "time": round(time.time(), 3), **{k: _plain(v) for k, v in record.items()}}
+        self.file.write(json.dumps(line) + "\n")
+        self.file.flush()
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=step)
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, step)
+
+    def advance(self, postfix: dict[str, float]) -> None:
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
+        self.bar.update(1)
+
+    def message(self, text: str) -> None:
+        """A console line that does not break the progress bar."""
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

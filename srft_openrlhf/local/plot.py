@@ -1,0 +1,225 @@
+"""Training curves and result tables of local runs.
+
+``srft plot RUN_DIR [RUN_DIR ...] [--out PNG] [--smooth K]``
+    Three panels in the style of the paper's Fig. 6: training reward (mean reward of the
+    self-rollouts), response length (mean tokens of the self-rollouts) and entropy (of the
+    policy on the rollout tokens; on the demonstration tokens for runs without rollouts,
+    e.g. SFT). Several runs are overlaid, with a legend.
+
+``srft plot --aggregate ROOT [--out PNG] [--table MD]``
+    ROOT holds ``METHOD/seed-N/`` run folders (as ``scripts/reproduce_toy.sh`` writes
+    them): one curve per method (mean over seeds, ±1 std band) and a markdown table of
+    held-out accuracy, mean ± std over seeds, laid out like the paper's Table 2 (methods
+    grouped by paradigm) and Table 3 (ablations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.local.metrics import read_metrics
+
+PANELS = (
+    ("reward_mean", "Training reward"),
+    ("response_length", "Response length (tokens)"),
+    ("entropy", "Entropy"),
+)
+
+# (method folder, display name); paper Table 2 groups, then the Table 3 ablations
+TABLE2 = (
+    ("Supervised Fine-Tuning", (("sft", "SFT"),)),
+    ("Reinforcement Learning", (("grpo", "GRPO"),)),
+    ("SFT and RL", (("sft_then_rl", "SFT→RL"), ("luffy", "LUFFY"), ("srft", "SRFT"))),
+)
+TABLE3 = (("srft", "SRFT"), ("srft_no_wsft", "w/o w_SFT"), ("srft_no_wrl", "w/o w_RL"))
+
+
+def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of a training metric; for "entropy" the rollout entropy when the run
+    has rollouts, else the entropy over all its response tokens (demonstrations)."""
+    train = [r for r in records if "loss" in r]
+    if key == "entropy" and any(r.get("entropy_rollout") for r in train) and any("reward_mean" in r for r in train):
+        key = "entropy_rollout"
+    points = [(r["step"], r[key]) for r in train if r.get(key) is not None]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over ``window`` points (fewer at the start)."""
+    if window <= 1:
+        return list(values)
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8))
+    for ax, (_, title) in zip(axes, PANELS):
+        ax.set_title(title)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def _save(fig, axes, out: Path) -> None:
+    handles, labels = [], []
+    for ax in axes:
+        for h, lbl in zip(*ax.get_legend_handles_labels()):
+            if lbl not in labels:
+                handles.append(h)
+                labels.append(lbl)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+
+
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Folder names, or parent/name where names repeat (seed-1 of several methods)."""
+    names = [p.resolve().name for p in run_dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{p.resolve().parent.name}/{p.resolve().name}" for p in run_dirs]
+
+
+def plot_runs(run_dirs: Sequence[Path], out: Path, smooth: int = 1) -> None:
+    fig, axes = _figure()
+    for i, (run_dir, label) in enumerate(zip(run_dirs, run_labels(run_dirs))):
+        records = read_metrics(run_dir)
+        if not records:
+            raise ConfigError(f"{run_dir}: no metrics.jsonl (is it a run folder?)")
+        for ax, (key, _) in zip(axes, PANELS):
+            steps, values = series(records, key)
+            if steps:  # one colour per run in every panel, though some runs lack some curves
+                ax.plot(steps, moving_average(values, smooth), label=label, color=f"C{i % 10}")
+    _save(fig, axes, out)
+
+
+# ----------------------------------------------------------------------------- several seeds
+
+def method_runs(root: Path) -> dict[str, list[Path]]:
+    """``{method: [ROOT/method/seed-N, ...]}`` for every finished run (one with summary.json)."""
+    runs: dict[str, list[Path]] = {}
+    for summary in sorted(Path(root).glob("*/*/summary.json")):
+        runs.setdefault(summary.parent.parent.name, []).append(summary.parent)
+    if not runs:
+        raise ConfigError(f"{root}: no finished runs (expected METHOD/seed-N/summary.json)")
+    return runs
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plot_methods(runs: dict[str, list[Path]], out: Path, smooth: int = 1) -> None:
+    """Mean over seeds per method (steps every seed logged), with a ±1 std band."""
+    fig, axes = _figure()
+    for i, (method, dirs) in enumerate(runs.items()):
+        records = [read_metrics(d) for d in dirs]
+        for ax, (key, _) in zip(axes, PANELS):
+            per_seed = [dict(zip(*series(r, key))) for r in records]
+            steps = sorted(set.intersection(*(set(s) for s in per_seed)))
+            if not steps:
+                continue
+            stats = [mean_std([s[k] for s in per_seed]) for k in steps]
+            mean = moving_average([m for m, _ in stats], smooth)
+            std = moving_average([d for _, d in stats], smooth)
+            color = f"C{i % 10}"
+            ax.plot(steps, mean, label=method, color=color)
+            ax.fill_between(steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                            color=color, alpha=0.15)
+    _save(fig, axes, out)
+
+
+def accuracy_columns(summaries: list[dict]) -> list[str]:
+    """accuracy_after, then per-group ones (accuracy_<group>_after) in a stable order."""
+    groups = sorted({k for s in summaries for k in s if k.startswith("accuracy_") and k.endswith("_after")
+                     and k != "accuracy_after"})
+    return ["accuracy_after", *groups]
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std([100 * v for v in values])
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def results_table(runs: dict[str, list[Path]]) -> str:
+    """Markdown: Table 2 layout (paradigm groups) and Table 3 layout (ablations), mean ± std."""
+    summaries = {m: [json.loads((d / "summary.json").read_text()) for d in dirs] for m, dirs in runs.items()}
+    every = [s for group in summaries.values() for s in group]
+    columns = accuracy_columns(every)
+    titles = ["held-out" if c == "accuracy_after" else c.removeprefix("accuracy_").removesuffix("_after").replace("_", " ")
+              for c in columns]
+    header = "| Model | " + " | ".join(titles) + " | seeds |\n|---|" + "---|" * (len(columns) + 1) + "\n"
+
+    def row(name: str, group: list[dict], suffix: str = "_after") -> str:
+        cells = [_cell([s[c.removesuffix("_after") + suffix] for s in group
+                        if s.get(c.removesuffix("_after") + suffix) is not None]) for c in columns]
+        return f"| {name} | " + " | ".join(cells) + f" | {len(group)} |\n"
+
+    steps = sorted({s.get("steps") for s in every})
+    lines = [f"Held-out accuracy (%), mean ± std over seeds; {', '.join(map(str, steps))} training steps each.\n\n",
+             "**Main results (layout of the paper's Table 2)**\n\n", header, row("Base model", every, "_before")]
+    known = {m for _, methods in TABLE2 for m, _ in methods} | {m for m, _ in TABLE3}
+    for title, methods in TABLE2:
+        present = [(m, name) for m, name in methods if m in summaries]
+        if present:
+            lines.append(f"| *{title}* |" + " |" * (len(columns) + 1) + "\n")
+            lines += [row(name, summaries[m]) for m, name in present]
+    others = [m for m in summaries if m not in known]
+    if others:
+        lines.append("| *Other* |" + " |" * (len(columns) + 1) + "\n")
+        lines += [row(m, summaries[m]) for m in others]
+    ablations = [(m, name) for m, name in TABLE3 if m in summaries]
+    if len(ablations) > 1:
+        lines += ["\n**Ablations (layout of the paper's Table 3)**\n\n", header]
+        lines += [row(name, summaries[m]) for m, name in ablations]
+    return "".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="srft plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="*", type=Path, help="run folders (each with metrics.jsonl)")
+    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/curves.png for one run, "
+                                            "ROOT/curves.png with --aggregate, else ./curves.png)")
+    p.add_argument("--smooth", type=int, default=1, help="moving-average window in steps (default 1: none)")
+    p.add_argument("--aggregate", type=Path, metavar="ROOT", help="mean ± std over ROOT/METHOD/seed-N runs")
+    p.add_argument("--table", type=Path, metavar="MD", help="with --aggregate: write the markdown table here")
+    args = p.parse_args(argv)
+    if args.aggregate:
+        runs = method_runs(args.aggregate)
+        out = args.out or args.aggregate / "curves.png"
+        plot_methods(runs, out, args.smooth)
+        table = results_table(runs)
+        if args.table:
+            args.table.write_text(table)
+        print(table)
+        print(f"curves: {out}")
+        return 0
+    if not args.runs:
+        p.error("give at least one RUN_DIR, or --aggregate ROOT")
+    out = args.out or (args.runs[0] / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
+    plot_runs(args.runs, out, args.smooth)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

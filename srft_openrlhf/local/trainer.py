@@ -1,0 +1,484 @@
+"""The one-machine SRFT trainer (``srft train``, local backend): CPU or one GPU.
+
+One training step (paper Sec. 4, Eq. 13)::
+
+    prompts of step k (seeded permutation)            rollout.PromptSampler
+    → n rollouts per prompt + behaviour log-probs      generator (vLLM or HF)
+    → rewards of rollouts and demonstrations          reward.batch_rewards
+    → groups = rollouts ∪ demonstration (Eq. 6)        algorithm.augment_groups
+    → advantages over each group (Eq. 7)               algorithm.batch_advantages
+    → srft_loss per micro-batch, gradients summed     algorithm.srft_loss
+    → optimizer step → new weights to the generator → log / evaluate / checkpoint
+
+Micro-batches: the step's batch is cut into ``train.micro_batch_size`` sequences and the
+gradients of the micro-batch losses (each divided by the number of micro-batches) are
+accumulated before one optimizer step. Each micro-batch loss is ``srft_loss`` of that
+micro-batch alone, so its token means and its entropy weights w_SFT, w_RL (Eq. 8, 12) are
+computed per micro-batch, as OpenRLHF and verl do; with one micro-batch per step (the toy
+configs) they are exactly the paper's batch quantities. Advantages are always computed
+over whole groups first.
+
+Schedules (paper Table 1): ``joint`` trains with ``loss`` (a preset) at every step;
+``sft_then_rl`` runs the ``sft`` preset for ``train.switch_step`` steps, then ``grpo``;
+``rl_then_sft`` the reverse.
+
+Old log-probs: a rollout's are the generating policy's, as returned by the generator
+(stale ones included, under ``train.async_enable``); a demonstration's are 0 (πβ = 1).
+Training log-probs use the sampling temperature (``rollout.temperature``), like the
+generator's, so that the ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from srft_openrlhf.algorithm import LossConfig, srft_loss
+from srft_openrlhf.config import SRFTConfig, save_config
+from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.local.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
+from srft_openrlhf.local.metrics import MetricsLogger, check_logging
+from srft_openrlhf.local.rollout import (
+    PromptItem,
+    PromptSampler,
+    RolloutBatch,
+    TrainBatch,
+    build_train_batch,
+    collect_rollouts,
+    encode_items,
+    generation_seed,
+    grade,
+    rollout_stats,
+)
+
+SCHEDULES = ("joint", "sft_then_rl", "rl_then_sft")
+GENERATORS = ("auto", "vllm", "hf")
+TOY = "toy"
+SUMMARY_FILE = "summary.json"
+EVAL_DIR = "eval"
+
+
+# ----------------------------------------------------------------------------- checks
+
+def phase_loss(cfg: SRFTConfig, step: int) -> LossConfig:
+    """The loss of step ``step`` (0-based) under ``train.schedule``."""
+    schedule = cfg.train.schedule
+    if schedule == "joint":
+        return cfg.loss
+    first, second = ("sft", "grpo") if schedule == "sft_then_rl" else ("grpo", "sft")
+    return LossConfig.preset(first if step < cfg.train.switch_step else second)
+
+
+def phase_losses(cfg: SRFTConfig) -> list[LossConfig]:
+    if cfg.train.schedule == "joint":
+        return [cfg.loss]
+    return [phase_loss(cfg, 0), phase_loss(cfg, cfg.train.switch_step)]
+
+
+def check_config(cfg: SRFTConfig) -> None:
+    """Value checks that need no files, each naming its key."""
+    t, r = cfg.train, cfg.rollout
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule: {t.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if t.schedule != "joint" and not 0 < t.switch_step < t.steps:
+        raise ConfigError(f"train.switch_step: schedule {t.schedule} needs 0 < switch_step < train.steps "
+                          f"({t.steps}), got {t.switch_step}")
+    for loss in phase_losses(cfg):
+        loss.validate()
+    for key in ("prompts_per_step", "micro_batch_size", "keep_checkpoints"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    for key in ("steps", "save_every", "eval_every", "max_staleness", "num_threads"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    if r.generator not in GENERATORS:
+        raise ConfigError(f"rollout.generator: {r.generator!r} is not one of {', '.join(GENERATORS)}")
+    if r.n_samples_per_prompt < 1 or r.max_new_tokens < 1:
+        raise ConfigError("rollout.n_samples_per_prompt and rollout.max_new_tokens must be >= 1")
+    if not r.temperature > 0:
+        raise ConfigError(f"rollout.temperature must be > 0 for training rollouts, got {r.temperature} "
+                          "(greedy decoding is rollout.eval_temperature)")
+    if t.engine == "deepspeed" and t.zero_stage == 3 and t.async_enable:
+        raise ConfigError("train.async_enable with train.zero_stage=3 is not supported by the local backend "
+                          "(one process has nothing to shard); use zero_stage 0-2")
+    check_logging(cfg.logging)
+
+
+def check_model_path(cfg: SRFTConfig) -> None:
+    if cfg.model.path == TOY:
+        return
+    path = Path(cfg.model.path).expanduser()
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "has no config.json"
+        raise ConfigError(f"model.path: {cfg.model.path!r} {what} (expected a local Hugging Face model "
+                          "folder, or 'toy' for the toy task's base model)")
+
+
+@dataclass
+class RunData:
+    tokenizer: Any
+    train: list[PromptItem]
+    eval: list[PromptItem]
+    eval_groups: list[str] | None  # toy held-out: "chained_carry" / "other" per problem
+
+
+def load_tokenizer(cfg: SRFTConfig):
+    if cfg.model.path == TOY:
+        from srft_openrlhf.data import toy
+
+        return toy.build_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(Path(cfg.model.path).expanduser()),
+                                         trust_remote_code=cfg.model.trust_remote_code)
+
+
+def load_data(cfg: SRFTConfig) -> RunData:
+    """Load, render and tokenise the training (and eval) set: every data error surfaces here,
+    before a model is built. Demonstrations are required when some phase trains on them."""
+    from srft_openrlhf.data import load_examples, toy
+
+    d = cfg.data
+    tokenizer = load_tokenizer(cfg)
+    needs_demos = any(loss.needs_demos for loss in phase_losses(cfg))
+    if needs_demos and not d.demo_key and d.train != TOY:
+        raise ConfigError(f"loss preset {cfg.loss.preset!r} (schedule {cfg.train.schedule}) trains on "
+                          "demonstrations but data.demo_key is null; set data.demo_key")
+    if d.train == TOY:
+        train = toy.examples("train")[: d.max_train_rows]
+    else:
+        train = load_examples(d.train, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
+                              demo_key=d.demo_key, require_demo=needs_demos, skip_invalid_rows=d.skip_invalid_rows,
+                              limit=d.max_train_rows).examples
+    eval_source = d.eval or (TOY if d.train == TOY else None)
+    evaluation, groups = [], None
+    if eval_source == TOY:
+        evaluation = toy.examples("heldout")[: d.max_eval_rows]
+        groups = [toy.problem_group(ex.prompt) for ex in evaluation]
+    elif eval_source:
+        evaluation = load_examples(eval_source, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
+                                   demo_key=None, skip_invalid_rows=d.skip_invalid_rows,
+                                   limit=d.max_eval_rows).examples
+    encode = dict(tokenizer=tokenizer, template=d.template, max_prompt_len=d.max_prompt_len,
+                  max_response_len=d.max_response_len)
+    return RunData(tokenizer, encode_items(train, **encode), encode_items(evaluation, **encode), groups)
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    if not resume and (run_dir / "config.yaml").exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                          "or choose another --output-dir")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
+    """``srft train`` on this machine. Returns the exit code."""
+    started = time.time()
+    run_dir = Path(cfg.logging.output_dir).expanduser()
+    check_config(cfg)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    check_model_path(cfg)
+    check_run_dir(run_dir, resume)
+    data = load_data(cfg)
+    if dry_run:
+        import yaml
+
+        print(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False), end="")
+        print(f"[dry-run] {len(data.train)} training prompts, {len(data.eval)} evaluation prompts; "
+              f"{cfg.train.steps} steps of {cfg.train.prompts_per_step} prompts; nothing started")
+        return 0
+    summary_path = run_dir / SUMMARY_FILE
+    if resume and summary_path.is_file() and json.loads(summary_path.read_text()).get("steps") == cfg.train.steps:
+        print(f"{run_dir} is already finished:")
+        print_summary(json.loads(summary_path.read_text()))
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    trainer = Trainer(cfg, data, run_dir, resume=resume, started=started)
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    before, after = summary.get("accuracy_before"), summary.get("accuracy_after")
+    n = summary.get("eval_size", 0)
+    if before is not None:
+        print(f"held-out accuracy before: {before:6.1%} ({round(before * n)}/{n})")
+    if after is not None:
+        gain = f"  ({(after - before) * 100:+.1f} points)" if before is not None else ""
+        print(f"held-out accuracy after:  {after:6.1%} ({round(after * n)}/{n}){gain}")
+    print(f"wall time {summary['wall_seconds']:.0f} s; run folder {summary['run_dir']}")
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class Trainer:
+    def __init__(self, cfg: SRFTConfig, data: RunData, run_dir: Path, *, resume: bool, started: float) -> None:
+        from srft_openrlhf.local.engine import make_engine, make_reference
+
+        self.cfg, self.data, self.run_dir, self.started = cfg, data, run_dir, started
+        t = cfg.train
+        self.async_enabled = t.async_enable and any(loss.needs_rollouts for loss in phase_losses(cfg))
+        self.model_path = self.resolve_model()
+        self.engine = make_engine(
+            self.model_path, engine=t.engine, zero_stage=t.zero_stage, dtype=cfg.model.dtype, lr=t.lr,
+            weight_decay=t.weight_decay, betas=tuple(t.adam_betas), grad_clip=t.grad_clip,
+            warmup_steps=t.lr_warmup_steps, total_steps=t.steps, seed=t.seed,
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+        )
+        self.device = self.engine.device
+        self.pad_id = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
+        self.reference = None
+        if any(loss.kl_coef > 0 for loss in phase_losses(cfg)):
+            self.reference = make_reference(self.model_path, cfg.model.dtype, device=str(self.device))
+        self.sampler = PromptSampler(len(data.train), t.prompts_per_step, t.seed)
+
+        self.start_step, self.before, self.elapsed_before = 0, None, 0.0
+        pending: dict[int, RolloutBatch] = {}
+        checkpoint = latest_checkpoint(run_dir) if resume else None
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, self.engine)
+            self.start_step, pending = state["step"], state["pending"]
+            self.before, self.elapsed_before = state["eval_before"], state["elapsed"]
+        self.logger = MetricsLogger(run_dir, cfg, self.start_step)
+        if checkpoint is not None:
+            self.logger.message(f"resumed from {checkpoint} (step {self.start_step})")
+        elif resume:
+            self.logger.message(f"{run_dir} has no checkpoint yet: starting from step 0")
+
+        self.generator = self.make_generator() if (data.eval or self.needs_generation()) else None
+        self.eval_generator = None
+        if self.async_enabled:
+            from srft_openrlhf.local.async_rollout import AsyncRollouts
+
+            self.rollouts = AsyncRollouts(self.generator, self.produce, start_step=self.start_step,
+                                          end_step=t.steps, max_staleness=t.max_staleness, pending=pending)
+        else:
+            from srft_openrlhf.local.async_rollout import SyncRollouts
+
+            self.rollouts = SyncRollouts(self.generator, self.produce)
+        # the generator starts from the model folder; after a resume it needs the restored weights
+        if self.generator is not None and self.start_step > 0:
+            self.rollouts.publish(self.start_step, self.engine.named_weights())
+
+    # ---------------------------------------------------------------- set-up
+
+    def resolve_model(self) -> str:
+        if self.cfg.model.path == TOY:
+            from srft_openrlhf.data import toy
+
+            return str(toy.base_model_path(log=print))
+        return str(Path(self.cfg.model.path).expanduser())
+
+    def needs_generation(self) -> bool:
+        return any(loss.needs_rollouts for loss in phase_losses(self.cfg))
+
+    def generator_kind(self) -> str:
+        from srft_openrlhf.local.generation import vllm_available
+
+        kind = self.cfg.rollout.generator
+        return ("vllm" if vllm_available() else "hf") if kind == "auto" else kind
+
+    def zero3(self) -> bool:
+        return self.cfg.train.engine == "deepspeed" and self.cfg.train.zero_stage == 3
+
+    def make_generator(self):
+        """Synchronous HF generation shares the training module (no copy, no weight sync);
+        vLLM, and any generator of the asynchronous thread, holds its own weights."""
+        from srft_openrlhf.local.generation import HFGenerator, make_generator
+
+        kind = self.generator_kind()
+        if kind == "hf" and not self.async_enabled and not self.zero3():
+            return HFGenerator.from_module(self.engine.model, self.data.tokenizer, seed=self.cfg.train.seed)
+        return make_generator(kind, self.model_path, dtype=self.cfg.model.dtype, device=str(self.device),
+                              seed=self.cfg.train.seed, gpu_memory_utilization=self.cfg.rollout.gpu_memory_utilization,
+                              max_model_len=self.max_model_len())
+
+    def max_model_len(self) -> int:
+        with open(Path(self.model_path) / "config.json") as f:
+            limit = json.load(f).get("max_position_embeddings")
+        wanted = self.cfg.data.max_prompt_len + self.cfg.rollout.max_new_tokens
+        return min(wanted, limit) if limit else wanted
+
+    def produce(self, generator, step: int) -> RolloutBatch:
+        """The rollout batch of ``step`` (runs in the background thread under async)."""
+        indices = self.sampler.batch(step)
+        return collect_rollouts(generator, self.data.train, indices, step, self.cfg.rollout, self.cfg.train.seed,
+                                phase_loss(self.cfg, step))
+
+    # ---------------------------------------------------------------- loop
+
+    def fit(self) -> dict[str, Any]:
+        t = self.cfg.train
+        if self.data.eval and self.before is None:
+            self.before = self.evaluate(0)
+            self.logger.message(f"held-out accuracy before training: {self.before['eval_accuracy']:.1%}")
+        for step in range(self.start_step, t.steps):
+            record = self.train_step(step)
+            done = step + 1
+            self.logger.log(done, record)
+            self.logger.advance({k: record[k] for k in ("reward_mean", "loss") if k in record})
+            if self.data.eval and t.eval_every and done % t.eval_every == 0 and done < t.steps:
+                self.evaluate(done)
+            if done == t.steps or (t.save_every and done % t.save_every == 0):
+                started = time.perf_counter()
+                self.checkpoint(done)
+                self.logger.log(done, {"time_checkpoint": time.perf_counter() - started}, force=True)
+        after = self.evaluate(t.steps) if self.data.eval else {}
+        return self.write_summary(after)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        loss_cfg = phase_loss(self.cfg, step)
+        t0 = time.perf_counter()
+        rb = self.rollouts.get(step)
+        t1 = time.perf_counter()
+        batch = build_train_batch(self.data.train, rb, loss_cfg)
+        record = optimize(self.engine, batch, loss_cfg, micro_batch_size=self.cfg.train.micro_batch_size,
+                          pad_id=self.pad_id, temperature=self.cfg.rollout.temperature, reference=self.reference)
+        t2 = time.perf_counter()
+        self.rollouts.publish(step + 1, self.engine.named_weights())
+        t3 = time.perf_counter()
+        record.update(rollout_stats(rb))
+        record.update(
+            phase=loss_cfg.preset, staleness=float(step - rb.policy_version), policy_version=float(rb.policy_version),
+            demo_truncation_rate=self.demo_truncation(rb, loss_cfg), batch_size=float(len(batch)),
+            time_generate=rb.timings["generate"], time_reward=rb.timings["reward"],
+            time_train=t2 - t1, time_sync=t3 - t2, time_step=t3 - t0,
+        )
+        if self.async_enabled:  # generation ran in the background; this is what it still cost
+            record["time_wait_rollouts"] = t1 - t0
+        return record
+
+    def demo_truncation(self, rb: RolloutBatch, loss_cfg: LossConfig) -> float:
+        if not loss_cfg.needs_demos:
+            return 0.0
+        return sum(self.data.train[i].demo_truncated for i in rb.prompt_indices) / len(rb.prompt_indices)
+
+    # ---------------------------------------------------------------- evaluation
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out accuracy of the current weights (greedy unless rollout.eval_temperature > 0)."""
+        started = time.perf_counter()
+        generator = self.generator_for_eval(step)
+        r = self.cfg.rollout
+        completions = generator.generate([it.prompt_ids for it in self.data.eval], 1, temperature=r.eval_temperature,
+                                         top_p=1.0 if r.eval_temperature == 0 else r.top_p,
+                                         max_new_tokens=r.max_new_tokens, seed=generation_seed(self.cfg.train.seed, -1))
+        texts = [c[0].text for c in completions]
+        graded = grade(texts, [it.answer for it in self.data.eval], r)
+        correct = [x >= 1.0 for x in graded.rewards]
+        record = {"eval_accuracy": sum(correct) / len(correct),
+                  "eval_response_length": sum(len(c[0].token_ids) for c in completions) / len(completions)}
+        if self.data.eval_groups:
+            for group in sorted(set(self.data.eval_groups)):
+                hits = [ok for ok, g in zip(correct, self.data.eval_groups) if g == group]
+                record[f"eval_accuracy_{group}"] = sum(hits) / len(hits)
+        out = self.run_dir / EVAL_DIR
+        out.mkdir(exist_ok=True)
+        with (out / f"step-{step:06d}.jsonl").open("w") as f:
+            for item, text, ok in zip(self.data.eval, texts, correct):
+                f.write(json.dumps({"prompt": item.prompt_text, "answer": item.answer, "response": text,
+                                    "correct": ok}) + "\n")
+        record["time_eval"] = time.perf_counter() - started
+        self.logger.log(step, record, force=True)
+        return record
+
+    def generator_for_eval(self, step: int):
+        """The rollout generator; under async (whose generator is busy in its thread) a
+        generator over the training module itself."""
+        if not self.async_enabled:
+            return self.generator
+        if self.eval_generator is None:
+            from srft_openrlhf.local.generation import HFGenerator
+
+            self.eval_generator = HFGenerator.from_module(self.engine.model, self.data.tokenizer, seed=self.cfg.train.seed)
+        self.eval_generator.policy_version = step
+        return self.eval_generator
+
+    # ---------------------------------------------------------------- state
+
+    def checkpoint(self, step: int) -> None:
+        state = {
+            "step": step,
+            "data_position": self.sampler.position(step),
+            "rng": rng_state(),
+            "pending": self.rollouts.pending(step),  # async batches generated from older weights
+            "eval_before": self.before,
+            "elapsed": self.elapsed_before + time.time() - self.started,
+        }
+        save_checkpoint(self.run_dir, step, self.engine, state, self.cfg.train.keep_checkpoints)
+
+    def write_summary(self, after: dict[str, float]) -> dict[str, Any]:
+        latest = latest_checkpoint(self.run_dir)
+        before = self.before or {}
+        summary: dict[str, Any] = {
+            "accuracy_before": before.get("eval_accuracy"),
+            "accuracy_after": after.get("eval_accuracy"),
+            "wall_seconds": round(self.elapsed_before + time.time() - self.started, 1),
+            "steps": self.cfg.train.steps,
+            "preset": self.cfg.loss.preset,
+            "schedule": self.cfg.train.schedule,
+            "seed": self.cfg.train.seed,
+            "eval_size": len(self.data.eval),
+            "model_path": self.model_path,
+            "final_model": str(latest) if latest else None,
+            "run_dir": str(self.run_dir),
+        }
+        for when, record in (("before", before), ("after", after)):
+            summary.update({f"{k.removeprefix('eval_')}_{when}": v for k, v in record.items()
+                            if k.startswith("eval_accuracy_")})
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        return summary
+
+    def close(self) -> None:
+        self.rollouts.close()
+        self.logger.close()
+        if self.generator is not None:
+            self.generator.close()
+
+
+def optimize(engine, batch: TrainBatch, loss_cfg: LossConfig, *, micro_batch_size: int, pad_id: int,
+             temperature: float, reference=None) -> dict[str, float]:
+    """One optimizer step on ``batch``: srft_loss per micro-batch, gradients accumulated
+    (each micro-batch loss divided by their number). Returns the metrics of the step."""
+    chunks = list(batch.micro_batches(micro_batch_size, pad_id, engine.device))
+    totals: dict[str, float] = defaultdict(float)
+    for mb in chunks:
+        log_probs, entropy = engine.token_logprobs(
+            mb.input_ids, mb.attention_mask, temperature=temperature, entropy_grad=loss_cfg.entropy_bonus > 0)
+        ref = reference(mb.input_ids, mb.attention_mask, temperature=temperature) if loss_cfg.kl_coef > 0 else None
+        loss, metrics = srft_loss(log_probs, mb.old_log_probs, entropy, mb.mask, mb.advantages, mb.rewards,
+                                  mb.is_demo, loss_cfg, ref)
+        engine.backward(loss / len(chunks))
+        metrics.update(ratio_stats(log_probs.detach(), mb.old_log_probs, mb.mask & ~mb.is_demo[:, None]))
+        for key, value in metrics.items():
+            # token counts add up over micro-batches, maxima are maxima, the rest are means
+            if key.startswith("n_"):
+                totals[key] += value
+            elif key.endswith("_max"):
+                totals[key] = max(totals.get(key, value), value)
+            else:
+                totals[key] += value / len(chunks)
+    totals.update(engine.step())
+    return dict(totals)
+
+
+def ratio_stats(log_probs: torch.Tensor, old_log_probs: torch.Tensor, rollout_tokens: torch.Tensor) -> dict[str, float]:
+    """Importance ratio πθ/π_old on rollout tokens: 1 on-policy, drifting with staleness."""
+    if not bool(rollout_tokens.any()):
+        return {}
+    log_ratio = (log_probs - old_log_probs)[rollout_tokens]
+    return {"ratio_mean": float(log_ratio.exp().mean()), "ratio_max": float(log_ratio.exp().max()),
+            "log_ratio_abs_mean": float(log_ratio.abs().mean())}

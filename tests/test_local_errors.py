@@ -1,0 +1,121 @@
+"""Bad input to `srft train` (local backend): one line naming the culprit, before any start-up."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from srft_openrlhf.local import engine as engine_module
+from test_local_trainer import srft_train, tiny_run_config, write_toy_rows
+
+
+@pytest.fixture(autouse=True)
+def no_expensive_startup(monkeypatch, tmp_path):
+    """Building a model or a toy base model would mean the check came too late."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an expensive start-up ran before the input was checked")
+
+    monkeypatch.setattr(engine_module, "make_engine", forbidden)
+    monkeypatch.setattr("srft_openrlhf.data.toy.pretrain_base_model", forbidden)
+    monkeypatch.setenv("SRFT_CACHE", str(tmp_path / "cache"))
+
+
+def error_line(capsys, *args) -> str:
+    assert srft_train(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("srft train: error: ")
+    return err
+
+
+def test_missing_model_path(tmp_path, tiny_model_dir, capsys):
+    config = tiny_run_config(tmp_path, tiny_model_dir)
+    err = error_line(capsys, "--config", config, "--set", f"model.path={tmp_path / 'no-such-model'}")
+    assert "model.path" in err and "no-such-model" in err and "does not exist" in err
+
+
+def test_model_folder_without_config(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "empty").mkdir()
+    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set",
+                     f"model.path={tmp_path / 'empty'}")
+    assert "model.path" in err and "config.json" in err
+
+
+def test_dataset_without_demonstrations_for_a_preset_that_needs_them(tmp_path, tiny_model_dir, capsys):
+    data = write_toy_rows(tmp_path / "no_demos.jsonl", "train", 5, demo=False)
+    config = tiny_run_config(tmp_path, tiny_model_dir, data={"train": str(data)})
+    err = error_line(capsys, "--config", config)  # srft trains on demonstrations
+    assert "no_demos.jsonl row 0" in err and "'demonstration'" in err
+    # the same data is fine for GRPO, which never reads a demonstration
+    assert srft_train("--config", config, "--algo", "grpo", "--dry-run") == 0
+
+
+def test_sequential_schedule_needs_demonstrations_too(tmp_path, tiny_model_dir, capsys):
+    data = write_toy_rows(tmp_path / "no_demos.jsonl", "train", 5, demo=False)
+    config = tiny_run_config(tmp_path, tiny_model_dir, data={"train": str(data)},
+                             train={"schedule": "rl_then_sft", "switch_step": 1})
+    assert "'demonstration'" in error_line(capsys, "--config", config, "--algo", "grpo")
+
+
+def test_unknown_config_key(tmp_path, tiny_model_dir, capsys):
+    config = tiny_run_config(tmp_path, tiny_model_dir)
+    err = error_line(capsys, "--config", config, "--set", "train.lrr=1e-4")
+    assert "unknown config key 'train.lrr'" in err and "train.lr" in err
+    config.write_text(config.read_text() + "trian:\n  steps: 3\n")
+    assert "'trian'" in error_line(capsys, "--config", config)
+
+
+def test_prompt_longer_than_max_prompt_len(tmp_path, tiny_model_dir, capsys):
+    config = tiny_run_config(tmp_path, tiny_model_dir)
+    err = error_line(capsys, "--config", config, "--set", "data.max_prompt_len=3")
+    assert "train.jsonl row 0" in err and "data.max_prompt_len=3" in err
+
+
+def test_toy_prompt_too_long_is_caught_before_the_base_model_is_built(tmp_path, tiny_model_dir, capsys):
+    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set", "model.path=toy",
+                     "--set", "data.train=toy", "--set", "data.eval=null", "--set", "data.max_prompt_len=4")
+    assert "toy row 0" in err and "max_prompt_len" in err
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("setting,culprit", [
+    ("train.schedule=sft_first", "train.schedule"),
+    ("train.switch_step=0", "train.switch_step"),  # with schedule sft_then_rl below
+    ("rollout.generator=tgi", "rollout.generator"),
+    ("rollout.temperature=0", "rollout.temperature"),
+    ("loss.demo_mode=prepend", "loss.demo_mode"),
+    ("train.prompts_per_step=0", "train.prompts_per_step"),
+])
+def test_bad_values_name_their_key(tmp_path, tiny_model_dir, capsys, setting, culprit):
+    extra = ["--set", "train.schedule=sft_then_rl"] if culprit == "train.switch_step" else []
+    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), *extra, "--set", setting)
+    assert culprit in err
+
+
+def test_wandb_requested_but_not_installed(tmp_path, tiny_model_dir, capsys):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set",
+                     "logging.wandb_project=toy")
+    assert "logging.wandb_project" in err and "wandb" in err
+
+
+def test_existing_run_folder_needs_resume(tmp_path, tiny_model_dir, capsys):
+    config = tiny_run_config(tmp_path, tiny_model_dir)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("{}")
+    assert "--resume" in error_line(capsys, "--config", config)
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert "no config.yaml" in error_line(capsys, "--resume", tmp_path)
+
+
+def test_malformed_row_names_file_and_row(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"prompt": "1+2=?", "answer": "3", "demonstration": "x"}) + "\n{not json\n")
+    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir, data={"train": str(data)}))
+    assert "bad.jsonl row 1" in err

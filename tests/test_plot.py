@@ -1,0 +1,79 @@
+"""`srft plot`: curves of one or several runs, and the seed-aggregated table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from srft_openrlhf import cli
+from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.local import plot
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(folder: Path, reward: float, rollouts: bool = True, summary: dict | None = None) -> Path:
+    folder.mkdir(parents=True)
+    lines = [{"step": 0, "eval_accuracy": 0.2}]
+    for step in range(1, 6):
+        record = {"step": step, "loss": 1.0 / step, "entropy": 0.5, "entropy_demo": 0.4}
+        if rollouts:
+            record.update(reward_mean=reward * step, response_length=30 + step, entropy_rollout=0.6 - 0.1 * step)
+        lines.append(record)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps({"steps": 5, **summary}))
+    return folder
+
+
+def test_series_picks_rollout_entropy_and_falls_back_for_sft(tmp_path):
+    from srft_openrlhf.local.metrics import read_metrics
+
+    records = read_metrics(fake_run(tmp_path / "srft", 0.1))
+    assert plot.series(records, "reward_mean") == ([1, 2, 3, 4, 5], pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5]))
+    assert plot.series(records, "entropy")[1] == pytest.approx([0.5, 0.4, 0.3, 0.2, 0.1])
+    sft = read_metrics(fake_run(tmp_path / "sft", 0.0, rollouts=False))
+    assert plot.series(sft, "entropy")[1] == [0.5] * 5 and plot.series(sft, "reward_mean") == ([], [])
+
+
+def test_moving_average_by_hand():
+    assert plot.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert plot.moving_average([1.0, 2.0], 1) == [1.0, 2.0]
+
+
+def test_plot_writes_png_of_several_runs(tmp_path):
+    a = fake_run(tmp_path / "srft" / "seed-1", 0.1)
+    b = fake_run(tmp_path / "grpo" / "seed-1", 0.05)
+    out = tmp_path / "both.png"
+    assert cli.main(["plot", str(a), str(b), "--out", str(out), "--smooth", "2"]) == 0
+    assert out.read_bytes()[:8] == PNG and out.stat().st_size > 10_000
+    assert plot.run_labels([a, b]) == ["srft/seed-1", "grpo/seed-1"]
+
+
+def test_plot_of_a_folder_without_metrics_is_a_user_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no metrics.jsonl"):
+        plot.main([str(tmp_path / "empty")])
+
+
+def test_aggregate_table_mean_std_and_curves(tmp_path):
+    root = tmp_path / "reproduce"
+    accs = {"srft": [0.8, 0.9, 1.0], "grpo": [0.4, 0.5, 0.6], "sft": [0.7, 0.7, 0.7], "srft_no_wrl": [0.6, 0.8, 1.0]}
+    for method, values in accs.items():
+        for seed, acc in enumerate(values, 1):
+            fake_run(root / method / f"seed-{seed}", acc / 5, rollouts=method != "sft",
+                     summary={"accuracy_before": 0.2, "accuracy_after": acc,
+                              "accuracy_chained_carry_before": 0.1, "accuracy_chained_carry_after": acc - 0.1})
+    table_path = tmp_path / "results.md"
+    assert plot.main(["--aggregate", str(root), "--table", str(table_path)]) == 0
+    table = table_path.read_text()
+    assert "| SRFT | 90.0 ± 10.0 | 80.0 ± 10.0 | 3 |" in table  # stdev of (80, 90, 100) = 10
+    assert "| GRPO | 50.0 ± 10.0 | 40.0 ± 10.0 | 3 |" in table
+    assert "| SFT | 70.0 ± 0.0 | 60.0 ± 0.0 | 3 |" in table
+    assert "| Base model | 20.0 ± 0.0 | 10.0 ± 0.0 | 12 |" in table
+    assert "| w/o w_RL | 80.0 ± 20.0 | 70.0 ± 20.0 | 3 |" in table
+    assert table.index("*Supervised Fine-Tuning*") < table.index("*Reinforcement Learning*") < table.index("*SFT and RL*")
+    assert "Ablations" in table
+    assert (root / "curves.png").read_bytes()[:8] == PNG

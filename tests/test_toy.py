@@ -1,0 +1,145 @@
+"""The toy task of the quick start: problems, (flawed) demonstrations, splits, tokenizer, base model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from srft_openrlhf.data import toy
+from srft_openrlhf.reward import math_reward
+
+# A fast variant for tests: same problems and demonstrations, a base model built in a second.
+TINY = dataclasses.replace(toy.TASK, hidden_size=64, intermediate_size=64, num_heads=2, num_layers=1,
+                           pretrain_steps=3, pretrain_batch=4)
+
+
+def operands(prompt: str) -> tuple[int, int]:
+    a, b = prompt.removesuffix("=?").split("+")
+    return int(a), int(b)
+
+
+def test_worked_solution_by_hand():
+    lines, answer = toy.column_steps(347, 285)
+    assert lines == ["7+5=12", "4+8+1=13", "3+2+1=6"] and answer == 632
+    assert toy.solution_text(lines, "632") == "<think>\n7+5=12\n4+8+1=13\n3+2+1=6\n</think> \\boxed{632}"
+    # the teacher's bug: the chained carry into the hundreds is dropped, the answer follows from it
+    assert toy.column_steps(347, 285, drop_chained_carry=True) == (["7+5=12", "4+8+1=13", "3+2=5"], 532)
+    assert toy.column_steps(999, 999) == (["9+9=18", "9+9+1=19", "9+9+1=19"], 1998)
+
+
+def test_column_steps_match_integer_addition():
+    for a in range(100, 1000, 37):
+        for b in range(100, 1000, 41):
+            assert toy.column_steps(a, b)[1] == a + b
+            dropped = toy.column_steps(a, b, drop_chained_carry=True)[1]
+            assert dropped == (a + b - 100 if toy.chained_carry(a, b) else a + b)
+
+
+def test_chained_carry_definition():
+    assert toy.chained_carry(347, 285)  # 7+5 carries, 4+8+1 carries
+    assert not toy.chained_carry(341, 285)  # units do not carry
+    assert not toy.chained_carry(317, 215)  # tens with the carry: 1+1+1 = 3
+    assert toy.chained_carry(191, 109)  # 1+9 = 10, 9+0+1 = 10
+
+
+def test_demonstrations_graded_by_math_reward():
+    """Correct demonstrations earn reward 1; both kinds of flawed ones earn 0."""
+    examples = toy.examples("train")
+    rng_kinds = []
+    import random
+
+    rng = random.Random(toy.TASK.seed + 1)
+    for ex in examples[:300]:
+        a, b = operands(ex.prompt)
+        text, kind = toy.demonstration(a, b, rng)
+        assert text == ex.demonstration
+        assert text.startswith("<think>\n") and "</think> \\boxed{" in text
+        assert math_reward(text, ex.answer) == (1.0 if kind == "correct" else 0.0), (kind, text)
+        rng_kinds.append(kind)
+    assert {"correct", "wrong_step", "wrong_answer"} == set(rng_kinds)
+
+
+def test_flaw_shares_are_as_documented():
+    counts = toy.flaw_counts()
+    total = sum(counts.values())
+    assert total == toy.TASK.train_size
+    chained = sum(toy.chained_carry(*operands(e.prompt)) for e in toy.examples("train"))
+    assert 0.20 < chained / total < 0.32  # chained carries: about a quarter of problems
+    assert 0.45 < counts["wrong_step"] / chained < 0.55  # half of them with the bug
+    others = total - chained
+    assert 0.08 < counts["wrong_answer"] / others < 0.12  # typo_rate 10%
+
+
+def test_wrong_answer_flaw_keeps_the_steps_right():
+    import random
+
+    rng = random.Random(0)
+    task = dataclasses.replace(toy.TASK, typo_rate=1.0)
+    text, kind = toy.demonstration(341, 285, rng, task)
+    assert kind == "wrong_answer"
+    assert text.startswith("<think>\n1+5=6\n4+8=12\n3+2+1=6\n</think>")
+    boxed = text.split("\\boxed{")[1].rstrip("}")
+    assert boxed != "626" and len(boxed) == 3 and sum(x != y for x, y in zip(boxed, "626")) == 1
+
+
+def test_heldout_disjoint_from_training_and_graded_correct():
+    heldout, train = toy.examples("heldout"), toy.examples("train")
+    assert len(heldout) == toy.TASK.heldout_size and len(train) == toy.TASK.train_size
+    pairs = {tuple(sorted(operands(e.prompt))) for e in heldout}
+    assert len(pairs) == len(heldout)
+    assert not pairs & {tuple(sorted(operands(e.prompt))) for e in train}
+    assert all(math_reward(e.demonstration, e.answer) == 1.0 for e in heldout)
+    groups = [toy.problem_group(e.prompt) for e in heldout]
+    assert 0.15 < groups.count("chained_carry") / len(groups) < 0.35
+
+
+def test_examples_are_deterministic():
+    assert toy.examples("train")[:50] == toy.examples("train")[:50]
+    with pytest.raises(ValueError):
+        toy.examples("test")
+
+
+def test_tokenizer_round_trip_one_token_per_character():
+    tok = toy.build_tokenizer()
+    text = "347+285=?<think>\n7+5=12\n4+8+1=13\n3+2+1=6\n</think> \\boxed{632}"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert pieces[:9] == list("347+285=?") and pieces[9] == "<think>" and "\\boxed{" in pieces
+    assert all(len(tok.convert_ids_to_tokens([i])[0]) == 1 for i in tok("0123456789")["input_ids"])
+    assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == text
+    assert tok.unk_token_id in tok("x", add_special_tokens=False)["input_ids"]
+
+
+def test_base_model_built_once_cached_by_settings(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logs = []
+    path = toy.base_model_path(TINY, cache_dir=tmp_path, log=logs.append)
+    assert path.name == f"toy-base-{TINY.key()}" and (path / "config.json").is_file()
+    assert json.loads((path / "toy_task.json").read_text())["pretrain_steps"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary folder left
+    built = len(logs)
+    assert toy.base_model_path(TINY, cache_dir=tmp_path, log=logs.append) == path and len(logs) == built
+    assert dataclasses.replace(TINY, pretrain_steps=4).key() != TINY.key()
+    assert dataclasses.replace(TINY, typo_rate=0.3).key() == TINY.key()  # demonstrations only
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.num_attention_heads * 32 == model.config.hidden_size  # head_dim 32 (vLLM CPU)
+    ids = tok("347+285=?", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape == (1, ids.shape[1] + 3)
+
+
+def test_interrupted_build_leaves_no_cache_entry(tmp_path, monkeypatch):
+    def crash(task, out, log):
+        (out / "config.json").write_text("{}")  # half written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy, "pretrain_base_model", crash)
+    with pytest.raises(KeyboardInterrupt):
+        toy.base_model_path(TINY, cache_dir=tmp_path, log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []
