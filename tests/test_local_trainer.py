@@ -80,8 +80,14 @@ def train_records(run_dir: Path) -> list[dict]:
     return [r for r in metrics(run_dir) if "loss" in r]
 
 
+# In-process DeepSpeed tests (test_local_engine.py) export these and keep MASTER_PORT bound
+# for the life of the pytest process: a child inheriting them would fail with EADDRINUSE.
+_DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE")
+
+
 def subprocess_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
+    env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
+    return {**env, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false"}
 
 
