@@ -21,8 +21,11 @@ PY="$VENV/bin/python"
 CONFIG=configs/toy_cpu.yaml
 SEEDS="${SEEDS:-1 2 3}"
 METHODS="${METHODS:-srft grpo sft sft_then_rl luffy srft_no_wsft srft_no_wrl}"
-STEPS="${STEPS:-$("$PY" -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['train']['steps'])" "$CONFIG")}"
+read -r CONFIG_STEPS CONFIG_WARMUP < <("$PY" -c "import yaml, sys; t = yaml.safe_load(open(sys.argv[1]))['train']; \
+print(t['steps'], t.get('lr_warmup_steps', 0))" "$CONFIG")
+STEPS="${STEPS:-$CONFIG_STEPS}"
 SWITCH="${SWITCH:-$(( STEPS / 2 ))}"
+WARMUP=$(( CONFIG_WARMUP < STEPS ? CONFIG_WARMUP : STEPS ))  # a shortened run keeps a valid warm-up
 
 for method in $METHODS; do
   case "$method" in
@@ -39,7 +42,7 @@ for method in $METHODS; do
     else
       echo "[reproduce_toy] $dir: $method, seed $seed, $STEPS steps"
       "$PY" -m srft_openrlhf.cli train --config "$CONFIG" --output-dir "$dir" --set "train.seed=$seed" \
-        --set "train.steps=$STEPS" "${algo[@]}" "$@"
+        --set "train.steps=$STEPS" --set "train.lr_warmup_steps=$WARMUP" "${algo[@]}" "$@"
     fi
   done
 done

@@ -88,6 +88,7 @@ def test_toy_prompt_too_long_is_caught_before_the_base_model_is_built(tmp_path, 
     ("rollout.temperature=0", "rollout.temperature"),
     ("loss.demo_mode=prepend", "loss.demo_mode"),
     ("train.prompts_per_step=0", "train.prompts_per_step"),
+    ("train.lr_warmup_steps=5", "train.lr_warmup_steps"),  # more than train.steps
 ])
 def test_bad_values_name_their_key(tmp_path, tiny_model_dir, capsys, setting, culprit):
     extra = ["--set", "train.schedule=sft_then_rl"] if culprit == "train.switch_step" else []

@@ -36,6 +36,9 @@ def test_series_picks_rollout_entropy_and_falls_back_for_sft(tmp_path):
     assert plot.series(records, "entropy")[1] == pytest.approx([0.5, 0.4, 0.3, 0.2, 0.1])
     sft = read_metrics(fake_run(tmp_path / "sft", 0.0, rollouts=False))
     assert plot.series(sft, "entropy")[1] == [0.5] * 5 and plot.series(sft, "reward_mean") == ([], [])
+    # SFT→RL: demonstration entropy in the SFT phase, rollout entropy after the switch
+    mixed = sft[:3] + records[3:]
+    assert plot.series(mixed, "entropy")[1] == pytest.approx([0.5, 0.5, 0.3, 0.2, 0.1])
 
 
 def test_moving_average_by_hand():

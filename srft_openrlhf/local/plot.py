@@ -3,7 +3,7 @@
 ``srft plot RUN_DIR [RUN_DIR ...] [--out PNG] [--smooth K]``
     Three panels in the style of the paper's Fig. 6: training reward (mean reward of the
     self-rollouts), response length (mean tokens of the self-rollouts) and entropy (of the
-    policy on the rollout tokens; on the demonstration tokens for runs without rollouts,
+    policy on the rollout tokens; on the demonstration tokens at steps without rollouts,
     e.g. SFT). Several runs are overlaid, with a legend.
 
 ``srft plot --aggregate ROOT [--out PNG] [--table MD]``
@@ -40,12 +40,15 @@ TABLE3 = (("srft", "SRFT"), ("srft_no_wsft", "w/o w_SFT"), ("srft_no_wrl", "w/o 
 
 
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of a training metric; for "entropy" the rollout entropy when the run
-    has rollouts, else the entropy over all its response tokens (demonstrations)."""
-    train = [r for r in records if "loss" in r]
-    if key == "entropy" and any(r.get("entropy_rollout") for r in train) and any("reward_mean" in r for r in train):
-        key = "entropy_rollout"
-    points = [(r["step"], r[key]) for r in train if r.get(key) is not None]
+    """(steps, values) of a training metric; for "entropy", at each step the entropy on the
+    rollout tokens when the step had rollouts, else on its demonstration tokens (SFT steps)."""
+    points = []
+    for r in records:
+        if "loss" not in r:  # evaluation and timing records
+            continue
+        name = ("entropy_rollout" if "reward_mean" in r else "entropy") if key == "entropy" else key
+        if r.get(name) is not None:
+            points.append((r["step"], r[name]))
     return [s for s, _ in points], [v for _, v in points]
 
 
@@ -165,7 +168,7 @@ def results_table(runs: dict[str, list[Path]]) -> str:
     columns = accuracy_columns(every)
     titles = ["held-out" if c == "accuracy_after" else c.removeprefix("accuracy_").removesuffix("_after").replace("_", " ")
               for c in columns]
-    header = "| Model | " + " | ".join(titles) + " | seeds |\n|---|" + "---|" * (len(columns) + 1) + "\n"
+    header = "| Model | " + " | ".join(titles) + " | runs |\n|---|" + "---|" * (len(columns) + 1) + "\n"
 
     def row(name: str, group: list[dict], suffix: str = "_after") -> str:
         cells = [_cell([s[c.removesuffix("_after") + suffix] for s in group

@@ -97,6 +97,8 @@ def check_config(cfg: SRFTConfig) -> None:
     for key in ("steps", "save_every", "eval_every", "max_staleness", "num_threads"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    if not 0 <= t.lr_warmup_steps <= t.steps:
+        raise ConfigError(f"train.lr_warmup_steps: {t.lr_warmup_steps} must be between 0 and train.steps ({t.steps})")
     if r.generator not in GENERATORS:
         raise ConfigError(f"rollout.generator: {r.generator!r} is not one of {', '.join(GENERATORS)}")
     if r.n_samples_per_prompt < 1 or r.max_new_tokens < 1:
