@@ -155,7 +155,7 @@ def test_train_batch_presets_shape_the_groups():
     assert plus.advantages[plus.is_demo].tolist() == [0.0, 0.0]
 
 
-def _reference_loss(model, batch, rows, loss_cfg) -> float:
+def _reference_loss(model, batch, rows, loss_cfg, totals=None) -> float:
     """srft_loss on log-probs computed independently: full logits, float64 log-softmax."""
     seqs = [batch.sequences[i] for i in rows]
     width = max(map(len, seqs))
@@ -176,24 +176,24 @@ def _reference_loss(model, batch, rows, loss_cfg) -> float:
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     idx = torch.tensor(rows)
     loss, _ = srft_loss(logp, old.double(), entropy, mask, batch.advantages[idx].double(), batch.rewards[idx],
-                        batch.is_demo[idx], loss_cfg)
+                        batch.is_demo[idx], loss_cfg, totals=totals)
     return float(loss)
 
 
-@pytest.mark.parametrize("micro_batch_size", [6, 4])
+@pytest.mark.parametrize("micro_batch_size", [6, 4, 1])  # the batch has 6 sequences
 def test_optimize_loss_matches_independent_computation(tiny_model_dir, micro_batch_size):
-    """The step's loss is srft_loss of the batch (one micro-batch) or the mean of the
-    micro-batch losses (gradient accumulation), with log-probs aligned to the right tokens."""
+    """The step's loss is srft_loss of the whole batch in one piece, however it is cut into
+    micro-batches (the step's denominators), with log-probs aligned to the right tokens.
+    The entropy weights are fixed here: batch-scope weights stay per micro-batch."""
     from srft_openrlhf.local.engine import make_engine
     from srft_openrlhf.local.trainer import optimize
 
     engine = make_engine(str(tiny_model_dir), engine="torch", zero_stage=0, dtype="fp32", lr=0.0, weight_decay=0.0,
                          betas=(0.9, 0.999), grad_clip=1.0, warmup_steps=0, total_steps=1, seed=0,
                          gradient_checkpointing=False, device="cpu")
-    loss_cfg = LossConfig()
+    loss_cfg = LossConfig(w_sft_fixed=0.5, w_rl_fixed=0.1)
     batch = build_train_batch(_items(), _rollout_batch(), loss_cfg)
-    chunks = [list(range(s, min(s + micro_batch_size, len(batch)))) for s in range(0, len(batch), micro_batch_size)]
-    expected = sum(_reference_loss(engine.model, batch, rows, loss_cfg) for rows in chunks) / len(chunks)
+    expected = _reference_loss(engine.model, batch, list(range(len(batch))), loss_cfg)
     metrics = optimize(engine, batch, loss_cfg, micro_batch_size=micro_batch_size, pad_id=0, temperature=1.0)
     assert metrics["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert metrics["n_tokens"] == sum(len(s) - p for s, p in zip(batch.sequences, batch.prompt_lens))

@@ -11,12 +11,12 @@ One training step (paper Sec. 4, Eq. 13)::
     → optimizer step → new weights to the generator → log / evaluate / checkpoint
 
 Micro-batches: the step's batch is cut into ``train.micro_batch_size`` sequences and the
-gradients of the micro-batch losses (each divided by the number of micro-batches) are
-accumulated before one optimizer step. Each micro-batch loss is ``srft_loss`` of that
-micro-batch alone, so its token means and its entropy weights w_SFT, w_RL (Eq. 8, 12) are
-computed per micro-batch, as OpenRLHF and verl do; with one micro-batch per step (the toy
-configs) they are exactly the paper's batch quantities. Advantages are always computed
-over whole groups first.
+gradients of the micro-batch losses are summed before one optimizer step. Every micro-batch
+divides by the step's token and sequence counts (``StepTotals``), so the summed loss is the
+loss of the whole step in one batch; only the batch-scope entropy weights w_SFT, w_RL
+(Eq. 8, 12) use each micro-batch's own entropy (the step's is unknown before the first
+backward). With one micro-batch per step (the toy configs) everything is exactly the
+paper's batch quantity. Advantages are always computed over whole groups first.
 
 Schedules (paper Table 1): ``joint`` trains with ``loss`` (a preset) at every step;
 ``sft_then_rl`` runs the ``sft`` preset for ``train.switch_step`` steps, then ``grpo``;
@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from srft_openrlhf.algorithm import LossConfig, srft_loss
+from srft_openrlhf.algorithm import LossConfig, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.local.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
@@ -453,21 +453,24 @@ class Trainer:
 
 def optimize(engine, batch: TrainBatch, loss_cfg: LossConfig, *, micro_batch_size: int, pad_id: int,
              temperature: float, reference=None) -> dict[str, float]:
-    """One optimizer step on ``batch``: srft_loss per micro-batch, gradients accumulated
-    (each micro-batch loss divided by their number). Returns the metrics of the step."""
+    """One optimizer step on ``batch``: srft_loss per micro-batch with the step's
+    denominators, gradients summed. Returns the metrics of the step."""
     chunks = list(batch.micro_batches(micro_batch_size, pad_id, engine.device))
+    parts = [step_totals(mb.mask, mb.rewards, mb.is_demo) for mb in chunks]
+    step = sum(parts[1:], parts[0])
     totals: dict[str, float] = defaultdict(float)
     for mb in chunks:
         log_probs, entropy = engine.token_logprobs(
             mb.input_ids, mb.attention_mask, temperature=temperature, entropy_grad=loss_cfg.entropy_bonus > 0)
         ref = reference(mb.input_ids, mb.attention_mask, temperature=temperature) if loss_cfg.kl_coef > 0 else None
         loss, metrics = srft_loss(log_probs, mb.old_log_probs, entropy, mb.mask, mb.advantages, mb.rewards,
-                                  mb.is_demo, loss_cfg, ref)
-        engine.backward(loss / len(chunks))
+                                  mb.is_demo, loss_cfg, ref, totals=step)
+        engine.backward(loss)
         metrics.update(ratio_stats(log_probs.detach(), mb.old_log_probs, mb.mask & ~mb.is_demo[:, None]))
         for key, value in metrics.items():
-            # token counts add up over micro-batches, maxima are maxima, the rest are means
-            if key.startswith("n_"):
+            # token counts and loss shares add up over micro-batches, maxima are maxima,
+            # the rest are means
+            if key.startswith(("n_", "loss")):
                 totals[key] += value
             elif key.endswith("_max"):
                 totals[key] = max(totals.get(key, value), value)
