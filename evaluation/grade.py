@@ -67,14 +67,22 @@ def read_generations(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"no such file: {path}")
     lines, per_problem = [], {}
-    for lineno, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # Only \n ends a record: str.splitlines would also split at U+2028 / U+0085, which
+    # json.dumps(ensure_ascii=False) (our samples.jsonl) leaves raw inside a response.
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        where = f"{path} line {lineno}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the "
+                            "line); expected JSON Lines: UTF-8 text, one JSON object per line") from None
         if not text.strip():
             continue
-        where = f"{path} line {lineno}"
         try:
             line = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+            raise DataError(f"{where}: not valid JSON ({e.msg}); expected JSON Lines, one object with "
+                            "benchmark, answer, response per line") from None
         missing = [k for k in ("benchmark", "answer", "response") if not isinstance(line, dict) or line.get(k) is None]
         if missing:
             raise DataError(f"{where}: missing field(s) {', '.join(missing)} (needs benchmark, answer, response)")

@@ -186,6 +186,46 @@ def test_invalid_json(tmp_path):
         load_examples(str(tmp_path / "d.parquet"))
 
 
+def test_file_that_is_not_utf8_text(tmp_path):
+    """Latin-1 or binary data is a DataError naming the file (and line), not a UnicodeDecodeError."""
+    good = json.dumps({"prompt": "q", "answer": "1"}).encode()
+    (tmp_path / "latin1.jsonl").write_bytes(good + b"\n\n" + '{"prompt": "café", "answer": "1"}\n'.encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        load_examples(str(tmp_path / "latin1.jsonl"))
+    assert str(err.value).startswith(f"{tmp_path / 'latin1.jsonl'} row 1 (line 3): not UTF-8 text (byte 0xe9 ")
+    assert "save the file as UTF-8" in str(err.value)
+    # a row that cannot be decoded is a bad row like any other: skip_invalid_rows drops and counts it
+    loaded = load_examples(str(tmp_path / "latin1.jsonl"), skip_invalid_rows=True)
+    assert [e.row for e in loaded.examples] == [0] and loaded.skipped == 1
+    (tmp_path / "latin1.json").write_bytes(b'[{"prompt": "q",\n  "answer": "caf\xe9"}]')
+    with pytest.raises(DataError, match=r"latin1.json: not UTF-8 text \(byte 0xe9 at line 2\).*save the file as UTF-8"):
+        load_examples(str(tmp_path / "latin1.json"))
+    binary = bytes(range(128, 256)) * 4
+    for name in ("random.jsonl", "random.json"):
+        (tmp_path / name).write_bytes(binary)
+        with pytest.raises(DataError, match=f"{name}.*not UTF-8 text"):
+            load_examples(str(tmp_path / name))
+    (tmp_path / "utf16.json").write_text('[{"prompt": "q", "answer": "1"}]', encoding="utf-16")
+    with pytest.raises(DataError, match="utf16.json: not UTF-8 text"):
+        load_examples(str(tmp_path / "utf16.json"))
+
+
+def test_corrupt_parquet(tmp_path):
+    """Beyond a file without parquet magic: a garbled footer, and data pages that fail to decode."""
+    (tmp_path / "footer.parquet").write_bytes(b"PAR1" + bytes(range(200)) + b"\x10\x00\x00\x00PAR1")
+    with pytest.raises(DataError, match="footer.parquet: not a readable parquet file") as err:
+        load_examples(str(tmp_path / "footer.parquet"))
+    assert "\n" not in str(err.value)  # pyarrow's message ends in a newline; the CLI prints one line
+    path = _write_parquet(tmp_path / "pages.parquet", [{"prompt": f"question {i} " * 20, "answer": str(i)}
+                                                       for i in range(2000)])
+    data = bytearray(path.read_bytes())
+    for i in range(100, len(data) // 2):  # garble the column chunks, keep the footer intact
+        data[i] = (data[i] * 7 + 13) % 256
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"pages.parquet: not a readable parquet file \(rows from 0 on: .*write it again"):
+        load_examples(str(path))
+
+
 def test_require_demo(tmp_path):
     path = _write_jsonl(tmp_path / "nodemo.jsonl", [{"prompt": "q", "answer": "1", "target": "d"},
                                                     {"prompt": "r", "answer": "2"}])

@@ -111,3 +111,28 @@ def test_regrade_bad_lines_are_one_line_errors(tmp_path, capsys, line, message):
     assert grade_main([str(write_jsonl(tmp_path / "g.jsonl", [line]))]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'{"benchmark": "amc", "answer": "1", "response": "x"}\n' + '{"benchmark": "amc", "answer": "é"}\n'.encode("latin-1"),
+     "g.jsonl line 2: not UTF-8 text (byte 0xe9 "),
+    (bytes(range(128, 256)) * 4, "g.jsonl line 1: not UTF-8 text (byte 0x80 "),
+    (b"the model said 42\n", "g.jsonl line 1: not valid JSON (Expecting value); expected JSON Lines"),
+])
+def test_regrade_a_file_that_is_not_jsonl_text(tmp_path, capsys, content, message):
+    (tmp_path / "g.jsonl").write_bytes(content)
+    assert grade_main([str(tmp_path / "g.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"evaluation.grade: error: {tmp_path / 'g.jsonl'}") and err.count("\n") == 1, err
+    assert message in err, err
+
+
+def test_regrade_keeps_unicode_line_separators_inside_a_response(tmp_path, capsys):
+    """samples.jsonl is written with ensure_ascii=False, so U+2028 / U+0085 in a response stay raw;
+    only \\n ends a JSON Lines record."""
+    lines = [{"benchmark": "amc", "answer": "1", "response": "a\u2028b\x85c \\boxed{1}"}]
+    src = tmp_path / "g.jsonl"
+    src.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    assert grade_main([str(src)]) == 0, capsys.readouterr().err
+    graded = [json.loads(x) for x in (tmp_path / "g_graded" / "samples.jsonl").read_text(encoding="utf-8").split("\n") if x]
+    assert [g["response"] for g in graded] == [lines[0]["response"]] and graded[0]["correct"] is True

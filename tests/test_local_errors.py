@@ -96,6 +96,26 @@ def test_bad_values_name_their_key(tmp_path, tiny_model_dir, capsys, setting, cu
     assert culprit in err
 
 
+@pytest.mark.parametrize("setting,message", [
+    ("train.lr=-1", "train.lr must be > 0 and finite, got -1.0"),
+    ("train.lr=0", "train.lr must be > 0 and finite, got 0.0"),
+    ("train.lr=.nan", "train.lr must be > 0 and finite, got nan"),
+    ("train.weight_decay=-0.1", "train.weight_decay must be >= 0 and finite, got -0.1"),
+    ("train.grad_clip=-1", "train.grad_clip must be > 0, or 0 to turn clipping off, got -1.0"),
+    ("train.adam_betas=[0.9,1.0]", "train.adam_betas must be two numbers in [0, 1), got [0.9, 1.0]"),
+    ("train.adam_betas=[-0.1,0.999]", "train.adam_betas must be two numbers in [0, 1), got [-0.1, 0.999]"),
+])
+def test_bad_optimizer_values_are_caught_before_the_model_is_built(tmp_path, tiny_model_dir, capsys, setting, message):
+    """Not torch's ValueError from building AdamW: a ConfigError naming the key, before any start-up."""
+    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set", setting)
+    assert message in err, err
+
+
+def test_grad_clip_zero_turns_clipping_off(tmp_path, tiny_model_dir):
+    assert srft_train("--config", tiny_run_config(tmp_path, tiny_model_dir), "--set", "train.grad_clip=0",
+                      "--dry-run") == 0
+
+
 def test_wandb_requested_but_not_installed(tmp_path, tiny_model_dir, capsys):
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed")
@@ -120,3 +140,10 @@ def test_malformed_row_names_file_and_row(tmp_path, tiny_model_dir, capsys):
     data.write_text(json.dumps({"prompt": "1+2=?", "answer": "3", "demonstration": "x"}) + "\n{not json\n")
     err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir, data={"train": str(data)}))
     assert "bad.jsonl row 1" in err
+
+
+def test_data_file_that_is_not_utf8_text(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes('{"prompt": "1+2=?", "answer": "3", "demonstration": "trois, café"}\n'.encode("latin-1"))
+    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir, data={"train": str(data)}))
+    assert "latin1.jsonl row 0 (line 1): not UTF-8 text (byte 0xe9" in err and "save the file as UTF-8" in err

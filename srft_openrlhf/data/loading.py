@@ -48,10 +48,22 @@ class LoadedExamples:
 # Each reader yields (row index, row). A row the reader cannot decode arrives as the
 # DataError describing it, so the caller's skip policy treats it like any other bad row.
 
+def _not_utf8(e: UnicodeDecodeError, where: str) -> str:
+    return (f"not UTF-8 text (byte 0x{e.object[e.start]:02x} {where}); .json and .jsonl data must be "
+            "UTF-8 text: save the file as UTF-8")
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     index = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:  # bytes, decoded line by line: a bad byte is an error naming its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problem = _not_utf8(e, f"at byte {e.start + 1} of the line")
+                yield index, DataError(f"{path} row {index} (line {lineno}): {problem}")
+                index += 1
+                continue
             if not line.strip():
                 continue
             try:
@@ -62,8 +74,12 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _json_rows(path: Path, split: str) -> Iterator[tuple[int, Any]]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: {_not_utf8(e, f'at line {line}')}") from None
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved as .json, common on the hub
             yield from _jsonl_rows(path)
@@ -81,12 +97,25 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     import pyarrow
     import pyarrow.parquet as pq
 
+    # pyarrow reports a garbled footer or data page as OSError, a missing magic as ArrowInvalid.
+    unreadable = (pyarrow.ArrowException, OSError)
+
+    def reason(e: Exception) -> str:  # pyarrow's messages may span lines; the error is one
+        return " ".join(str(e).split())
+
     try:
         batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
-    except pyarrow.ArrowException as e:
-        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    except unreadable as e:
+        raise DataError(f"{path}: not a readable parquet file ({reason(e)})") from None
     index = 0
-    for batch in batches:  # batch by batch: a 46k-row demo set never sits in memory twice
+    while True:  # batch by batch: a 46k-row demo set never sits in memory twice
+        try:
+            batch = next(batches, None)
+        except unreadable as e:
+            raise DataError(f"{path}: not a readable parquet file (rows from {index} on: {reason(e)}); "
+                            "the file is corrupt, write it again") from None
+        if batch is None:
+            break
         for row in batch.to_pylist():
             yield index, row
             index += 1

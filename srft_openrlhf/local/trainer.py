@@ -97,6 +97,16 @@ def check_config(cfg: SRFTConfig) -> None:
     for key in ("steps", "save_every", "eval_every", "max_staleness", "num_threads"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    # Optimizer values, checked here rather than met as torch's ValueError once the model is built.
+    if not 0 < t.lr < float("inf"):
+        raise ConfigError(f"train.lr must be > 0 and finite, got {t.lr} (the paper uses 1e-6)")
+    if not 0 <= t.weight_decay < float("inf"):
+        raise ConfigError(f"train.weight_decay must be >= 0 and finite, got {t.weight_decay}")
+    if not t.grad_clip >= 0:
+        raise ConfigError(f"train.grad_clip must be > 0, or 0 to turn clipping off, got {t.grad_clip}")
+    if not all(0 <= b < 1 for b in t.adam_betas):
+        raise ConfigError(f"train.adam_betas must be two numbers in [0, 1), got {list(t.adam_betas)} "
+                          "(e.g. [0.9, 0.999])")
     if not 0 <= t.lr_warmup_steps <= t.steps:
         raise ConfigError(f"train.lr_warmup_steps: {t.lr_warmup_steps} must be between 0 and train.steps ({t.steps})")
     if r.generator not in GENERATORS:
