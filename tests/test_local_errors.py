@@ -147,3 +147,29 @@ def test_data_file_that_is_not_utf8_text(tmp_path, tiny_model_dir, capsys):
     data.write_bytes('{"prompt": "1+2=?", "answer": "3", "demonstration": "trois, café"}\n'.encode("latin-1"))
     err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir, data={"train": str(data)}))
     assert "latin1.jsonl row 0 (line 1): not UTF-8 text (byte 0xe9" in err and "save the file as UTF-8" in err
+
+
+def test_model_folder_whose_tokenizer_drops_characters(tmp_path, tiny_model_dir, capsys):
+    """A character-level tokenizer saved next to a Qwen2 config reloads as Qwen2Tokenizer,
+    whose byte-level pre-tokenizer drops the characters missing from its vocabulary (here
+    every space and newline) while decoding still looks right: training would silently see
+    other text. `srft train` must refuse the folder, naming it."""
+    import shutil
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = "0123456789+=?{}\\<>/abcdefghijklmnopqrstuvwxyz \n"
+    vocab = {t: i for i, t in enumerate(("<pad>", "<eos>", "<unk>", *chars))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    folder = tmp_path / "char-model"
+    folder.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", folder / "config.json")
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(folder)
+    config = tiny_run_config(tmp_path, tiny_model_dir, data={"template": "none"})
+    err = error_line(capsys, "--config", config, "--set", f"model.path={folder}")
+    assert f"model.path {folder}" in err and "does not reproduce the training text" in err
+    assert "training prompt 0" in err or "demonstration 0" in err

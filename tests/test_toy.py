@@ -25,7 +25,7 @@ def test_worked_solution_by_hand():
     assert lines == ["7+5=12", "4+8+1=13", "3+2+1=6"] and answer == 632
     assert toy.solution_text(lines, "632") == "<think>\n7+5=12\n4+8+1=13\n3+2+1=6\n</think> \\boxed{632}"
     # the teacher's bug: the chained carry into the hundreds is dropped, the answer follows from it
-    assert toy.column_steps(347, 285, drop_chained_carry=True) == (["7+5=12", "4+8+1=13", "3+2=5"], 532)
+    assert toy.column_steps(347, 285, forget={2}) == (["7+5=12", "4+8+1=13", "3+2=5"], 532)
     assert toy.column_steps(999, 999) == (["9+9=18", "9+9+1=19", "9+9+1=19"], 1998)
 
 
@@ -33,8 +33,21 @@ def test_column_steps_match_integer_addition():
     for a in range(100, 1000, 37):
         for b in range(100, 1000, 41):
             assert toy.column_steps(a, b)[1] == a + b
-            dropped = toy.column_steps(a, b, drop_chained_carry=True)[1]
+            dropped = toy.column_steps(a, b, forget={2} if toy.chained_carry(a, b) else set())[1]
             assert dropped == (a + b - 100 if toy.chained_carry(a, b) else a + b)
+
+
+def test_student_forgets_carries_at_its_rate():
+    """The base's pre-training text: every carry written at carry_rate 1, none at 0, and at
+    0.15 about 15% of the carries into the tens."""
+    import random
+
+    rng = random.Random(0)
+    assert toy.student_solution(347, 285, rng, 1.0) == toy.solution_text(*toy._correct(347, 285))
+    assert toy.student_solution(347, 285, rng, 0.0) == toy.solution_text(["7+5=12", "4+8=12", "3+2=5"], "522")
+    assert toy.student_solution(341, 225, rng, 0.0) == toy.solution_text(*toy._correct(341, 225))  # no carry
+    written = [toy.student_solution(358, 226, rng, 0.15).count("+1=") for _ in range(4000)]  # only the tens can carry
+    assert 0.12 < sum(written) / len(written) < 0.18
 
 
 def test_chained_carry_definition():
@@ -108,9 +121,28 @@ def test_tokenizer_round_trip_one_token_per_character():
     assert tok.decode(ids) == text
     pieces = tok.convert_ids_to_tokens(ids)
     assert pieces[:9] == list("347+285=?") and pieces[9] == "<think>" and "\\boxed{" in pieces
+    assert len(ids) == len(text) - len("<think></think>\\boxed{") + 3  # one token per character
     assert all(len(tok.convert_ids_to_tokens([i])[0]) == 1 for i in tok("0123456789")["input_ids"])
     assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == text
-    assert tok.unk_token_id in tok("x", add_special_tokens=False)["input_ids"]
+    other = "Héllo, wörld \\frac{1}{2}\n\n  x"  # any text: every byte has a token
+    assert tok.decode(tok(other, add_special_tokens=False)["input_ids"]) == other
+
+
+def test_saved_tokenizer_reloads_identically_by_path(tmp_path):
+    """A folder with a Qwen2 config makes AutoTokenizer rebuild the tokenizer as Qwen2Tokenizer
+    from its vocabulary; it must encode the training texts exactly as the in-memory one
+    (a character-level tokenizer saved there lost every space and newline)."""
+    from transformers import AutoTokenizer, Qwen2Config
+
+    tok = toy.build_tokenizer()
+    tok.save_pretrained(tmp_path)
+    Qwen2Config(vocab_size=len(tok), hidden_size=64, num_attention_heads=2, num_key_value_heads=2,
+                intermediate_size=64, num_hidden_layers=1).save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    texts = [t for ex in toy.examples("train")[:50] for t in (ex.prompt, ex.demonstration)]
+    for text in texts + ["<eos>", " \n\n 1 "]:
+        assert loaded(text, add_special_tokens=False)["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+    assert (loaded.eos_token_id, loaded.pad_token_id, len(loaded)) == (tok.eos_token_id, tok.pad_token_id, len(tok))
 
 
 def test_base_model_built_once_cached_by_settings(tmp_path):
@@ -128,6 +160,11 @@ def test_base_model_built_once_cached_by_settings(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
+    text = toy.examples("train")[0].demonstration
+    assert tok(text)["input_ids"] == toy.build_tokenizer()(text)["input_ids"]  # the cached base reloads by path
+    stats = json.loads((path / toy.BASE_STATS_FILE).read_text())
+    assert set(stats) == {"greedy_heldout", "greedy_heldout_chained_carry", "sampled_train"}
+    assert any("sampled accuracy" in line for line in logs)  # printed at build
     assert model.config.num_attention_heads * 32 == model.config.hidden_size  # head_dim 32 (vLLM CPU)
     ids = tok("347+285=?", return_tensors="pt", add_special_tokens=False)["input_ids"]
     out = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)

@@ -80,3 +80,29 @@ def encode_example(tokenizer: Any, prompt_text: str, demo_text: str | None, max_
     if len(demo_ids) > max_response_len:
         return Encoded(prompt_ids=prompt_ids, demo_ids=demo_ids[:max_response_len], demo_truncated=True)
     return Encoded(prompt_ids=prompt_ids, demo_ids=demo_ids, demo_truncated=False)
+
+
+def check_round_trip(tokenizer: Any, texts: list[tuple[str, str]], tokenizer_source: str) -> None:
+    """Refuse a tokenizer that does not reproduce the training text: ``decode(encode(x)) == x``
+    for every ``(where, x)`` (up to Unicode NFC normalisation, which Qwen's tokenizers apply).
+
+    A tokenizer reloaded with the wrong pre-tokenizer can drop characters when encoding
+    (a byte-level one drops those missing from its vocabulary) while decoding still looks
+    right, so training would silently see other text than the data holds.
+    """
+    import unicodedata
+
+    for where, text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        back = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if back != text and back != unicodedata.normalize("NFC", text):
+            raise DataError(
+                f"{tokenizer_source}: the tokenizer does not reproduce the training text of {where}: "
+                f"encoding then decoding {_preview(text)} gives {_preview(back)}. Training would see other "
+                "text than the data holds; fix or re-save that folder's tokenizer files (tokenizer.json, "
+                "tokenizer_config.json)"
+            )
+
+
+def _preview(text: str, width: int = 60) -> str:
+    return repr(text if len(text) <= width else text[:width] + "...")

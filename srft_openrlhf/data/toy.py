@@ -23,14 +23,23 @@ No model or dataset can be downloaded in the quick start, so it brings its own:
   2. *wrong final answer*: 10% of the other demonstrations have correct steps but one
      digit of the boxed answer changed (a transcription slip).
   ``TRAIN`` reports the shares it produced (``flaw_counts``).
-- **Tokenizer** built locally: one token per character (digits single tokens) plus the
-  markers ``<think>``, ``</think>``, ``\\boxed{`` and ``}``, so a demonstration is ~35 tokens.
-- **Base model**: a tiny Qwen2 (head_dim 32, as vLLM on CPU requires) pre-trained for a few
-  hundred steps on *correct* worked solutions of other problems, which leaves it weak but
-  not useless (roughly a quarter of the held-out problems right). It is built on first use
-  and cached under ``${SRFT_CACHE:-~/.cache/srft-openrlhf}/toy-base-<hash>``, the hash
-  covering every setting below, written to a temporary folder and renamed into place, so
-  an interrupted build never leaves a cache entry that loads half.
+- **Tokenizer** built locally: a byte-level BPE without merges, i.e. one token per byte
+  (the same pre-tokenizer, normaliser and decoder as Qwen2's), plus the markers
+  ``<think>``, ``</think>`` and ``\\boxed{``, so a demonstration is ~35 tokens. Being of
+  Qwen2's own kind, a saved model folder reloads through ``AutoTokenizer`` (which forces
+  ``Qwen2Tokenizer`` on a Qwen2 config) and encodes every text exactly as in memory.
+- **Base model**: a tiny Qwen2 (head_dim 32, as vLLM on CPU requires) pre-trained *to
+  convergence* on the worked solutions of a sloppy student who writes a carry only
+  ``base_carry_rate`` (15%) of the time and otherwise forgets it (the answer then follows
+  from the wrong column). So the base is weak for a structural reason, not because its
+  training stopped early: greedy decoding never carries (it solves only the ~30% of
+  problems without an internal carry, and no chained carry), while sampling at temperature
+  1 carries now and then and solves roughly a third of the training problems, which gives
+  the RL terms a signal from the first step. ``base_stats`` measures these numbers; the
+  build prints them. The base is built on first use and cached under
+  ``${SRFT_CACHE:-~/.cache/srft-openrlhf}/toy-base-<hash>``, the hash covering every
+  setting below, written to a temporary folder and renamed into place, so an interrupted
+  build never leaves a cache entry that loads half.
 
 ``model.path: toy`` and ``data.train: toy`` in a config select this task (the trainer calls
 ``base_model_path`` and ``examples``).
@@ -54,15 +63,14 @@ from srft_openrlhf.data.loading import Example
 
 SOURCE = "toy"
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
-MARKERS = ("<think>", "</think>", "\\boxed{", "}")
-CHARACTERS = tuple("0123456789+=? \n")
+MARKERS = ("<think>", "</think>", "\\boxed{")
 
 
 @dataclass(frozen=True)
 class ToyTask:
     """Every setting of the toy task; the base-model cache is keyed by a hash of all of them."""
 
-    version: int = 1  # bump when the code below changes what it builds
+    version: int = 2  # bump when the code below changes what it builds
     seed: int = 1234
     heldout_size: int = 400
     train_size: int = 8000
@@ -74,8 +82,10 @@ class ToyTask:
     num_layers: int = 2
     num_heads: int = 4  # head_dim = 128 / 4 = 32
     max_position_embeddings: int = 128
-    # base pre-training on correct worked solutions of problems outside both splits
-    pretrain_steps: int = 220
+    # base pre-training, to convergence, on a sloppy student's worked solutions of problems
+    # outside both splits: each carry into the tens or hundreds is written with this probability
+    base_carry_rate: float = 0.15
+    pretrain_steps: int = 600
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
 
@@ -97,18 +107,19 @@ def question(a: int, b: int) -> str:
     return f"{a}+{b}=?"
 
 
-def column_steps(a: int, b: int, drop_chained_carry: bool = False) -> tuple[list[str], int]:
+def column_steps(a: int, b: int, forget: frozenset[int] | set[int] = frozenset()) -> tuple[list[str], int]:
     """The column sums, units first, and the answer they lead to.
 
-    ``drop_chained_carry``: the teacher's bug (flaw 1) — when the units and the tens column
-    both carry, the carry into the hundreds column is forgotten.
+    ``forget``: columns (1 = tens, 2 = hundreds) whose incoming carry is forgotten; the
+    column is then summed without it and everything after follows from that mistake.
+    The teacher's bug (flaw 1) is ``forget={2}`` on a chained carry; the base model's
+    sloppy student forgets each carry at random.
     """
     da, db = str(a)[::-1], str(b)[::-1]
     lines, digits, carry = [], [], 0
-    chained = chained_carry(a, b)
     for col in range(len(da)):
         x, y = int(da[col]), int(db[col])
-        if col == 2 and chained and drop_chained_carry:
+        if col in forget:
             carry = 0
         s = x + y + carry
         lines.append(f"{x}+{y}+{carry}={s}" if carry else f"{x}+{y}={s}")
@@ -138,7 +149,7 @@ def demonstration(a: int, b: int, rng: random.Random, task: ToyTask = TASK) -> t
     """A teacher's demonstration and its kind: "correct", "wrong_step" or "wrong_answer"."""
     if chained_carry(a, b):
         if rng.random() < task.chained_carry_flaw_rate:
-            lines, answer = column_steps(a, b, drop_chained_carry=True)
+            lines, answer = column_steps(a, b, forget={2})
             return solution_text(lines, str(answer)), "wrong_step"
         return solution_text(*_correct(a, b)), "correct"
     lines, answer = column_steps(a, b)
@@ -148,6 +159,14 @@ def demonstration(a: int, b: int, rng: random.Random, task: ToyTask = TASK) -> t
         wrong = rng.choice([d for d in "0123456789" if d != text[pos] and not (pos == 0 and d == "0")])
         return solution_text(lines, text[:pos] + wrong + text[pos + 1:]), "wrong_answer"
     return solution_text(lines, text), "correct"
+
+
+def student_solution(a: int, b: int, rng: random.Random, carry_rate: float) -> str:
+    """The base model's pre-training text: a sloppy student's worked solution, which writes
+    each carry into the tens and the hundreds with probability ``carry_rate``."""
+    forget = {col for col in (1, 2) if rng.random() >= carry_rate}
+    lines, answer = column_steps(a, b, forget=forget)
+    return solution_text(lines, str(answer))
 
 
 def _pairs(rng: random.Random, count: int, exclude: set[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -203,16 +222,28 @@ def _correct(a: int, b: int) -> tuple[list[str], str]:
 # ----------------------------------------------------------------------------- tokenizer
 
 def build_tokenizer() -> Any:
-    """One token per character of ``CHARACTERS`` plus the markers; unknown characters -> <unk>."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE with no merges (one token per byte) plus the markers.
 
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + MARKERS + CHARACTERS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()  # characters join without separators
+    Qwen2's own pre-tokenizer, normaliser and decoder: ``AutoTokenizer`` rebuilds a folder
+    with a Qwen2 config as ``Qwen2Tokenizer`` from the vocabulary alone, whatever class the
+    tokenizer was saved as, and a tokenizer of any other kind would then encode differently
+    (an earlier character-level one lost every space and newline that way).
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + tuple(sorted(pre_tokenizers.ByteLevel.alphabet())))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, continuing_subword_prefix="",
+                               end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
-    # markers are matched before the per-character split, so each is one token
+    # markers are matched before the per-byte split, so each is one token
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKERS])
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
 
@@ -251,14 +282,15 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(f.fileno())
 
 
-def _pretrain_batch(rng: random.Random, tokenizer: Any, size: int, exclude: set[tuple[int, int]]):
-    """Token ids and loss mask (response tokens only) of ``size`` correct worked solutions."""
+def _pretrain_batch(rng: random.Random, tokenizer: Any, size: int, exclude: set[tuple[int, int]],
+                    carry_rate: float):
+    """Token ids and loss mask (response tokens only) of ``size`` student solutions."""
     import torch
 
     rows, masks = [], []
     for a, b in _pairs(rng, size, exclude):
         prompt = tokenizer(question(a, b), add_special_tokens=False)["input_ids"]
-        response = tokenizer(solution_text(*_correct(a, b)), add_special_tokens=False)["input_ids"]
+        response = tokenizer(student_solution(a, b, rng, carry_rate), add_special_tokens=False)["input_ids"]
         response.append(tokenizer.eos_token_id)
         rows.append(prompt + response)
         masks.append([0] * len(prompt) + [1] * len(response))
@@ -272,7 +304,7 @@ def _pretrain_batch(rng: random.Random, tokenizer: Any, size: int, exclude: set[
 
 
 def pretrain_base_model(task: ToyTask, out: Path, log=print) -> None:
-    """A fresh tiny Qwen2 trained by next-token prediction on correct worked solutions."""
+    """A fresh tiny Qwen2 trained by next-token prediction on the sloppy student's solutions."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -302,7 +334,7 @@ def pretrain_base_model(task: ToyTask, out: Path, log=print) -> None:
     rng = random.Random(task.seed + 2)
     model.train()
     for step in range(task.pretrain_steps):
-        ids, loss_mask = _pretrain_batch(rng, tokenizer, task.pretrain_batch, exclude)
+        ids, loss_mask = _pretrain_batch(rng, tokenizer, task.pretrain_batch, exclude, task.base_carry_rate)
         logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
         targets = ids[:, 1:]
         token_loss = torch.nn.functional.cross_entropy(
@@ -319,6 +351,57 @@ def pretrain_base_model(task: ToyTask, out: Path, log=print) -> None:
             log(f"[toy] base pre-training step {step + 1}/{task.pretrain_steps}: loss {loss.item():.3f}")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    stats = base_stats(model, tokenizer, task)
+    log(f"[toy] base model: greedy held-out accuracy {stats['greedy_heldout']:.1%} "
+        f"(chained carries {stats['greedy_heldout_chained_carry']:.1%}), "
+        f"sampled accuracy at temperature 1 on training prompts {stats['sampled_train']:.1%}")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "toy_task.json").write_text(json.dumps(dataclasses.asdict(task), indent=1))
+    (out / BASE_STATS_FILE).write_text(json.dumps(stats, indent=1))
+
+
+BASE_STATS_FILE = "base_stats.json"
+
+
+def base_stats(model: Any, tokenizer: Any, task: ToyTask = TASK, samples: int = 512, seed: int = 0) -> dict[str, float]:
+    """Where the base starts, in the three numbers that make it a fair start for SRFT:
+
+    - ``greedy_heldout``: greedy accuracy on the held-out split (what training is judged by);
+    - ``greedy_heldout_chained_carry``: the same on its chained-carry problems, where the
+      teacher's demonstrations are often wrong;
+    - ``sampled_train``: accuracy of one sample at temperature 1 (top-p 1) on each of the
+      first ``samples`` training prompts: how often the RL terms see a rewarded rollout.
+    """
+    heldout, train = _splits(task)
+    chained = [chained_carry(a, b) for a, b in heldout]
+    greedy = _solved(model, tokenizer, heldout, sample=False, seed=seed)
+    sampled = _solved(model, tokenizer, train[:samples], sample=True, seed=seed)
+    hits = [ok for ok, c in zip(greedy, chained) if c]
+    return {"greedy_heldout": sum(greedy) / len(greedy),
+            "greedy_heldout_chained_carry": sum(hits) / max(1, len(hits)),
+            "sampled_train": sum(sampled) / len(sampled)}
+
+
+def _solved(model: Any, tokenizer: Any, pairs: list[tuple[int, int]], *, sample: bool, seed: int,
+            batch: int = 128) -> list[bool]:
+    """Whether the model's completion of each problem boxes the right sum (every prompt
+    "abc+def=?" has the same length, so batches need no padding)."""
+    import torch
+
+    from srft_openrlhf.reward import math_reward
+
+    torch.manual_seed(seed)
+    out: list[bool] = []
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        ids = torch.tensor([tokenizer(question(a, b), add_special_tokens=False)["input_ids"] for a, b in chunk])
+        with torch.no_grad():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, do_sample=sample,
+                                 temperature=1.0 if sample else None, top_k=0 if sample else None,
+                                 top_p=1.0 if sample else None, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+        out.extend(math_reward(t, str(a + b), mode="oat") >= 1.0 for t, (a, b) in zip(texts, chunk))
+    return out

@@ -41,6 +41,7 @@ import torch
 
 from srft_openrlhf.algorithm import LossConfig, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig, save_config
+from srft_openrlhf.data.encode import check_round_trip, demo_continuation
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.local.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from srft_openrlhf.local.metrics import MetricsLogger, check_logging
@@ -179,7 +180,19 @@ def load_data(cfg: SRFTConfig) -> RunData:
                                    limit=d.max_eval_rows).examples
     encode = dict(tokenizer=tokenizer, template=d.template, max_prompt_len=d.max_prompt_len,
                   max_response_len=d.max_response_len)
-    return RunData(tokenizer, encode_items(train, **encode), encode_items(evaluation, **encode), groups)
+    data = RunData(tokenizer, encode_items(train, **encode), encode_items(evaluation, **encode), groups)
+    check_round_trip(tokenizer, round_trip_sample(data.train), f"model.path {cfg.model.path}")
+    return data
+
+
+def round_trip_sample(items: list[PromptItem], count: int = 32) -> list[tuple[str, str]]:
+    """The rendered prompts and demonstrations of the first ``count`` training items."""
+    texts = []
+    for i, item in enumerate(items[:count]):
+        texts.append((f"training prompt {i}", item.prompt_text))
+        if item.demo_text:
+            texts.append((f"demonstration {i}", demo_continuation(item.prompt_text, item.demo_text)))
+    return texts
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
