@@ -17,8 +17,11 @@ from srft_openrlhf.errors import ConfigError
 
 def reference(batch: dict, cfg: LossConfig, logp_rl: list | None = None) -> dict[str, float]:
     """Eq. 13 and every knob, token by token. ``logp_rl`` (default: the log-probs) is what the
-    RL terms read, so a test can freeze the tokens that Appendix A.2 drops."""
+    RL terms read, so a test can freeze the tokens that Appendix A.2 drops. The importance
+    weight of stale rollout tokens is a constant: it is taken at ``batch["weight_log_probs"]``
+    (default: the log-probs), so finite differences can hold it fixed."""
     lp, old, ent, mask = batch["log_probs"], batch["old_log_probs"], batch["entropy"], batch["mask"]
+    lp_weight = batch.get("weight_log_probs", lp)
     adv, rew, demo, ref = batch["advantages"], batch["rewards"], batch["is_demo"], batch.get("ref_log_probs")
     logp_rl = lp if logp_rl is None else logp_rl
     B, T = len(lp), len(lp[0])
@@ -68,9 +71,16 @@ def reference(batch: dict, cfg: LossConfig, logp_rl: list | None = None) -> dict
         out["loss_rl_demo"] = reduce((b, -adv[b] * (p if g is None else p / (p + g))) for b, p in shaped)
     clipped = 0
     if cfg.rl_rollout and cfg.rollout_objective == "paper":
-        out["loss_rl_rollout"] = reduce((b, -w_rl(b, t) * logp_rl[b][t]) for b, t in pos_toks) + reduce(
-            (b, logp_rl[b][t]) for b, t in neg_toks
+        def is_weight(b, t):
+            if cfg.rollout_is_cap is None:
+                return 1.0
+            return min(math.exp(lp_weight[b][t] - old[b][t]), cfg.rollout_is_cap)
+
+        out["loss_rl_rollout"] = reduce((b, -is_weight(b, t) * w_rl(b, t) * logp_rl[b][t]) for b, t in pos_toks) + reduce(
+            (b, is_weight(b, t) * logp_rl[b][t]) for b, t in neg_toks
         )
+        if cfg.rollout_is_cap is not None:
+            clipped = sum(math.exp(lp_weight[b][t] - old[b][t]) > cfg.rollout_is_cap for b, t in roll_toks)
     elif cfg.rl_rollout:
         items = []
         for b, t in roll_toks:
@@ -167,6 +177,8 @@ KNOBS: list[tuple[str, dict]] = [(name, {}) for name in PRESETS] + [
     ("srft", dict(w_sft_fixed=2.0, w_rl_fixed=0.5)),
     ("srft", dict(demo_shaping_gamma=0.1)),
     ("srft", dict(rollout_objective="grpo")),
+    ("srft", dict(rollout_is_cap=None)),
+    ("srft", dict(rollout_is_cap=1.1)),
     ("srft", dict(rollout_objective="grpo", clip_low=0.2, clip_high=0.28)),
     ("srft", dict(rollout_objective="grpo", clip_low=0.1)),
     ("srft", dict(rollout_objective="grpo", clip_high=0.1, entropy_scope="sequence")),
@@ -231,7 +243,7 @@ def test_gradient_matches_reference_finite_differences(preset, overrides):
 
     def f(x):
         rl = [[x0[b][t] if frozen[b][t] else x[b][t] for t in range(len(x[b]))] for b in range(len(x))]
-        return reference(dict(lists, log_probs=x), cfg, logp_rl=rl)["loss"]
+        return reference(dict(lists, log_probs=x, weight_log_probs=x0), cfg, logp_rl=rl)["loss"]
 
     expected = torch.tensor(finite_difference(f, x0), dtype=torch.float64)
     torch.testing.assert_close(log_probs.grad, expected, rtol=1e-6, atol=1e-8)
@@ -243,7 +255,9 @@ def test_gradient_matches_reference_finite_differences(preset, overrides):
      ("luffy", dict(loss_agg="seq_mean_token_mean", kl_coef=0.1, kl_estimator="k1"))],
 )
 def test_gradcheck_log_probs(preset, overrides):
-    cfg = config(preset, overrides)
+    # the importance weight of stale rollouts is a stop-gradient factor, which numerical
+    # differentiation would see: checked against finite differences of the reference instead
+    cfg = dataclasses.replace(config(preset, overrides), rollout_is_cap=None)
     batch = random_batch(3, B=7, T=3)
     f = lambda lp: run(batch, cfg, log_probs=lp)[0]  # noqa: E731
     assert torch.autograd.gradcheck(f, (batch["log_probs"].clone().requires_grad_(True),))
@@ -275,7 +289,8 @@ def tiny_batch() -> dict[str, torch.Tensor]:
 
 
 def test_paper_terms_by_hand():
-    _, m = run(tiny_batch(), LossConfig())
+    batch = tiny_batch()
+    _, m = run(batch, LossConfig(), old_log_probs=batch["log_probs"])  # on-policy: Eq. 12 as written
     # H_demo = (0.5 + 1.5)/2 = 1 -> w_SFT = 0.5 e^-1 = 0.183940
     assert m["w_sft"] == pytest.approx(0.5 * math.exp(-1.0))
     # Eq. 8: w_SFT · mean(1, 2) = 0.183940 · 1.5 = 0.275910
@@ -290,6 +305,49 @@ def test_paper_terms_by_hand():
     # Eq. 13: 0.275910 − 0.377411 − 0.364086 = −0.465587
     assert m["loss"] == pytest.approx(-0.465587, abs=1e-6)
     assert (m["n_demo_tokens"], m["n_pos_tokens"], m["n_neg_tokens"]) == (2, 1, 2)
+
+
+def test_stale_rollouts_importance_weighted_by_hand():
+    """Rollouts of an older policy: each Eq. 12 token term times sg(min(π/π_old, cap))."""
+    # seq 1 (positive): ratio e^(−0.5+0.7) = e^0.2 = 1.221403; seq 2 (negative): e^0 = 1, e^-0.25 = 0.778801
+    # w_RL · 1.221403 · 0.5 + mean(−0.25 · 1, −0.75 · 0.778801) = 0.166005 − 0.417050 = −0.251045
+    _, m = run(tiny_batch(), LossConfig())
+    assert m["loss_rl_rollout"] == pytest.approx(0.1 * math.e * math.exp(0.2) * 0.5 - (0.25 + 0.75 * math.exp(-0.25)) / 2)
+    assert m["loss_rl_rollout"] == pytest.approx(-0.251045, abs=1e-6) and m["clip_frac"] == 0.0
+    # cap 1.1: the positive token's weight is truncated to 1.1 (one of three rollout tokens)
+    _, m = run(tiny_batch(), LossConfig(rollout_is_cap=1.1))
+    assert m["loss_rl_rollout"] == pytest.approx(0.1 * math.e * 1.1 * 0.5 - (0.25 + 0.75 * math.exp(-0.25)) / 2)
+    assert m["clip_frac"] == pytest.approx(1 / 3)
+    # no correction: Eq. 12 as written, whatever the staleness
+    _, m = run(tiny_batch(), LossConfig(rollout_is_cap=None))
+    assert m["loss_rl_rollout"] == pytest.approx(0.1 * math.e * 0.5 - 0.5)
+
+
+def test_stale_negative_rollouts_are_unbiased():
+    """Why the weight: over all sequences of a stale policy π_old, the expected gradient of
+    Eq. 12's negative term is −∇KL(π_old‖πθ) ≠ 0 without the weight (it pushes πθ away from
+    π_old), and exactly 0 with it (as on-policy). Exact expectation over a 4-token vocabulary."""
+    logits = torch.tensor([1.0, 0.2, -0.5, 0.3], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([0.4, 0.6, -0.2, 0.1], dtype=torch.float64).log_softmax(-1)
+    p_old = old.exp()
+
+    def expected_gradient(cap):
+        logp = logits.log_softmax(-1)
+        per_token = []
+        for y in range(4):  # every token as a one-token negative rollout, weighted by π_old(y)
+            loss, _ = srft_loss(logp[y].reshape(1, 1), old[y].reshape(1, 1), torch.zeros(1, 1, dtype=torch.float64),
+                                torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, dtype=torch.float64),
+                                torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.bool),
+                                LossConfig(rollout_is_cap=cap))
+            per_token.append(p_old[y] * loss)
+        (grad,) = torch.autograd.grad(sum(per_token), logits)
+        return grad
+
+    kl = lambda z: (p_old * (old - z.log_softmax(-1))).sum()  # noqa: E731
+    (grad_kl,) = torch.autograd.grad(kl(logits), logits)
+    torch.testing.assert_close(expected_gradient(None), -grad_kl)
+    assert grad_kl.abs().max() > 0.05
+    torch.testing.assert_close(expected_gradient(100.0), torch.zeros(4, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
 def test_demo_shaping_by_hand():
@@ -470,4 +528,5 @@ def test_float32_inputs_and_float_mask():
     batch = {k: (v.float() if v.is_floating_point() else v) for k, v in tiny_batch().items()}
     loss, m = run(batch, LossConfig(), mask=batch["mask"].float())
     assert loss.dtype == torch.float32
-    assert m["loss"] == pytest.approx(-0.465587, abs=1e-5)
+    # test_paper_terms_by_hand with the stale rollouts' importance weights: 0.275910 − 0.377411 − 0.251045
+    assert m["loss"] == pytest.approx(-0.352546, abs=1e-5)

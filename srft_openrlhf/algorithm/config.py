@@ -74,6 +74,11 @@ class LossConfig:
     rollout_objective: str = "paper"
     clip_low: float | None = None  # ratio clipped below at 1 − clip_low (None = no clip)
     clip_high: float | None = None  # ratio clipped above at 1 + clip_high (None = no clip)
+    # "paper" objective on stale rollouts (async): each token's term is weighted by the
+    # truncated importance weight sg(min(πθ/π_old, cap)), which is exactly 1 on-policy, so
+    # the synchronous loss is Eq. 12 unchanged. Without it, Eq. 12 on rollouts of an older
+    # policy pushes πθ away from that policy (see ``importance_weight``). None = no weight.
+    rollout_is_cap: float | None = 2.0
 
     # demo term policy shaping: None = π (paper), γ → π/(π+γ) (LUFFY / official code, γ = 0.1)
     demo_shaping_gamma: float | None = None
@@ -131,7 +136,7 @@ class LossConfig:
                 raise ConfigError(f"loss.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
         if not (self.sft_demo or self.rl_demo or self.rl_rollout):
             raise ConfigError("loss: sft_demo, rl_demo and rl_rollout are all false; turn one on")
-        for name in ("clip_low", "clip_high", "demo_shaping_gamma"):
+        for name in ("clip_low", "clip_high", "demo_shaping_gamma", "rollout_is_cap"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"loss.{name}: must be > 0 or null, got {value}")

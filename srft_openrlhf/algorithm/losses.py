@@ -113,6 +113,23 @@ def self_rollout_token_loss(log_probs: Tensor, positive: Tensor, w_rl: Tensor) -
     return torch.where(positive, -w_rl * log_probs, log_probs)
 
 
+def importance_weight(log_probs: Tensor, old_log_probs: Tensor, cap: float | None) -> Tensor:
+    """Off-policy correction of Eq. 12: the truncated importance weight sg(min(πθ/π_old, cap)).
+
+    Eq. 12 is an expectation over the current policy's rollouts. On rollouts of an older
+    policy π_old (asynchronous training) its gradient is biased: for the negative term,
+    E_{y~π_old}[∇ log πθ(y)] = −∇ KL(π_old‖πθ), so minimising mean(log πθ(y⁻)) climbs that
+    KL and drives πθ away from the policy that generated the batch, the further the larger
+    each step is (on-policy the same expectation is exactly 0). Weighting each token by
+    πθ/π_old turns the expectation back into one over πθ; truncation at ``cap`` bounds the
+    variance. The weight is 1 on-policy, so the synchronous loss and gradient are Eq. 12's.
+    ``cap`` None: weight 1 everywhere (Eq. 12 as written, whatever the staleness).
+    """
+    if cap is None:
+        return torch.ones_like(log_probs)
+    return torch.exp(log_probs.detach() - old_log_probs.detach()).clamp(max=cap)
+
+
 def grpo_token_loss(
     log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip_low: float | None, clip_high: float | None
 ) -> tuple[Tensor, Tensor]:
@@ -185,8 +202,9 @@ def srft_loss(
     """Eq. 13 and its configured variants; returns (scalar loss, metrics of plain floats).
 
     Shapes: ``log_probs``, ``old_log_probs``, ``entropy``, ``mask`` [B, T] (mask = response
-    tokens); ``advantages``, ``rewards``, ``is_demo`` [B]. ``old_log_probs`` is read only by
-    the GRPO rollout objective (the demo term uses πβ = 1 by definition). Weight metrics
+    tokens); ``advantages``, ``rewards``, ``is_demo`` [B]. ``old_log_probs`` (the generating policy's) is
+    read by the rollout terms only: the GRPO ratio, or the importance weight of the paper
+    objective (the demo term uses πβ = 1 by definition). Weight metrics
     (``w_sft``, ``w_rl``) are means over the demo / rollout tokens; metrics of an empty token
     set are 0.0.
 
@@ -246,7 +264,10 @@ def srft_loss(
     loss_rl_rollout = zero
     if config.rl_rollout and config.rollout_objective == "paper":
         # two means (Eq. 12 has two expectations), not one mean over all rollout tokens
-        per_token = self_rollout_token_loss(logp_rl, pos_tok, w_rl)
+        weight = importance_weight(logp_rl, old, config.rollout_is_cap)
+        per_token = weight * self_rollout_token_loss(logp_rl, pos_tok, w_rl)
+        if config.rollout_is_cap is not None:
+            clipped = roll_tok & (torch.exp(logp_rl.detach() - old) > config.rollout_is_cap)
         loss_rl_rollout = agg(per_token, pos_tok, "pos") + agg(per_token, neg_tok, "neg")
     elif config.rl_rollout:
         per_token, clipped = grpo_token_loss(logp_rl, old, adv, config.clip_low, config.clip_high)
