@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# The paper's comparison (Table 2 layout) and ablations (Table 3 layout) on the toy task:
-# SRFT, GRPO, SFT, SFT→RL, LUFFY, SRFT w/o w_SFT and SRFT w/o w_RL, each with the same
-# budget (configs/toy_cpu.yaml: same steps, prompts per step, learning rate), over several
-# seeds (the seed changes prompt order and sampling; the toy base model is shared).
+# The paper's comparison (Table 2 layout) and ablations (Table 3 layout) on the toy task,
+# with every method tuned the way a paper tunes its baselines:
+#   1. sweep: each method at each learning rate of LRS, seed SWEEP_SEED;
+#   2. pick each method's best lr (held-out accuracy after training; ties: the smaller lr);
+#   3. final: each method at its best lr over SEEDS (the sweep's run is reused for its seed).
+# Everything else is the quick start's budget (configs/toy_cpu.yaml: steps, prompts per step,
+# rollouts, warm-up). A method is "collapsed" only if it collapses at every lr of the sweep.
 #   bash scripts/reproduce_toy.sh [OUTPUT_ROOT] [--set key=value ...]   (default runs/reproduce_toy)
-# Environment: SEEDS (default "1 2 3"), METHODS (default: the seven above), STEPS (default:
-# the config's train.steps), SWITCH (SFT→RL switch step, default STEPS/2).
-# Each run is OUTPUT_ROOT/METHOD/seed-N; finished runs are skipped and interrupted ones
-# resumed, so the script can be re-run after an interruption. At the end it writes
-# OUTPUT_ROOT/results.md (held-out accuracy, mean ± std over seeds) and OUTPUT_ROOT/curves.png.
-# Budget: about 21 quick starts (one per method and seed), i.e. an hour or two on a laptop.
+# Environment: METHODS (default: srft grpo sft sft_then_rl luffy srft_no_wsft srft_no_wrl),
+# LRS (default "1e-4 2e-4 5e-4 1e-3"), SWEEP_SEED (42), SEEDS ("42 1 2"), STEPS (the
+# config's), SWITCH (SFT→RL switch step, default STEPS/2), JOBS (runs at once, default 1;
+# each run uses one thread), KEEP (checkpoints kept per final run, default 3: what
+# `srft analyze trajectory` plots).
+# Runs: OUTPUT_ROOT/sweep/METHOD/lr-LR and OUTPUT_ROOT/final/METHOD/seed-N. Finished runs are
+# skipped, interrupted ones resumed: re-run the script after an interruption. At the end:
+# OUTPUT_ROOT/results.md + results.json (final table, each row with its lr, and the sweep)
+# and OUTPUT_ROOT/curves.png (mean ± std over seeds of every method).
+# Budget on 2 cores (JOBS=2): about 40 minutes for the 7 methods (28 sweep + 14 seed runs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,31 +26,82 @@ source scripts/install_cpu.sh
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 PY="$VENV/bin/python"
 CONFIG=configs/toy_cpu.yaml
-SEEDS="${SEEDS:-1 2 3}"
 METHODS="${METHODS:-srft grpo sft sft_then_rl luffy srft_no_wsft srft_no_wrl}"
+LRS="${LRS:-1e-4 2e-4 5e-4 1e-3}"
+SWEEP_SEED="${SWEEP_SEED:-42}"
+SEEDS="${SEEDS:-42 1 2}"
+JOBS="${JOBS:-1}"
+KEEP="${KEEP:-3}"
 read -r CONFIG_STEPS CONFIG_WARMUP < <("$PY" -c "import yaml, sys; t = yaml.safe_load(open(sys.argv[1]))['train']; \
 print(t['steps'], t.get('lr_warmup_steps', 0))" "$CONFIG")
 STEPS="${STEPS:-$CONFIG_STEPS}"
 SWITCH="${SWITCH:-$(( STEPS / 2 ))}"
 WARMUP=$(( CONFIG_WARMUP < STEPS ? CONFIG_WARMUP : STEPS ))  # a shortened run keeps a valid warm-up
+SAVE_EVERY=$(( STEPS / KEEP > 0 ? STEPS / KEEP : 1 ))
+EXTRA=("$@")
 
-for method in $METHODS; do
-  case "$method" in
-    sft_then_rl|rl_then_sft) algo=(--set "train.schedule=$method" --set "train.switch_step=$SWITCH") ;;
-    *) algo=(--algo "$method") ;;
+# the toy base is built once, before runs start in parallel
+"$PY" -c "from srft_openrlhf.data import toy; toy.base_model_path()"
+
+algo_args() {
+  case "$1" in
+    sft_then_rl|rl_then_sft) echo "--set train.schedule=$1 --set train.switch_step=$SWITCH" ;;
+    *) echo "--algo $1" ;;
   esac
-  for seed in $SEEDS; do
-    dir="$OUT/$method/seed-$seed"
-    if [ -f "$dir/summary.json" ]; then
-      echo "[reproduce_toy] $dir: finished, skipped"
-    elif [ -f "$dir/config.yaml" ]; then
-      echo "[reproduce_toy] $dir: resuming"
-      "$PY" -m srft_openrlhf.cli train --resume "$dir"
-    else
-      echo "[reproduce_toy] $dir: $method, seed $seed, $STEPS steps"
-      "$PY" -m srft_openrlhf.cli train --config "$CONFIG" --output-dir "$dir" --set "train.seed=$seed" \
-        --set "train.steps=$STEPS" --set "train.lr_warmup_steps=$WARMUP" "${algo[@]}" "$@"
-    fi
+}
+
+# one run: METHOD LR SEED DIR [KEEP_CHECKPOINTS]; its log is DIR.log
+one_run() {
+  local method=$1 lr=$2 seed=$3 dir=$4 keep=${5:-1}
+  if [ -f "$dir/summary.json" ]; then
+    return 0
+  fi
+  mkdir -p "$(dirname "$dir")"
+  if [ -f "$dir/config.yaml" ]; then
+    echo "[reproduce_toy] $dir: resuming"
+    "$PY" -m srft_openrlhf.cli train --resume "$dir" >"$dir.log" 2>&1
+  else
+    echo "[reproduce_toy] $dir: $method, lr $lr, seed $seed, $STEPS steps"
+    # shellcheck disable=SC2046
+    "$PY" -m srft_openrlhf.cli train --config "$CONFIG" --output-dir "$dir" $(algo_args "$method") \
+      --set "train.seed=$seed" --set "train.lr=$lr" --set "train.steps=$STEPS" \
+      --set "train.lr_warmup_steps=$WARMUP" --set "train.keep_checkpoints=$keep" \
+      --set "train.save_every=$SAVE_EVERY" --set "train.eval_every=$SAVE_EVERY" "${EXTRA[@]}" >"$dir.log" 2>&1
+  fi
+  echo "[reproduce_toy] $dir: $("$PY" -c "import json, sys; s = json.load(open(sys.argv[1])); \
+print(f\"held-out {s['accuracy_before']:.1%} -> {s['accuracy_after']:.1%} in {s['wall_seconds']:.0f} s\")" "$dir/summary.json")"
+}
+
+# run "METHOD LR SEED DIR KEEP" lines, JOBS at a time; fail if any run failed
+run_all() {
+  local failed=0 line
+  while read -r line; do
+    [ -z "$line" ] && continue
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || failed=1; done
+    # shellcheck disable=SC2086
+    one_run $line &
   done
+  while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
+  if [ "$failed" -ne 0 ]; then
+    echo "[reproduce_toy] some runs failed: see the .log next to each run folder under $OUT" >&2
+    exit 1
+  fi
+}
+
+run_all < <(for method in $METHODS; do for lr in $LRS; do
+  echo "$method $lr $SWEEP_SEED $OUT/sweep/$method/lr-$lr $KEEP"; done; done)
+
+declare -A BEST
+for method in $METHODS; do
+  BEST[$method]=$("$PY" -m srft_openrlhf.local.results best-lr "$OUT/sweep/$method")
+  echo "[reproduce_toy] $method: best lr ${BEST[$method]}"
+  # the sweep's run at the best lr is the final run of its seed
+  mkdir -p "$OUT/final/$method"
+  link="$OUT/final/$method/seed-$SWEEP_SEED"
+  [ -e "$link" ] || ln -s "../../sweep/$method/lr-${BEST[$method]}" "$link"
 done
-"$PY" -m srft_openrlhf.local.plot --aggregate "$OUT" --table "$OUT/results.md" --out "$OUT/curves.png"
+
+run_all < <(for method in $METHODS; do for seed in $SEEDS; do
+  echo "$method ${BEST[$method]} $seed $OUT/final/$method/seed-$seed $KEEP"; done; done)
+
+"$PY" -m srft_openrlhf.local.results report "$OUT"

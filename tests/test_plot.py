@@ -80,3 +80,63 @@ def test_aggregate_table_mean_std_and_curves(tmp_path):
     assert table.index("*Supervised Fine-Tuning*") < table.index("*Reinforcement Learning*") < table.index("*SFT and RL*")
     assert "Ablations" in table
     assert (root / "curves.png").read_bytes()[:8] == PNG
+
+
+# ----------------------------------------------------------------------------- lr sweep + final runs
+
+def sweep_root(tmp_path: Path) -> Path:
+    """reproduce_toy.sh's layout: sweep/METHOD/lr-LR (seed 42) and final/METHOD/seed-N."""
+    root = tmp_path / "repro"
+    sweep = {"srft": {"1e-4": 0.70, "2e-4": 0.85, "5e-4": 0.85}, "grpo": {"1e-4": 0.40, "5e-4": 0.02}}
+    for method, accs in sweep.items():
+        for lr, acc in accs.items():
+            d = fake_run(root / "sweep" / method / f"lr-{lr}", acc / 5,
+                         summary={"accuracy_before": 0.3, "accuracy_after": acc, "seed": 42})
+            (d / "config.yaml").write_text(f"train:\n  lr: {float(lr)}\n")
+    for method, lr, accs in (("srft", "2e-4", [0.85, 0.75, 0.80]), ("grpo", "1e-4", [0.40, 0.50, 0.60])):
+        for seed, acc in zip((42, 1, 2), accs):
+            d = fake_run(root / "final" / method / f"seed-{seed}", acc / 5,
+                         summary={"accuracy_before": 0.3, "accuracy_after": acc, "seed": seed})
+            (d / "config.yaml").write_text(f"train:\n  lr: {float(lr)}\n")
+    return root
+
+
+def test_best_lr_is_the_most_accurate_and_ties_go_to_the_smaller(tmp_path):
+    from srft_openrlhf.local import results
+
+    root = sweep_root(tmp_path)
+    assert results.best_lr(root / "sweep" / "srft") == "2e-4"  # 2e-4 and 5e-4 tie at 85%
+    assert results.best_lr(root / "sweep" / "grpo") == "1e-4"
+    with pytest.raises(ConfigError, match="no finished lr sweep runs"):
+        results.best_lr(tmp_path / "nothing")
+
+
+def test_report_tables_carry_each_rows_lr_and_the_sweep(tmp_path):
+    from srft_openrlhf.local import results
+
+    root = sweep_root(tmp_path)
+    assert results.main(["report", str(root)]) == 0
+    table = (root / "results.md").read_text()
+    assert "| SRFT | 0.0002 | 80.0 ± 5.0 | 3 |" in table  # mean, stdev of (85, 75, 80)
+    assert "| GRPO | 0.0001 | 50.0 ± 10.0 | 3 |" in table
+    assert "| SRFT | 70.0 | **85.0** | 85.0 |" in table  # the sweep row, the chosen lr in bold
+    assert "| GRPO | 40.0 | – | 2.0 |" not in table and "| GRPO | **40.0** | – | 2.0 |" in table
+    saved = json.loads((root / "results.json").read_text())
+    assert [r["accuracy_after"] for r in saved["final"]["srft"]] == [0.75, 0.8, 0.85]  # seed-1, seed-2, seed-42
+    assert (root / "curves.png").read_bytes()[:8] == PNG
+
+
+def test_readme_block_is_generated_from_the_results_file(tmp_path):
+    from srft_openrlhf.local import results
+
+    root = sweep_root(tmp_path)
+    results.main(["report", str(root)])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{results.README_BEGIN}\nold numbers\n{results.README_END}\noutro\n")
+    assert results.main(["readme", str(root / "results.json"), str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{results.README_END}\noutro\n")
+    assert "old numbers" not in text and "| SRFT | 0.0002 | 80.0 ± 5.0 | 3 |" in text
+    (tmp_path / "plain.md").write_text("no markers")
+    with pytest.raises(SystemExit):
+        results.main(["readme", str(root / "results.json"), str(tmp_path / "plain.md")])

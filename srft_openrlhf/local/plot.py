@@ -16,13 +16,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.local.metrics import read_metrics
+from srft_openrlhf.local.results import markdown, mean_std, method_runs, run_record
 
 PANELS = (
     ("reward_mean", "Training reward"),
@@ -30,13 +29,6 @@ PANELS = (
     ("entropy", "Entropy"),
 )
 
-# (method folder, display name); paper Table 2 groups, then the Table 3 ablations
-TABLE2 = (
-    ("Supervised Fine-Tuning", (("sft", "SFT"),)),
-    ("Reinforcement Learning", (("grpo", "GRPO"),)),
-    ("SFT and RL", (("sft_then_rl", "SFT→RL"), ("luffy", "LUFFY"), ("srft", "SRFT"))),
-)
-TABLE3 = (("srft", "SRFT"), ("srft_no_wsft", "w/o w_SFT"), ("srft_no_wrl", "w/o w_RL"))
 
 
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -113,20 +105,6 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, smooth: int = 1) -> None:
 
 # ----------------------------------------------------------------------------- several seeds
 
-def method_runs(root: Path) -> dict[str, list[Path]]:
-    """``{method: [ROOT/method/seed-N, ...]}`` for every finished run (one with summary.json)."""
-    runs: dict[str, list[Path]] = {}
-    for summary in sorted(Path(root).glob("*/*/summary.json")):
-        runs.setdefault(summary.parent.parent.name, []).append(summary.parent)
-    if not runs:
-        raise ConfigError(f"{root}: no finished runs (expected METHOD/seed-N/summary.json)")
-    return runs
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def plot_methods(runs: dict[str, list[Path]], out: Path, smooth: int = 1) -> None:
     """Mean over seeds per method (steps every seed logged), with a ±1 std band."""
     fig, axes = _figure()
@@ -147,52 +125,9 @@ def plot_methods(runs: dict[str, list[Path]], out: Path, smooth: int = 1) -> Non
     _save(fig, axes, out)
 
 
-def accuracy_columns(summaries: list[dict]) -> list[str]:
-    """accuracy_after, then per-group ones (accuracy_<group>_after) in a stable order."""
-    groups = sorted({k for s in summaries for k in s if k.startswith("accuracy_") and k.endswith("_after")
-                     and k != "accuracy_after"})
-    return ["accuracy_after", *groups]
-
-
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    mean, std = mean_std([100 * v for v in values])
-    return f"{mean:.1f} ± {std:.1f}"
-
-
 def results_table(runs: dict[str, list[Path]]) -> str:
     """Markdown: Table 2 layout (paradigm groups) and Table 3 layout (ablations), mean ± std."""
-    summaries = {m: [json.loads((d / "summary.json").read_text()) for d in dirs] for m, dirs in runs.items()}
-    every = [s for group in summaries.values() for s in group]
-    columns = accuracy_columns(every)
-    titles = ["held-out" if c == "accuracy_after" else c.removeprefix("accuracy_").removesuffix("_after").replace("_", " ")
-              for c in columns]
-    header = "| Model | " + " | ".join(titles) + " | runs |\n|---|" + "---|" * (len(columns) + 1) + "\n"
-
-    def row(name: str, group: list[dict], suffix: str = "_after") -> str:
-        cells = [_cell([s[c.removesuffix("_after") + suffix] for s in group
-                        if s.get(c.removesuffix("_after") + suffix) is not None]) for c in columns]
-        return f"| {name} | " + " | ".join(cells) + f" | {len(group)} |\n"
-
-    steps = sorted({s.get("steps") for s in every})
-    lines = [f"Held-out accuracy (%), mean ± std over seeds; {', '.join(map(str, steps))} training steps each.\n\n",
-             "**Main results (layout of the paper's Table 2)**\n\n", header, row("Base model", every, "_before")]
-    known = {m for _, methods in TABLE2 for m, _ in methods} | {m for m, _ in TABLE3}
-    for title, methods in TABLE2:
-        present = [(m, name) for m, name in methods if m in summaries]
-        if present:
-            lines.append(f"| *{title}* |" + " |" * (len(columns) + 1) + "\n")
-            lines += [row(name, summaries[m]) for m, name in present]
-    others = [m for m in summaries if m not in known]
-    if others:
-        lines.append("| *Other* |" + " |" * (len(columns) + 1) + "\n")
-        lines += [row(m, summaries[m]) for m in others]
-    ablations = [(m, name) for m, name in TABLE3 if m in summaries]
-    if len(ablations) > 1:
-        lines += ["\n**Ablations (layout of the paper's Table 3)**\n\n", header]
-        lines += [row(name, summaries[m]) for m, name in ablations]
-    return "".join(lines)
+    return markdown({"final": {m: [run_record(d) for d in dirs] for m, dirs in runs.items()}})
 
 
 # ----------------------------------------------------------------------------- command line

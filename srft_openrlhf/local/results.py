@@ -1,0 +1,230 @@
+"""Result tables of many local runs: the toy's method comparison, tuned the way papers tune.
+
+``python -m srft_openrlhf.local.results best-lr SWEEP/METHOD``
+    Prints the learning rate of the best run among ``SWEEP/METHOD/lr-*`` (held-out accuracy
+    after training; ties go to the smaller lr, the more conservative choice).
+
+``python -m srft_openrlhf.local.results report ROOT``
+    ROOT as ``scripts/reproduce_toy.sh`` writes it (``sweep/METHOD/lr-LR``,
+    ``final/METHOD/seed-N``): writes ``ROOT/results.json`` (every run's numbers), the
+    markdown tables ``ROOT/results.md`` (final runs mean ± std over seeds, each row with its
+    lr, in the layout of the paper's Tables 2 and 3, then the lr sweep) and
+    ``ROOT/curves.png`` (training curves, mean ± std over seeds).
+
+``python -m srft_openrlhf.local.results readme RESULTS_JSON README``
+    Rewrites the part of README between the ``<!-- toy-results -->`` markers with the tables
+    of RESULTS_JSON, so the README's numbers always come from a committed results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from srft_openrlhf.errors import ConfigError
+
+# (method folder, display name); the paper's Table 2 groups, then its Table 3 ablations
+PARADIGMS = (
+    ("Supervised Fine-Tuning", (("sft", "SFT"),)),
+    ("Reinforcement Learning", (("grpo", "GRPO"),)),
+    ("SFT and RL", (("sft_then_rl", "SFT→RL"), ("luffy", "LUFFY"), ("srft", "SRFT"))),
+)
+ABLATIONS = (("srft", "SRFT"), ("srft_no_wsft", "w/o w_SFT"), ("srft_no_wrl", "w/o w_RL"))
+README_BEGIN, README_END = "<!-- toy-results:begin -->", "<!-- toy-results:end -->"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+# ----------------------------------------------------------------------------- collecting
+
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """A finished run's summary numbers, with its learning rate when its config.yaml is there."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise ConfigError(f"{run_dir}: no summary.json (the run is not finished)")
+    summary = json.loads(summary_path.read_text())
+    record = {k: v for k, v in summary.items() if k.startswith("accuracy_") or k in ("seed", "wall_seconds", "steps")}
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        record["lr"] = yaml.safe_load(config.read_text())["train"]["lr"]
+    return record
+
+
+def method_runs(root: Path) -> dict[str, list[Path]]:
+    """``{method: [ROOT/method/seed-N, ...]}`` for every finished run (one with summary.json)."""
+    runs: dict[str, list[Path]] = {}
+    for summary in sorted(Path(root).glob("*/*/summary.json")):
+        runs.setdefault(summary.parent.parent.name, []).append(summary.parent)
+    if not runs:
+        raise ConfigError(f"{root}: no finished runs (expected METHOD/seed-N/summary.json)")
+    return runs
+
+
+def sweep_runs(method_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{lr: record}`` of the finished ``method_dir/lr-LR`` runs."""
+    found = {p.parent.name.removeprefix("lr-"): run_record(p.parent)
+             for p in sorted(Path(method_dir).glob("lr-*/summary.json"))}
+    if not found:
+        raise ConfigError(f"{method_dir}: no finished lr sweep runs (expected lr-LR/summary.json)")
+    return found
+
+
+def best_lr(method_dir: Path) -> str:
+    """The lr (as its folder spells it) with the highest held-out accuracy; ties: the smaller."""
+    runs = sweep_runs(method_dir)
+    return max(runs, key=lambda lr: (runs[lr]["accuracy_after"], -float(lr)))
+
+
+def collect(root: Path) -> dict[str, Any]:
+    """Everything the tables need, JSON-ready: ``final`` {method: [run records]}, ``sweep``
+    {method: {lr: record}} when ``ROOT/sweep`` exists."""
+    root = Path(root)
+    final_root = root / "final" if (root / "final").is_dir() else root
+    results: dict[str, Any] = {"final": {m: [run_record(d) for d in dirs] for m, dirs in method_runs(final_root).items()}}
+    if (root / "sweep").is_dir():
+        results["sweep"] = {d.name: sweep_runs(d) for d in sorted((root / "sweep").iterdir()) if d.is_dir()}
+    return results
+
+
+# ----------------------------------------------------------------------------- tables
+
+def accuracy_columns(records: list[dict]) -> list[str]:
+    """accuracy, then the per-group ones (accuracy_<group>) in a stable order."""
+    groups = sorted({k.removesuffix("_after") for r in records for k in r
+                     if k.startswith("accuracy_") and k.endswith("_after") and k != "accuracy_after"})
+    return ["accuracy", *groups]
+
+
+def column_title(column: str) -> str:
+    return "held-out" if column == "accuracy" else column.removeprefix("accuracy_").replace("_", " ")
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std([100 * v for v in values])
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def _lr_text(records: list[dict]) -> str | None:
+    lrs = sorted({r["lr"] for r in records if "lr" in r})
+    return ", ".join(f"{lr:g}" for lr in lrs) if lrs else None
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Final runs in the layouts of the paper's Table 2 (paradigm groups) and Table 3
+    (ablations), mean ± std over seeds; then the lr sweep (one seed) when there is one."""
+    final = results["final"]
+    every = [r for runs in final.values() for r in runs]
+    columns = accuracy_columns(every)
+    with_lr = any("lr" in r for r in every)
+    titles = (["lr"] if with_lr else []) + [column_title(c) for c in columns]
+    header = "| Model | " + " | ".join(titles) + " | runs |\n|---|" + "---|" * (len(titles) + 1) + "\n"
+    blank = "|" * (len(titles) + 2)
+
+    def row(name: str, records: list[dict], when: str = "after") -> str:
+        cells = [_cell([r[f"{c}_{when}"] for r in records if r.get(f"{c}_{when}") is not None]) for c in columns]
+        if with_lr:
+            cells.insert(0, (_lr_text(records) or "–") if when == "after" else "–")
+        return f"| {name} | " + " | ".join(cells) + f" | {len(records)} |\n"
+
+    steps = sorted({r["steps"] for r in every if "steps" in r})
+    seeds = sorted({r["seed"] for r in every if "seed" in r})
+    lines = [f"Held-out accuracy (%), mean ± std over seeds {', '.join(map(str, seeds)) or '?'}; "
+             f"{', '.join(map(str, steps)) or '?'} training steps each.\n\n",
+             "**Main results (layout of the paper's Table 2)**\n\n", header, row("Base model", every, "before")]
+    known = {m for _, methods in PARADIGMS for m, _ in methods} | {m for m, _ in ABLATIONS}
+    for title, methods in PARADIGMS:
+        present = [(m, name) for m, name in methods if m in final]
+        if present:
+            lines.append(f"| *{title}* {blank}\n")
+            lines += [row(name, final[m]) for m, name in present]
+    others = [m for m in final if m not in known]
+    if others:
+        lines.append(f"| *Other* {blank}\n")
+        lines += [row(m, final[m]) for m in others]
+    ablations = [(m, name) for m, name in ABLATIONS if m in final]
+    if len(ablations) > 1:
+        lines += ["\n**Ablations (layout of the paper's Table 3)**\n\n", header]
+        lines += [row(name, final[m]) for m, name in ablations]
+    if results.get("sweep"):
+        lines.append(sweep_markdown(results["sweep"]))
+    return "".join(lines)
+
+
+def sweep_markdown(sweep: dict[str, dict[str, dict]]) -> str:
+    """Held-out accuracy of each method at each lr (one seed); the chosen lr in bold."""
+    lrs = sorted({lr for runs in sweep.values() for lr in runs}, key=float)
+    lines = ["\n**Learning-rate sweep (held-out %, one seed; bold: the lr of the final runs)**\n\n",
+             "| Method | " + " | ".join(lrs) + " |\n|---|" + "---|" * len(lrs) + "\n"]
+    names = dict(m for _, methods in PARADIGMS for m in methods) | dict(ABLATIONS)
+    for method, runs in sweep.items():
+        best = max(runs, key=lambda lr: (runs[lr]["accuracy_after"], -float(lr)))
+        cells = []
+        for lr in lrs:
+            if lr not in runs:
+                cells.append("–")
+                continue
+            text = f"{100 * runs[lr]['accuracy_after']:.1f}"
+            cells.append(f"**{text}**" if lr == best else text)
+        lines.append(f"| {names.get(method, method)} | " + " | ".join(cells) + " |\n")
+    return "".join(lines)
+
+
+def write_readme(results_json: Path, readme: Path) -> None:
+    """Replace README's block between the toy-results markers by the tables of ``results_json``."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ConfigError(f"{readme}: no {README_BEGIN} ... {README_END} block to fill")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    source = f"<!-- generated from {results_json} by python -m srft_openrlhf.local.results readme -->\n"
+    table = markdown(json.loads(Path(results_json).read_text()))
+    readme.write_text(f"{head}{README_BEGIN}\n{source}{table}{README_END}{tail}")
+
+
+def report(root: Path) -> str:
+    from srft_openrlhf.local.plot import plot_methods
+
+    root = Path(root)
+    results = collect(root)
+    (root / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = markdown(results)
+    (root / "results.md").write_text(table)
+    final_root = root / "final" if (root / "final").is_dir() else root
+    plot_methods(method_runs(final_root), root / "curves.png")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m srft_openrlhf.local.results", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("best-lr", help="print the best lr of SWEEP/METHOD/lr-*").add_argument("method_dir", type=Path)
+    sub.add_parser("report", help="results.json, results.md and curves.png of ROOT").add_argument("root", type=Path)
+    readme = sub.add_parser("readme", help="fill README's toy-results block from a results.json")
+    readme.add_argument("results_json", type=Path)
+    readme.add_argument("readme", type=Path)
+    args = p.parse_args(argv)
+    try:
+        if args.command == "best-lr":
+            print(best_lr(args.method_dir))
+        elif args.command == "report":
+            print(report(args.root))
+            print(f"wrote {args.root / 'results.json'}, {args.root / 'results.md'}, {args.root / 'curves.png'}")
+        else:
+            write_readme(args.results_json, args.readme)
+            print(f"wrote the toy results of {args.results_json} into {args.readme}")
+    except ConfigError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
