@@ -4,7 +4,7 @@
   problems when sampling, few greedily, and none of the teacher's flaw cases. These bands
   are structural (the base is trained to convergence on a student who forgets carries), so
   they hold on any machine.
-- Asynchronous training at the quick start's learning rate must not collapse. Before the
+- Asynchronous training at lr 5e-4 (2.5x the quick start's) must not collapse. Before the
   importance weight of Eq. 12's stale rollout terms, one-step-stale batches drove the
   rollout reward to 0 by step ~22 (each step pushed the policy further from the previous
   one: mean |log π/π_old| per token grew to 0.2).
@@ -41,12 +41,12 @@ def test_base_model_starts_in_the_band(toy_cache):
     assert stats["greedy_heldout_chained_carry"] <= 0.10, stats  # the teacher's flaw cases: wrong
 
 
-def test_asynchronous_training_at_the_quick_start_lr_does_not_collapse(toy_cache, tmp_path):
+def test_asynchronous_training_at_a_large_lr_does_not_collapse(toy_cache, tmp_path):
     run_dir = tmp_path / "async"
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
     env.update(SRFT_CACHE=str(toy_cache), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "srft_openrlhf.cli", "train", "--config", str(ROOT / "configs" / "toy_cpu.yaml"),
-           "--output-dir", str(run_dir), "--set", "train.async_enable=true", "--set", "train.max_staleness=1",
+           "--output-dir", str(run_dir), "--set", "train.async_enable=true", "--set", "train.max_staleness=1", "--set", "train.lr=5e-4",
            "--set", "train.steps=40", "--set", "train.lr_warmup_steps=20", "--set", "train.save_every=0",
            "--set", "train.eval_every=0", "--set", "data.max_eval_rows=20"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
