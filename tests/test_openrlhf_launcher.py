@@ -118,6 +118,29 @@ def test_group_layout():
     assert group_layout(8, 1, "append", False) == group_layout(8, 0, "append", True)
 
 
+def test_extra_args_that_keep_the_srft_layout_pass():
+    from srft_openrlhf.openrlhf.launcher import check_extra_args
+
+    check_extra_args(["--ds.ring_attn_size", "1", "--ds.adam_offload", "--actor.aux_loss_coef", "0.01",
+                      "--reward.overlong_buffer_len", "512"])
+
+
+def test_max_staleness_0_is_fine_in_sync_mode(tmp_path):
+    check_config(config(tmp_path, "train.max_staleness=0", "train.async_enable=false"))
+
+
+def test_warmup_ratio_gives_back_the_warmup_steps():
+    """OpenRLHF turns --actor.lr_warmup_ratio back into steps with ceil(steps × ratio)."""
+    import math
+
+    from srft_openrlhf.openrlhf.launcher import warmup_ratio
+
+    assert math.ceil(25 * (7 / 25)) == 8  # the plain ratio can add a step
+    for steps in range(1, 400):
+        for warmup in range(0, steps + 1):
+            assert math.ceil(steps * warmup_ratio(warmup, steps)) == warmup, (steps, warmup)
+
+
 def test_colocated_sync_and_async_layouts(tmp_path):
     files = run_files(tmp_path)
     sync = flag_values(openrlhf_args(config(tmp_path, "train.async_enable=false", "cluster.colocate_all=true",
@@ -142,6 +165,19 @@ def test_colocated_sync_and_async_layouts(tmp_path):
     (["loss.demos_per_group=2"], "loss.demos_per_group"),
     (["loss.preset=grpo", "rollout.n_samples_per_prompt=1"], "n_samples_per_prompt"),
     (["cluster.nodes=3", "cluster.actor_gpus=12"], "unevenly"),
+    (["train.max_staleness=0"], "train.max_staleness"),  # async with no queue: OpenRLHF fails after start-up
+    (["cluster.extra_args=[--ds.ring_attn_size, 2]"], "--ds.ring_attn_size 2 turns on OpenRLHF's packed"),
+    (["cluster.extra_args=[--ds.ring_attn_size=4]"], "--ds.ring_attn_size 4"),
+    (["cluster.extra_args=[--ds.tensor_parallel_size, 2]"], "--ds.tensor_parallel_size 2"),
+    (["cluster.extra_args=[--actor.eps_clip, 0.3]"], "use loss.clip_low / loss.clip_high"),
+    (["cluster.extra_args=[--actor.entropy_coef, 0.01]"], "use loss.entropy_bonus"),
+    (["cluster.extra_args=[--actor.loss_agg_mode, seq-mean-token-mean]"], "use loss.loss_agg"),
+    (["cluster.extra_args=[--algo.advantage.estimator, gae]"], "would also train a critic"),
+    (["cluster.extra_args=[--algo.kl.target, 0.1]"], "loss.kl_coef"),
+    (["cluster.extra_args=[--algo.advantage.no_std_norm]"], "use loss.normalize_std"),
+    (["cluster.extra_args=[--algo.advantage.is_correction_level, token]"], "loss.clip_low"),
+    (["cluster.extra_args=[--reward.clip_range, -1, 1]"], "--reward.clip_range"),
+    (["logging.output_dir=/tmp/a,b"], "logging.output_dir"),
 ])
 def test_config_errors_name_the_key(tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
@@ -185,12 +221,32 @@ def test_write_data_lays_out_prompts_labels_and_demos(tmp_path, tiny_tokenizer):
     files = run_files(cfg.logging.output_dir)
     write_data(cfg, files, tiny_tokenizer)
     train, demos, evals = read_jsonl(files.train_data), read_jsonl(files.demos), read_jsonl(files.eval_data)
-    assert len(train) == 3 * 2  # steps × prompts_per_step, the examples repeated in order
-    assert [decode_label(r["label"]) for r in train] == [(e["answer"], i % 3) for i, e in enumerate(EXAMPLES * 2)]
-    assert train[4]["prompt"] == render_prompt(EXAMPLES[1]["prompt"], "qwen_math", tiny_tokenizer)
+    assert len(train) == 3 * 2  # steps × prompts_per_step
+    labels = [decode_label(r["label"]) for r in train]
+    assert all(answer == EXAMPLES[row]["answer"] for answer, row in labels)
+    for r, (_, row) in zip(train, labels):
+        assert r["prompt"] == render_prompt(EXAMPLES[row]["prompt"], "qwen_math", tiny_tokenizer)
     assert [d["demonstrations"] for d in demos] == [[e["demonstration"]] for e in EXAMPLES]
     assert [decode_label(r["label"]) for r in evals] == [(e["answer"], None) for e in EXAMPLES]
     assert {r["datasource"] for r in evals} == {"train"}
+
+
+def test_training_file_is_one_seeded_permutation_per_epoch(tmp_path, tiny_tokenizer):
+    """The local backend's rule (PromptSampler): every example once per epoch, in a seeded order."""
+    from srft_openrlhf.local.rollout import PromptSampler
+
+    rows = [dict(EXAMPLES[0], prompt=f"What is {i} + 1?", answer=str(i + 1)) for i in range(7)]
+    data = write_examples(tmp_path / "train.jsonl", rows)
+
+    def order(seed: int) -> list[int]:
+        cfg = small_config(tmp_path, data, "train.steps=5", "train.prompts_per_step=3", f"train.seed={seed}")
+        write_data(cfg, run_files(cfg.logging.output_dir), tiny_tokenizer)
+        return [decode_label(r["label"])[1] for r in read_jsonl(run_files(cfg.logging.output_dir).train_data)]
+
+    first = order(1)
+    assert len(first) == 15 and sorted(first[:7]) == list(range(7)) and sorted(first[7:14]) == list(range(7))
+    assert first == [i for step in range(5) for i in PromptSampler(7, 3, 1).batch(step)]
+    assert order(2) != first and order(1) == first
 
 
 def test_write_data_prompt_too_long(tmp_path, tiny_tokenizer):
@@ -265,6 +321,64 @@ def test_reward_func_file_is_what_openrlhf_loads(tmp_path):
     assert out["scores"].tolist() == [1.0, 0.0, 0.0]
     assert out["extra_logs"]["reward_timeout"].tolist() == [0.0, 0.0, 0.0]
     assert make_reward_func(kind="choice", num_workers=0)(["\\boxed{B}"], [""], ["B"])["rewards"].tolist() == [1.0]
+
+
+def test_reward_func_batches_concurrent_calls(monkeypatch):
+    """OpenRLHF calls reward_func one rollout at a time from many threads: the calls that wait
+    while a batch is graded are graded together, so rollout.reward_workers can all work."""
+    import threading
+    import time
+
+    from srft_openrlhf.openrlhf import reward_func as module
+    from srft_openrlhf.reward import batch_rewards
+
+    sizes = []
+
+    def slow_batch(responses, answers, **kwargs):
+        sizes.append(len(responses))
+        time.sleep(0.3)
+        return batch_rewards(responses, answers, **{**kwargs, "num_workers": 0})
+
+    monkeypatch.setattr(module, "batch_rewards", slow_batch)
+    func = make_reward_func(num_workers=2)
+    results = {}
+
+    def call(i):
+        results[i] = func([f"\\boxed{{{i}}}"], [""], [encode_label(str(i % 2))])["rewards"].tolist()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)  # the first call starts grading alone, the others queue behind it
+    for t in threads:
+        t.join(timeout=30)
+    assert results == {i: [1.0 if i < 2 else 0.0] for i in range(6)}  # each caller gets its own sample's reward
+    assert sum(sizes) == 6 and len(sizes) == 2 and sizes[0] == 1
+
+
+def test_reward_func_never_raises(monkeypatch):
+    """A failing worker pool falls back to grading in process; a failure there scores 0."""
+    from srft_openrlhf.openrlhf import reward_func as module
+    from srft_openrlhf.reward import batch_rewards
+
+    calls = []
+
+    def pool_fails(responses, answers, num_workers, **kwargs):
+        calls.append(num_workers)
+        if num_workers > 0:
+            raise RuntimeError("reward worker did not start within 120.0 s")
+        return batch_rewards(responses, answers, num_workers=0, **kwargs)
+
+    monkeypatch.setattr(module, "batch_rewards", pool_fails)
+    out = make_reward_func(num_workers=2)(["\\boxed{4}", "\\boxed{5}"], ["", ""], ["4", "4"])
+    assert out["rewards"].tolist() == [1.0, 0.0] and calls == [2, 0]
+
+    def always_fails(*args, **kwargs):
+        raise MemoryError("no memory")
+
+    monkeypatch.setattr(module, "batch_rewards", always_fails)
+    out = make_reward_func(num_workers=2)(["\\boxed{4}"], [""], ["4"])
+    assert out["rewards"].tolist() == [0.0] and out["scores"].tolist() == [0.0]
 
 
 # ----------------------------------------------------------------------------- launch scripts

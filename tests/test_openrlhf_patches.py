@@ -195,8 +195,10 @@ def small_run(tmp_path, tokenizer, parser, *overrides: str):
 
 def generate_step(patches, monkeypatch, cfg, args, files, tokenizer):
     """One step of samples through SRFTSamplesGenerator.generate_samples, with vLLM stood in for."""
+    import threading
+
     from openrlhf.datasets import PromptDataset
-    from openrlhf.trainer.ppo_utils.samples_generator import _collect_prompt_batch
+    from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator, _collect_prompt_batch
     from openrlhf.utils.agent import SingleTurnAgentExecutor
     from vllm import SamplingParams
 
@@ -207,9 +209,15 @@ def generate_step(patches, monkeypatch, cfg, args, files, tokenizer):
     generator = patches.SRFTSamplesGenerator(strategy, loader, None, tokenizer, [])
     executor = SingleTurnAgentExecutor([str(files.reward_func)])  # loads the SRFT reward file as OpenRLHF does
     asked = []
+    # OpenRLHF's dispatch sends the prompts to the engines (Ray); SRFT's extension of it runs
+    monkeypatch.setattr(SamplesGenerator, "_dispatch_prompts_to_vllm", lambda self, prompts, labels, **kw: [])
+    demo_threads = []
+    grade = generator.reward_func
+    generator.reward_func = lambda *a: demo_threads.append(threading.current_thread().name) or grade(*a)
 
     def fake_vllm(dataloader_iter, num_prompts, dynamic_filtering, **kwargs):
         prompts, labels, _, exhausted = _collect_prompt_batch(dataloader_iter, num_prompts)
+        generator._dispatch_prompts_to_vllm(prompts, labels, **kwargs)
         n = kwargs["n_samples_per_prompt"]
         asked.append(n)
         params = SamplingParams(max_tokens=kwargs["max_new_tokens"],
@@ -225,7 +233,7 @@ def generate_step(patches, monkeypatch, cfg, args, files, tokenizer):
     monkeypatch.setattr(generator, "_generate_vllm", fake_vllm)
     samples, _, consumed, exhausted = generator.generate_samples(
         max_len=args.data.max_len, max_new_tokens=args.rollout.max_new_tokens, temperature=1.0, top_p=1.0)
-    return samples, asked, consumed, exhausted
+    return samples, asked, consumed, exhausted, demo_threads
 
 
 @pytest.fixture
@@ -242,31 +250,48 @@ def test_samples_append_each_prompts_demonstration_to_its_rollouts(run_step, tin
 
     from srft_openrlhf.data import encode_example
 
-    (cfg, args, _), (samples, asked, consumed, _) = run_step()
+    (cfg, args, _), (samples, asked, consumed, _, demo_threads) = run_step()
     assert asked == [3] and consumed == 4  # vLLM is asked for the rollouts only
+    # graded while the engines generate (from dispatch on), not after: in async mode generate_samples
+    # holds OpenRLHF's vLLM lock, which the weight broadcast waits for
+    assert len(demo_threads) == 4 and all(name.startswith("srft-demos") for name in demo_threads)
     assert len(samples) == 4 * 4
-    for g, example in enumerate(EXAMPLES):
+    rows = [decode_label(samples[4 * g].labels[0])[1] for g in range(4)]  # the training file's seeded order
+    assert sorted(rows) == [0, 1, 2, 3]
+    for g, row in enumerate(rows):
+        example = EXAMPLES[row]
         group = samples[4 * g: 4 * g + 4]
         assert len({s.prompts[0] for s in group}) == 1
         assert [bool(s.info["is_demo"]) for s in group] == [False, False, False, True]
         rollout, demo = group[0], group[3]
-        assert decode_label(demo.labels[0]) == (example["answer"], g)
+        assert decode_label(demo.labels[0]) == (example["answer"], row)
         encoded = encode_example(tiny_tokenizer, demo.prompts[0], example["demonstration"], 200, 64)
         prompt_len = int(torch.nonzero(rollout.action_mask[0])[0]) + 1  # the rollouts' prompt ids
         assert demo.sequences[0].tolist() == rollout.sequences[0, :prompt_len].tolist() + encoded.demo_ids
         assert demo.sequences[0, :prompt_len].tolist() == encoded.prompt_ids
         assert demo.action_mask[0].tolist() == [0] * (prompt_len - 1) + [1] * len(encoded.demo_ids)
-        assert int(demo.response_length) == len(encoded.demo_ids) and demo.rollout_log_probs is None
+        assert int(demo.response_length) == len(encoded.demo_ids)
+        assert demo.rollout_log_probs.shape == demo.action_mask.shape and not demo.rollout_log_probs.any()  # πβ = 1
         assert set(demo.info) == set(rollout.info)
-    assert [float(s.rewards) for s in samples[3::4]] == [1.0, 1.0, 0.0, 1.0]  # the wrong demo scores 0
+    assert [float(s.rewards) for s in samples[3::4]] == [0.0 if row == 2 else 1.0 for row in rows]  # wrong demo: 0
     assert [float(s.rewards) for s in samples[0:3]] == [1.0, 0.0, 1.0]
     assert [float(s.rewards) for s in samples[4:7]] == [0.0, 0.0, 0.0]
     batch = Experience.concat_experiences(samples, tiny_tokenizer.pad_token_id)  # OpenRLHF batches them next
     assert batch.info["is_demo"].tolist() == [False, False, False, True] * 4
 
 
-def test_demo_rollout_logprobs_are_zero_with_importance_correction(run_step):
-    _, (samples, *_) = run_step("cluster.extra_args=[--algo.advantage.is_correction_level, token]")
+def test_a_rollout_without_reward_is_reported_with_its_prompt(patches, openrlhf_parser, monkeypatch, tmp_path,
+                                                              tiny_tokenizer):
+    """OpenRLHF's executor logs and swallows a reward_func exception, leaving reward None."""
+    cfg, args, files = small_run(tmp_path, tiny_tokenizer, openrlhf_parser)
+    files.reward_func.write_text("def reward_func(queries, prompts, labels):\n    raise OSError('grader gone')\n")
+    with pytest.raises(RuntimeError, match=r"What is .* came back without a reward"):
+        generate_step(patches, monkeypatch, cfg, args, files, tiny_tokenizer)
+
+
+def test_rollouts_carry_the_engines_logprobs_and_demos_zero(run_step):
+    (_, args, _), (samples, *_) = run_step()
+    assert args.algo.advantage.is_correction_level != "off"  # how the launcher asks vLLM for them
     rollout, demo = samples[0], samples[3]
     assert rollout.rollout_log_probs[rollout.action_mask.bool()].eq(-0.5).all()  # vLLM's, from the fake engine
     assert demo.rollout_log_probs.shape == demo.action_mask.shape and not demo.rollout_log_probs.any()  # πβ = 1
@@ -291,23 +316,39 @@ def reference_advantages(rewards: list[float], group: int, eps: float) -> list[f
     return out
 
 
-def make_experiences(patches, monkeypatch, args, samples, tokenizer):
-    """The experience maker on the step's samples; the actor's old log-prob forward (a Ray call
-    in OpenRLHF) is stood in for by random negative log-probs on every row."""
+class FakeActorGroup:
+    """OpenRLHF's RayActorGroup in this process: ``async_run_method_batch`` runs ``method`` of
+    ``policy`` (an SRFTPolicyModelActor without Ray) on each micro-batch and returns the results
+    as the single rank's "ref". Without a policy, srft_entropy_sums is stood in for by 1 per
+    response token."""
+
+    def __init__(self, policy=None):
+        self.policy, self.calls = policy, []
+
+    def async_run_method_batch(self, method_name, **batch):
+        self.calls.append((method_name, batch))
+        if self.policy is not None:
+            items = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            return [[getattr(self.policy, method_name)(**item) for item in items]]
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        return [[torch.where(rows, mask.sum(-1).double(), nan) for mask, rows in zip(batch["action_mask"], batch["rows"])]]
+
+    def async_run_method(self, method_name, **kwargs):
+        return []
+
+
+def make_experiences(patches, monkeypatch, args, samples, tokenizer, policy=None):
+    """The experience maker on the step's samples, the actor group (Ray) stood in for by
+    ``FakeActorGroup(policy)``; returns the experiences and the group."""
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
-    def forward(self, samples_list):
-        generator = torch.Generator().manual_seed(0)
-        for s in samples_list:
-            s.action_log_probs = -torch.rand(s.action_mask.shape, generator=generator) - 0.1
-            s.base_action_log_probs, s.kl = None, torch.zeros(s.action_mask.shape)
-        return samples_list
-
-    monkeypatch.setattr(RemoteExperienceMaker, "make_experience", forward)
+    monkeypatch.setattr(RemoteExperienceMaker, "_flatten_results",
+                        lambda self, refs, duplicate: [r for chunk in refs[::duplicate] for r in chunk])
     strategy = SimpleNamespace(args=args)
-    maker = patches.SRFTExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tokenizer)
-    return maker.make_experience_batch(samples)
+    group = FakeActorGroup(policy)
+    maker = patches.SRFTExperienceMaker(group, None, None, None, FixedKLController(0.0), strategy, tokenizer)
+    return maker.make_experience_batch(samples), group
 
 
 @pytest.mark.parametrize("preset", ["srft", "sft_plus_rl"])
@@ -315,7 +356,7 @@ def test_experience_zeroes_demo_old_logprobs_and_normalises_the_augmented_group(
         patches, monkeypatch, run_step, tiny_tokenizer, preset):
     (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
     rewards = [float(s.rewards) for s in samples]
-    experiences = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
+    experiences, _ = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
     assert [len(e.index) for e in experiences] == [2] * 8  # rollout.micro_batch_size
     if preset == "srft":  # the demo is in the group (Eq. 6-7)
         expected = reference_advantages(rewards, 4, cfg.loss.adv_eps)
@@ -340,6 +381,8 @@ def test_broken_group_layout_is_an_error(patches, monkeypatch, run_step, tiny_to
     within = list(samples)
     within[2], within[3] = within[3], within[2]  # order inside a group does not matter
     make_experiences(patches, monkeypatch, args, within, tiny_tokenizer)
+    for s in samples:  # make_experiences sets these; the next call starts from plain samples again
+        s.info.pop("srft_entropy_sum", None)
     across = list(samples)
     across[3], across[4] = across[4], across[3]  # group 0 gets 4 rollouts, group 1 two demos
     with pytest.raises(RuntimeError, match="not groups of 3 rollouts"):
@@ -347,16 +390,26 @@ def test_broken_group_layout_is_an_error(patches, monkeypatch, run_step, tiny_to
 
 
 def test_rollout_stats_leave_the_demos_out(patches, run_step):
-    _, (samples, *_) = run_step()
+    (_, args, _), (samples, *_) = run_step()
     from openrlhf.trainer.ppo_utils.experience import Experience
 
+    for i, s in enumerate(samples):
+        s.index = [i]
     batch = [Experience.concat_experiences(samples[i: i + 2], 0) for i in range(0, len(samples), 2)]
-    stats = patches.SRFTPPOTrainer._compute_rollout_stats(object.__new__(patches.SRFTPPOTrainer), batch)
+    trainer = object.__new__(patches.SRFTPPOTrainer)
+    trainer.args = args
+    stats = patches.SRFTPPOTrainer._compute_rollout_stats(trainer, batch)
     rewards = [float(s.rewards) for s in samples]
     rollout_rewards = [r for i, r in enumerate(rewards) if i % 4 != 3]
     assert stats["rollout/reward_mean"] == pytest.approx(statistics.fmean(rollout_rewards))
     assert stats["rollout/demo_reward_mean"] == pytest.approx(0.75)
     assert stats["rollout/num_samples"] == 12 and stats["rollout/num_demos"] == 4
+    # the names OpenRLHF's status uses for every sample, merged over it by train_step: rollouts only
+    lengths = [float(s.response_length) for i, s in enumerate(samples) if i % 4 != 3]
+    assert stats["reward"] == pytest.approx(statistics.fmean(rollout_rewards))
+    assert stats["response_length"] == pytest.approx(statistics.fmean(lengths))
+    assert (stats["rollout/num_groups"], stats["rollout/min_group_rollouts"]) == (4, 3)
+    assert stats["rollout/min_group_demos"] == stats["rollout/max_group_demos"] == 1
 
 
 # ----------------------------------------------------------------------------- actor step
@@ -422,20 +475,47 @@ def reference_loss(model, experience, cfg, totals=None):
         ref_log_probs=experience.base_action_log_probs.double() if cfg.loss.kl_coef > 0 else None, totals=totals)
 
 
-@pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "sft_kl"])
+def cluster_trainer(patches, args, model_dir, gas):
+    """SRFTActorPPOTrainer on OpenRLHF's Actor (float32) with a DeepSpeed-like CPU strategy and SGD
+    (lr 0.1), and the SRFTPolicyModelActor around it (its __init__ needs Ray and NCCL)."""
+    from openrlhf.models import Actor
+
+    actor = Actor(str(model_dir), attn_implementation="eager", param_dtype="bf16")
+    actor.model.float()
+    actor.model.gradient_accumulation_steps = lambda: gas  # what the DeepSpeed engine in actor.model answers
+    trainer = patches.SRFTActorPPOTrainer.__new__(patches.SRFTActorPPOTrainer)  # its __init__ needs NCCL
+    trainer.strategy, trainer.args, trainer.actor = CPUStrategy(args), args, actor
+    trainer.actor_optim = torch.optim.SGD(actor.model.parameters(), lr=0.1)
+    trainer.actor_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.actor_optim, lambda step: 1.0)
+    trainer.ema_model, trainer.aux_loss = None, False
+    policy = patches.SRFTPolicyModelActor.__new__(patches.SRFTPolicyModelActor)
+    policy.actor, policy.trainer = actor, trainer
+    return trainer, policy
+
+
+def train_cluster_step(patches, trainer, micro_batches):
+    """One optimizer step of the SRFT actor over ``micro_batches`` (ppo_train's pairing)."""
+    gas = len(micro_batches)
+    windows = patches.srft_step_windows(iter(micro_batches), trainer.strategy, gas, lambda e: e.action_mask)
+    statuses = [trainer.training_step(e, 0.0, step, info) for step, (e, info) in enumerate(windows)]
+    assert trainer.strategy.steps == 1
+    return statuses
+
+
+@pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "sft_kl", "srft_no_wrl"])
 def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
         patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset):
     """Two groups (6 rollouts, 2 demos) in 4 micro-batches of 2, one DeepSpeed-style optimizer step:
-    loss and update equal srft_loss of the 8 samples in one float64 batch. (srft: its batch-scope
-    entropy weights stay per micro-batch in this backend, so there the float64 reference is the
-    same step with each micro-batch's own mean entropies.)"""
-    from openrlhf.models import Actor
+    loss and update equal srft_loss of the 8 samples in one float64 batch, the batch-scope entropy
+    weights included (the step's entropy comes from the experience maker's forward)."""
     from openrlhf.trainer.ppo_utils.experience import make_experience_batch
 
-    from srft_openrlhf.algorithm import step_totals
-
     (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
-    items = replay_items(make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer))[:8]
+    trainer, policy = cluster_trainer(patches, args, tiny_model_dir, gas=4)
+    reference_model = copy.deepcopy(trainer.actor.model).double()
+    experiences, group = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer, policy)
+    assert bool(group.calls) == (preset in ("srft", "srft_no_wrl"))  # only for batch-scope weights
+    items = replay_items(experiences)[:8]
     if cfg.loss.kl_coef > 0:
         for item in items:
             item.base_action_log_probs = item.action_log_probs - 0.05
@@ -443,45 +523,119 @@ def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
     assert isinstance(micro_batches[0].info["is_demo"], list)  # the replay buffer's re-batching leaves a list
     assert not any(patches.demo_flags(micro_batches[0]))  # a micro-batch without demos
     whole = make_experience_batch(items)
-    gas = len(micro_batches)
+    before = {n: p.detach().clone() for n, p in trainer.actor.model.named_parameters()}
 
-    actor = Actor(str(tiny_model_dir), attn_implementation="eager", param_dtype="bf16")
-    actor.model.float()
-    reference_model = copy.deepcopy(actor.model).double()
-    actor.model.gradient_accumulation_steps = lambda: gas  # what the DeepSpeed engine in actor.model answers
-    trainer = patches.SRFTActorPPOTrainer.__new__(patches.SRFTActorPPOTrainer)  # its __init__ needs NCCL
-    trainer.strategy, trainer.args, trainer.actor = CPUStrategy(args), args, actor
-    trainer.actor_optim = torch.optim.SGD(actor.model.parameters(), lr=0.1)
-    trainer.actor_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.actor_optim, lambda step: 1.0)
-    trainer.ema_model, trainer.aux_loss = None, False
-    before = {n: p.detach().clone() for n, p in actor.model.named_parameters()}
-
-    windows = patches.srft_step_windows(iter(micro_batches), trainer.strategy, gas, lambda e: e.action_mask)
-    statuses = [trainer.training_step(e, 0.0, step, info) for step, (e, info) in enumerate(windows)]
-    assert trainer.strategy.steps == 1
+    statuses = train_cluster_step(patches, trainer, micro_batches)
 
     loss, metrics = reference_loss(reference_model, whole, cfg)
-    if preset == "srft":
-        counts_only = step_totals(whole.action_mask, whole.rewards, patches.demo_flags(whole))
-        parts = [reference_loss(reference_model, e, cfg, counts_only) for e in micro_batches]
-        assert abs(sum(p for p, _ in parts).item() - loss.item()) > 1e-6  # the weights do differ
-        loss = sum(p for p, _ in parts)
-        metrics = {k: sum(m[k] for _, m in parts) for k in metrics if k.startswith("loss")}
     loss.backward()
     policy_losses = [float(s["metrics"]["policy_loss"]) for s in statuses]
     assert all(s["weights"]["policy_loss"] == "sample" and s["num_samples"] == 2 for s in statuses)
     assert statistics.fmean(policy_losses) == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)  # ppo_train's mean
     moved = 0
-    for name, param in actor.model.named_parameters():
+    for name, param in trainer.actor.model.named_parameters():
         grad = dict(reference_model.named_parameters())[name].grad
         expected = before[name] - 0.1 * (grad.float() if grad is not None else 0.0)
         assert torch.allclose(param.detach(), expected, atol=2e-5), name
         moved += int(not torch.equal(param.detach(), before[name]))
     assert moved > 0
     assert "actor_grad_norm" in statuses[-1]["metrics"]
+    assert not {"is_demo", "srft_entropy_sum"} & set(statuses[0]["metrics"])  # bookkeeping, not metrics
     logged = trainer._srft_step_metrics()
-    for name in ("loss_sft_demo", "loss_rl_demo", "loss_rl_rollout", "loss_kl"):
+    for name in ("loss_sft_demo", "loss_rl_demo", "loss_rl_rollout", "loss_kl", "w_sft", "w_rl"):
         assert logged[f"srft/{name}"] == pytest.approx(metrics[name], rel=1e-4, abs=1e-6), name
+
+
+def test_old_log_probs_are_the_rollout_engines(patches, monkeypatch, run_step, tiny_tokenizer):
+    """π_old of a rollout is what the engine sampled it with (not the trainer's current weights),
+    a demo's is 0; written out of place (the samples' tensors may be Ray zero-copy buffers)."""
+    (_, args, _), (samples, *_) = run_step("loss.preset=grpo", "cluster.extra_args=[]")
+    engine_log_probs = [s.rollout_log_probs.clone() for s in samples]
+    experiences, group = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
+    assert not group.calls  # grpo: no batch-scope entropy weight, no actor forward at all
+    for e in experiences:
+        mask = e.action_mask.bool()
+        assert torch.equal(e.action_log_probs[mask], torch.full((int(mask.sum()),), -0.5))
+    (_, args, _), (samples, *_) = run_step()
+    engine_log_probs = [s.rollout_log_probs.clone() for s in samples]
+    experiences, group = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
+    for e in experiences:
+        demo, mask = patches.demo_flags(e), e.action_mask.bool()
+        assert not e.action_log_probs[demo].any()
+        assert e.action_log_probs[~demo][mask[~demo]].eq(-0.5).all()
+        assert e.action_log_probs.data_ptr() != e.rollout_log_probs.data_ptr()
+    for s, kept in zip(samples, engine_log_probs):  # the engine's tensors are untouched
+        assert torch.equal(s.rollout_log_probs, kept)
+
+
+@pytest.mark.parametrize("preset, demo_rows, rollout_rows", [
+    ("srft", True, True), ("srft_no_wsft", False, True), ("srft_no_wrl", True, False)])
+def test_entropy_forward_covers_only_rows_a_weight_needs(patches, monkeypatch, run_step, tiny_tokenizer,
+                                                        preset, demo_rows, rollout_rows):
+    (_, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
+    experiences, group = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
+    [(method, batch)] = group.calls
+    assert method == "srft_entropy_sums"
+    for rows, e in zip(batch["rows"], experiences):
+        demo = patches.demo_flags(e)
+        assert torch.equal(rows, torch.where(demo, demo_rows, rollout_rows))
+        sums = e.info["srft_entropy_sum"]
+        assert torch.equal(sums[rows], e.action_mask[rows].sum(-1).double()) and sums[~rows].isnan().all()
+    totals = patches.experience_totals(experiences[0])
+    for e in experiences[1:]:
+        totals = totals + patches.experience_totals(e)
+    totals = patches._known(totals)
+    assert (totals.demo_entropy_sum is not None) == demo_rows
+    assert (totals.rollout_entropy_sum is not None) == rollout_rows
+    if demo_rows:
+        assert totals.h_demo == pytest.approx(1.0)  # the stand-in entropy is 1 per token
+
+
+@pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "luffy"])
+def test_both_backends_give_the_same_loss_and_gradient(
+        patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset):
+    """The same step (4 groups of 3 rollouts + 1 demo, the engine's log-probs as π_old) through the
+    local backend's optimize() in one micro-batch and through the cluster path (experience maker,
+    replay buffer, 8 micro-batches of 2 under DeepSpeed-style accumulation): same loss and gradient."""
+    from openrlhf.trainer.ppo_utils.experience import make_experience_batch
+
+    from srft_openrlhf.local.engine import TorchEngine
+    from srft_openrlhf.local.rollout import TrainBatch
+    from srft_openrlhf.local.trainer import optimize
+
+    (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
+    trainer, policy = cluster_trainer(patches, args, tiny_model_dir, gas=len(samples) // 2)
+    local_model = copy.deepcopy(trainer.actor.model)
+    experiences, _ = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer, policy)
+    items = replay_items(experiences)
+    micro_batches = [make_experience_batch(items[i: i + 2]) for i in range(0, len(items), 2)]
+
+    # the local backend's batch of the same samples: unpadded sequences, π_old per response token
+    whole = make_experience_batch(items)
+    rows = []
+    for b in range(len(items)):
+        length = int(whole.attention_mask[b].sum())
+        first = int(torch.nonzero(whole.action_mask[b])[0]) + 1  # the first response token
+        rows.append((whole.sequences[b, :length].tolist(), first, whole.action_log_probs[b, first - 1: length - 1]))
+    batch = TrainBatch(sequences=[r[0] for r in rows], prompt_lens=[r[1] for r in rows],
+                       old_logprobs=[r[2].tolist() for r in rows], advantages=patches.sequence_advantages(whole),
+                       rewards=whole.rewards.float(), is_demo=patches.demo_flags(whole))
+    assert (batch.advantages != 0).any()
+    engine = TorchEngine(local_model, lr=0.1, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=0.0, warmup_steps=0)
+    grads = {}
+    monkeypatch.setattr(engine, "step", lambda: grads.update(
+        {n: p.grad.detach().clone() for n, p in local_model.named_parameters() if p.grad is not None}) or {})
+    local = optimize(engine, batch, cfg.loss, micro_batch_size=len(items), pad_id=tiny_tokenizer.pad_token_id,
+                     temperature=cfg.rollout.temperature)
+
+    before = {n: p.detach().clone() for n, p in trainer.actor.model.named_parameters()}
+    statuses = train_cluster_step(patches, trainer, micro_batches)
+    assert statistics.fmean(float(s["metrics"]["policy_loss"]) for s in statuses) == pytest.approx(
+        local["loss"], rel=1e-4, abs=1e-6)
+    assert grads
+    for name, param in trainer.actor.model.named_parameters():
+        expected = before[name] - 0.1 * grads.get(name, torch.zeros_like(param))
+        assert torch.allclose(param.detach(), expected, atol=2e-5), name
 
 
 def test_training_step_without_step_totals_is_an_error(patches):

@@ -58,14 +58,32 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
     HookPoint("openrlhf.cli.train_ppo_ray:train",
               "the driver replaces these module attributes before running the CLI",
               reads=("get_strategy", "PolicyModelActor", "PPOTrainer", "PPOTrainerAsync")),
+    HookPoint("openrlhf.cli.train_ppo_ray:train",
+              "--algo.advantage.is_correction_level makes the vLLM engines return sampling log-probs (π_old)",
+              reads=("is_correction_level", "processed_logprobs")),
+    HookPoint(f"{_SAMPLES}:SamplesGenerator._process_response_into_experience",
+              "the engine's log-probs become Experience.rollout_log_probs", reads=("rollout_log_probs",)),
     HookPoint("openrlhf.utils:get_strategy", "wrapped to attach the SRFT config as args.srft", params=("args",)),
     HookPoint(f"{_SYNC}:PPOTrainer.__init__",
               "SRFTPPOTrainer: builds SRFTSamplesGenerator through the module global",
               params=("pretrain", "strategy", "actor_model_group", "critic_model_group", "reward_model_group",
                       "reference_model_group", "vllm_engines"),
               reads=("SamplesGenerator",)),
+    HookPoint(f"{_SYNC}:PPOTrainer.__init__", "reads the prompts through prepare_datasets_in_file_order",
+              reads=("prepare_datasets",)),
+    HookPoint(f"{_ASYNC}:GenerateSamplesActor.__init__", "reads the prompts through prepare_datasets_in_file_order",
+              reads=("prepare_datasets",)),
+    HookPoint(f"{_SYNC}:prepare_datasets", "its prompt dataloader is made unshuffled (the file's order)",
+              params=("strategy", "tokenizer"), reads=("setup_dataloader",)),
+    HookPoint("openrlhf.utils.deepspeed:DeepspeedStrategy.setup_dataloader", "called with shuffle=False",
+              params=("replay_buffer", "batch_size", "pin_memory", "shuffle")),
     HookPoint(f"{_SYNC}:BasePPOTrainer.__init__", "builds SRFTExperienceMaker through the module global",
               reads=("RemoteExperienceMaker",)),
+    HookPoint(f"{_SYNC}:BasePPOTrainer.train_step",
+              "merges _compute_rollout_stats into the step's status (rollout-only reward/length series)",
+              params=("rollout_samples", "global_step"), reads=("_compute_rollout_stats",)),
+    HookPoint(f"{_SYNC}:BasePPOTrainer.save_logs_and_checkpoints", "extended: also writes the run's metrics.jsonl",
+              params=("global_step", "logs_dict", "client_states")),
     HookPoint(f"{_SYNC}:BasePPOTrainer._compute_rollout_stats",
               "overridden: rollout reward/length statistics without the demonstrations",
               params=("experiences",)),
@@ -81,13 +99,20 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
     HookPoint(f"{_SAMPLES}:SamplesGenerator.generate_samples",
               "overridden: n rollouts per prompt from vLLM, then the prompt's demonstration(s)"),
     HookPoint(f"{_SAMPLES}:SamplesGenerator._dispatch_prompts_to_vllm",
-              "reads the per-call rollout count from generate_kwargs",
-              reads=("n_samples_per_prompt",)),
+              "reads the per-call rollout count from generate_kwargs; asks for log-probs with is_correction_level; "
+              "extended: starts grading the prompts' demonstrations", params=("prompts", "labels"),
+              reads=("n_samples_per_prompt", "is_correction_level")),
     HookPoint(f"{_MAKER}:RemoteExperienceMaker.make_experience_batch", "calls the two overridden steps",
               params=("rollout_samples",), reads=("make_experience", "compute_advantages_and_returns")),
     HookPoint(f"{_MAKER}:RemoteExperienceMaker.make_experience",
-              "overridden: demo rows' old log-probs set to 0 after the actor forward",
-              params=("samples_list",)),
+              "replaced: π_old = the engine's log-probs (0 for demos), entropy sums from the actor, reference "
+              "forward", params=("samples_list",)),
+    HookPoint(f"{_MAKER}:RemoteExperienceMaker._flatten_results", "gathers the actors' per-micro-batch results",
+              params=("refs", "duplicate_factor")),
+    HookPoint("openrlhf.trainer.ray.launcher:RayActorGroup.async_run_method_batch",
+              "runs SRFTPolicyModelActor.srft_entropy_sums on the micro-batches", params=("method_name",)),
+    HookPoint("openrlhf.trainer.ray.launcher:BaseModelActor.execute_batch", "calls the method by name",
+              params=("method_name", "all_data", "start_idx", "end_idx"), reads=("getattr",)),
     HookPoint(f"{_MAKER}:RemoteExperienceMaker.compute_advantages_and_returns",
               "overridden: Eq. 7 advantages over the demo-augmented group",
               params=("experiences",)),
@@ -182,6 +207,10 @@ class RunFiles:
     @property
     def model(self) -> Path:  # --ckpt.output_dir: the final model, Hugging Face format
         return self.root / "model"
+
+    @property
+    def metrics(self) -> Path:  # one JSON line per training step (SRFT's trainer writes it)
+        return self.root / "metrics.jsonl"
 
     @property
     def tensorboard(self) -> Path:

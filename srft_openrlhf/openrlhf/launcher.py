@@ -12,8 +12,8 @@ One training step = ``train.prompts_per_step`` prompts, each a group of rollouts
 OpenRLHF's ``--rollout.n_samples_per_prompt`` is the group size, so its batch accounting
 (steps, micro-batches, DeepSpeed's gradient accumulation) counts the demos too; vLLM is asked
 for the rollouts only. The training file holds exactly ``train.steps × prompts_per_step``
-prompts (the examples repeated in order; OpenRLHF shuffles), so one OpenRLHF episode is
-``train.steps`` steps.
+prompts in the order they are trained on (one seeded permutation of the examples per epoch,
+as in the local backend), so one OpenRLHF episode is ``train.steps`` steps.
 """
 
 from __future__ import annotations
@@ -43,6 +43,41 @@ CLI_MODULE = "openrlhf.cli.train_ppo_ray"
 _OWNED_FLAGS = ("--rollout.n_samples_per_prompt", "--rollout.batch_size", "--train.batch_size",
                 "--data.prompt_dataset", "--data.input_key", "--data.label_key", "--reward.remote_url",
                 "--ds.packing_samples", "--train.dynamic_batch_enable", "--rollout.vllm_generate_batch_size")
+
+# OpenRLHF flags whose job SRFT's own loss and advantages do: the SRFT training step never calls
+# OpenRLHF's PolicyLoss, aggregate_loss, KL controller or advantage estimators, so these would be
+# accepted and silently do nothing (`--algo.advantage.estimator gae` would even start a critic).
+# Flag -> the SRFT config key that does the job.
+_SRFT_LOSS_FLAGS = {
+    "--actor.eps_clip": "loss.clip_low / loss.clip_high",
+    "--actor.eps_clip_low_high": "loss.clip_low / loss.clip_high",
+    "--actor.dual_clip": "loss.clip_low / loss.clip_high (SRFT's objectives have no dual clip)",
+    "--actor.policy_loss_type": "loss.preset (or loss.rollout_objective)",
+    "--actor.loss_agg_mode": "loss.loss_agg",
+    "--actor.entropy_coef": "loss.entropy_bonus",
+    "--algo.kl.init_coef": "loss.kl_coef",
+    "--algo.kl.use_loss": "loss.kl_coef",
+    "--algo.kl.estimator": "loss.kl_estimator",
+    "--algo.kl.unbiased_gradient": "loss.kl_estimator",
+    "--algo.kl.target": "loss.kl_coef (SRFT's KL coefficient is fixed, not adaptive)",
+    "--algo.kl.horizon": "loss.kl_coef (SRFT's KL coefficient is fixed, not adaptive)",
+    "--algo.advantage.estimator": "loss.preset / loss.normalize_std (Eq. 7 group advantages; gae would also "
+                                  "train a critic)",
+    "--algo.advantage.no_std_norm": "loss.normalize_std",
+    "--algo.advantage.gamma": "nothing: SRFT's advantage is one value per sequence (Eq. 7)",
+    "--algo.advantage.lambd": "nothing: SRFT's advantage is one value per sequence (Eq. 7)",
+    "--algo.advantage.is_correction_level": "loss.clip_low / loss.clip_high (π_old is already the rollout "
+                                            "engine's log-probs)",
+    "--algo.advantage.is_correction_mode": "loss.clip_low / loss.clip_high",
+    "--algo.advantage.is_correction_gating": "loss.clip_low / loss.clip_high",
+    "--algo.advantage.is_correction_threshold": "loss.clip_low / loss.clip_high",
+    "--reward.clip_range": "nothing: the verifiable reward is 0 or 1 (rollout.reward)",
+    "--critic.model_name_or_path": "nothing: SRFT trains no critic",
+}
+
+# Turn on OpenRLHF's packed sequences, which the SRFT training step and group layout do not take
+# (the loss would get packed logits). Flag -> the value that keeps packing off.
+_PACKING_FLAGS = {"--ds.ring_attn_size": "1", "--ds.tensor_parallel_size": "1"}
 
 # Forwarded to every Ray worker when set in the launching shell.
 _PASS_THROUGH_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE", "SRFT_KERNEL_BACKEND")
@@ -125,10 +160,15 @@ def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
         raise ConfigError(f"model.dtype = {cfg.model.dtype}: OpenRLHF trains in bf16 or fp16")
     if cfg.rollout.generator == "hf":
         raise ConfigError("rollout.generator = hf: the openrlhf backend generates with vLLM; use auto or vllm")
-    owned = [a for a in cfg.cluster.extra_args if a.split("=")[0] in _OWNED_FLAGS]
-    if owned:
-        raise ConfigError(f"cluster.extra_args: {', '.join(owned)} is set by the launcher from the SRFT config "
-                          "(or breaks the SRFT group layout); set the corresponding SRFT key instead")
+    check_extra_args(cfg.cluster.extra_args)
+    if cfg.train.async_enable and cfg.train.max_staleness < 1:
+        raise ConfigError(f"train.max_staleness = {cfg.train.max_staleness} with train.async_enable: OpenRLHF's "
+                          "asynchronous queue needs at least 1 batch; set train.max_staleness >= 1, or "
+                          "train.async_enable=false for on-policy training")
+    if "," in cfg.logging.output_dir:
+        raise ConfigError(f"logging.output_dir = {cfg.logging.output_dir!r} contains a comma: OpenRLHF splits "
+                          "--reward.remote_url and --data.prompt_dataset (files in the run folder) on commas; "
+                          "choose a run folder without one")
     layout, cluster = layout_of(cfg), cluster_layout(cfg)
     samples = cfg.train.prompts_per_step * layout.size
     per_pass = cfg.train.micro_batch_size * cluster.actor_gpus
@@ -137,6 +177,30 @@ def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
                           f"{samples} samples per step must be a multiple of train.micro_batch_size × training "
                           f"GPUs = {cfg.train.micro_batch_size} × {cluster.actor_gpus}")
     return layout, cluster
+
+
+def check_extra_args(extra_args: list[str]) -> None:
+    """ConfigError for a flag in ``cluster.extra_args`` that the launcher sets, that breaks the
+    SRFT group layout, or that SRFT's loss would silently ignore (naming the SRFT key to use)."""
+    flags = [(a.split("=")[0], a, extra_args[i + 1] if "=" not in a and i + 1 < len(extra_args) else None)
+             for i, a in enumerate(extra_args) if a.startswith("--")]
+    for flag, arg, following in flags:
+        if flag in _OWNED_FLAGS:
+            raise ConfigError(f"cluster.extra_args: {arg} is set by the launcher from the SRFT config (or breaks "
+                              "the SRFT group layout); set the corresponding SRFT key instead")
+        if flag in _SRFT_LOSS_FLAGS:
+            raise ConfigError(f"cluster.extra_args: {arg} is an OpenRLHF loss/advantage flag that SRFT's loss does "
+                              f"not read; use {_SRFT_LOSS_FLAGS[flag]}")
+        value = arg.split("=", 1)[1] if "=" in arg else following
+        if flag in _PACKING_FLAGS and value != _PACKING_FLAGS[flag]:
+            raise ConfigError(f"cluster.extra_args: {flag} {value} turns on OpenRLHF's packed sequences, which the "
+                              f"SRFT training step does not support; leave it at {_PACKING_FLAGS[flag]}")
+
+
+def warmup_ratio(warmup_steps: int, steps: int) -> float:
+    """``--actor.lr_warmup_ratio`` such that OpenRLHF's ``ceil(steps × ratio)`` is ``warmup_steps``
+    (``warmup_steps / steps`` can round up to one step more in floating point)."""
+    return 0.0 if warmup_steps <= 0 else (warmup_steps - 0.5) / steps
 
 
 def openrlhf_args(cfg: SRFTConfig, files: RunFiles, resume: bool) -> list[str]:
@@ -162,11 +226,15 @@ def openrlhf_args(cfg: SRFTConfig, files: RunFiles, resume: bool) -> list[str]:
         # optimizer: AdamW, constant lr after warmup (the paper: 1e-6 constant)
         "--actor.adam.lr", t.lr, "--actor.adam.betas", *t.adam_betas, "--actor.adam.weight_decay", t.weight_decay,
         "--actor.max_norm", t.grad_clip, "--actor.lr_scheduler", "constant_with_warmup",
-        "--actor.lr_warmup_ratio", t.lr_warmup_steps / t.steps,
+        "--actor.lr_warmup_ratio", warmup_ratio(t.lr_warmup_steps, t.steps),
         "--ds.zero_stage", t.zero_stage, "--ds.param_dtype", cfg.model.dtype,
         "--ds.attn_implementation", c.attn_implementation,
         # advantages and loss are SRFT's (patches); the estimator only keeps OpenRLHF critic-free
         "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", cfg.loss.kl_coef,
+        # The only switch of OpenRLHF 0.11.2 that makes vLLM return each token's sampling log-prob
+        # (logprobs_mode processed_logprobs): SRFT uses them as π_old of the rollouts, stale ones
+        # included under async. OpenRLHF's importance correction itself (PolicyLoss) is never called.
+        "--algo.advantage.is_correction_level", "token",
         # checkpoints and logs
         "--ckpt.path", files.checkpoints, "--ckpt.output_dir", files.model,
         "--ckpt.save_steps", t.save_every or -1, "--ckpt.max_num", t.keep_checkpoints,
@@ -302,6 +370,7 @@ def _write_jsonl(path: Path, rows) -> None:
 def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
     """train.jsonl (steps × prompts_per_step prompts), demos.jsonl and eval.jsonl, as OpenRLHF reads them."""
     from srft_openrlhf.data import load_examples
+    from srft_openrlhf.local.rollout import PromptSampler
 
     d, layout = cfg.data, layout_of(cfg)
     loaded = load_examples(d.train, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
@@ -310,11 +379,12 @@ def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
     kept = _rendered(loaded.examples, tokenizer, cfg)
     if layout.demos:
         _write_jsonl(files.demos, ({"demonstrations": [ex.demonstration]} for ex, _ in kept))
-    total = cfg.train.steps * cfg.train.prompts_per_step
-    _write_jsonl(files.train_data, (
-        {"prompt": kept[i % len(kept)][1], "label": encode_label(kept[i % len(kept)][0].answer, i % len(kept))}
-        for i in range(total)
-    ))
+    # The local backend's order: one seeded permutation of the examples per epoch, drawn step by
+    # step (OpenRLHF reads the file in this order: patches.prepare_datasets_in_file_order).
+    sampler = PromptSampler(len(kept), cfg.train.prompts_per_step, cfg.train.seed)
+    order = [i for step in range(cfg.train.steps) for i in sampler.batch(step)]
+    _write_jsonl(files.train_data, ({"prompt": kept[i][1], "label": encode_label(kept[i][0].answer, i)}
+                                    for i in order))
     if d.eval and cfg.train.eval_every > 0:
         evals = load_examples(d.eval, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
                               demo_key=None, skip_invalid_rows=d.skip_invalid_rows, limit=d.max_eval_rows)

@@ -26,7 +26,9 @@ import importlib
 import importlib.metadata
 import inspect
 import json
+import math
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import CodeType
 from typing import Any
@@ -43,7 +45,7 @@ from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray import ppo_actor
 from openrlhf.utils.loss_utils import _get_dp_group
-from srft_openrlhf.algorithm import StepTotals, batch_advantages, srft_loss, step_totals
+from srft_openrlhf.algorithm import LossConfig, StepTotals, batch_advantages, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig
 from srft_openrlhf.data import encode_example
 from srft_openrlhf.errors import UserError
@@ -195,13 +197,32 @@ class SRFTSamplesGenerator(SamplesGenerator):
         rollout = self.srft.rollout
         self.reward_func = make_reward_func(rollout.reward, rollout.reward_mode, rollout.reward_timeout_s,
                                             rollout.reward_workers)
+        # Demonstrations are encoded and graded in this thread while the engines generate (started
+        # when the prompts are dispatched): in async mode generate_samples runs under OpenRLHF's
+        # vLLM lock, which the weight broadcast waits for.
+        self._demo_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srft-demos")
+        self._demos_ahead: dict[tuple[str, str], list[Future]] = {}
+        self._training_call = False
 
     @torch.no_grad()
     def generate_samples(self, **generate_kwargs):
-        samples, filter_pass_rate, prompts_consumed, exhausted = super().generate_samples(
-            **{**generate_kwargs, "n_samples_per_prompt": self.layout.rollouts}
-        )
+        self._training_call, self._demos_ahead = True, {}
+        try:
+            samples, filter_pass_rate, prompts_consumed, exhausted = super().generate_samples(
+                **{**generate_kwargs, "n_samples_per_prompt": self.layout.rollouts}
+            )
+        finally:
+            self._training_call = False
+        check_samples(samples)
         return self.add_demonstrations(samples), filter_pass_rate, prompts_consumed, exhausted
+
+    def _dispatch_prompts_to_vllm(self, prompts, labels, *, images=None, **generate_kwargs):
+        refs = super()._dispatch_prompts_to_vllm(prompts, labels, images=images, **generate_kwargs)
+        if self._training_call and self.layout.demos:
+            for prompt, label in zip(prompts, labels):
+                future = self._demo_thread.submit(self.graded_demonstrations, prompt, label)
+                self._demos_ahead.setdefault((prompt, label), []).append(future)
+        return refs
 
     def add_demonstrations(self, samples: list[Experience]) -> list[Experience]:
         """[r r r r][r r r r]... -> [r r r r d][r r r r d]... (contiguous groups of one prompt)."""
@@ -217,32 +238,51 @@ class SRFTSamplesGenerator(SamplesGenerator):
                 s.info["is_demo"] = torch.tensor([False])
         if not self.layout.demos:
             return samples
-        demos = self.demonstration_samples([group[0] for group in groups])
+        demos = [self.demonstration_samples(group[0]) for group in groups]
         return [s for group, group_demos in zip(groups, demos) for s in group + group_demos]
 
-    def demonstration_samples(self, rollouts: list[Experience]) -> list[list[Experience]]:
-        """``layout.demos`` demo samples for the prompt of each rollout, rewarded in one batch."""
+    def demonstration_samples(self, rollout: Experience) -> list[Experience]:
+        """The ``layout.demos`` demo samples of a rollout's prompt, after its rollouts' prompt ids."""
+        key = (rollout.prompts[0], rollout.labels[0])
+        ahead = self._demos_ahead.get(key)
+        graded = ahead.pop(0).result() if ahead else self.graded_demonstrations(*key)
+        prompt_ids = rollout_prompt_ids(rollout)
+        return [demo_experience(rollout, prompt_ids or ids[0], ids[1], truncated, scored, 0)
+                for ids, truncated, scored in graded]
+
+    def graded_demonstrations(self, prompt: str, label: str) -> list[tuple[tuple[list[int], list[int]], bool, dict]]:
+        """((prompt ids, demo ids), truncated, reward dict) per demonstration of the prompt's example,
+        tokenised by ``encode_example`` and rewarded by the run's reward function."""
         cfg = self.srft.data
-        pieces = []  # (rollout, prompt ids, demo ids, truncated)
-        for rollout in rollouts:
-            _, row = decode_label(rollout.labels[0])
-            texts = self.demo_table[row][: self.layout.demos]
-            if len(texts) < self.layout.demos:
-                raise RuntimeError(f"SRFT: example {row} has {len(texts)} demonstration(s), "
-                                   f"{self.layout.demos} per group are configured")
-            for text in texts:
-                encoded = encode_example(self.tokenizer, rollout.prompts[0], text, cfg.max_prompt_len,
-                                         cfg.max_response_len, where=f"{cfg.train} example {row}")
-                pieces.append((rollout, rollout_prompt_ids(rollout) or encoded.prompt_ids, encoded.demo_ids,
-                               encoded.demo_truncated))
-        queries = [self.tokenizer.decode(p + d, skip_special_tokens=False) for _, p, d, _ in pieces]
-        scored = self.reward_func(queries, [r.prompts[0] for r, *_ in pieces], [r.labels[0] for r, *_ in pieces])
-        samples = [
-            demo_experience(rollout, prompt_ids, demo_ids, truncated, scored, i)
-            for i, (rollout, prompt_ids, demo_ids, truncated) in enumerate(pieces)
-        ]
-        d = self.layout.demos
-        return [samples[i: i + d] for i in range(0, len(samples), d)]
+        _, row = decode_label(label)
+        texts = self.demo_table[row][: self.layout.demos]
+        if len(texts) < self.layout.demos:
+            raise RuntimeError(f"SRFT: example {row} has {len(texts)} demonstration(s), "
+                               f"{self.layout.demos} per group are configured")
+        out = []
+        for text in texts:
+            encoded = encode_example(self.tokenizer, prompt, text, cfg.max_prompt_len, cfg.max_response_len,
+                                     where=f"{cfg.train} example {row}")
+            query = self.tokenizer.decode(encoded.prompt_ids + encoded.demo_ids, skip_special_tokens=False)
+            out.append(((encoded.prompt_ids, encoded.demo_ids), encoded.demo_truncated,
+                        self.reward_func([query], [prompt], [label])))
+        return out
+
+
+def check_samples(samples: list[Experience]) -> None:
+    """Every rollout came back with a reward and its sampling log-probs, or fail naming its prompt.
+
+    OpenRLHF's rollout executor logs and swallows a reward-function failure, leaving the rollout
+    without a reward, which would otherwise fail much later in batching."""
+    for s in samples:
+        if s.rewards is None:
+            raise RuntimeError(f"SRFT: a rollout of the prompt {s.prompts[0][-300:]!r} (label {s.labels[0]!r}) came "
+                               "back without a reward: the reward function failed in the rollout engine (its log "
+                               "says '[SingleTurnExecutor] Failed to fetch reward')")
+        if s.rollout_log_probs is None:
+            raise RuntimeError(f"SRFT: a rollout of the prompt {s.prompts[0][-300:]!r} came back without the engine's "
+                               "log-probs, which SRFT uses as π_old (the launcher asks for them with "
+                               "--algo.advantage.is_correction_level; start runs with `srft train`)")
 
 
 def rollout_prompt_ids(rollout: Experience) -> list[int]:
@@ -289,17 +329,71 @@ def demo_experience(rollout: Experience, prompt_ids: list[int], demo_ids: list[i
 # ----------------------------------------------------------------------------- 2. experience
 
 
+ENTROPY_SUM = "srft_entropy_sum"  # info key: Σ H over a sample's response tokens under θ_k (NaN: not computed)
+_NOT_LOGGED = ("is_demo", ENTROPY_SUM)  # info keys that are bookkeeping, not per-sample metrics
+
+
+def entropy_needed(loss: LossConfig) -> tuple[bool, bool]:
+    """(demo rows, rollout rows): whose step-mean entropy the batch-scope weights w_SFT (Eq. 8) and
+    w_RL (Eq. 12) need; the sequence and token scopes and fixed weights need none."""
+    batch = loss.entropy_scope == "batch"
+    return (batch and loss.sft_demo and loss.w_sft_fixed is None,
+            batch and loss.rl_rollout and loss.w_rl_fixed is None)
+
+
 class SRFTExperienceMaker(RemoteExperienceMaker):
-    """OpenRLHF's experience maker with πβ = 1 for demos and Eq. 7 over the augmented group."""
+    """OpenRLHF's experience maker with SRFT's old log-probs and Eq. 7 over the augmented group.
+
+    Old log-probs (π_old): a rollout's are the rollout engine's sampling log-probs (the policy
+    that generated it, one step stale under async), as in the local backend; a demo's are 0
+    (πβ = 1, Eq. 9-10). OpenRLHF's actor forward with the trainer's weights would give ratio 1
+    on stale data. The actor forward runs only on the rows whose entropy the step's batch-scope
+    weights need (``entropy_needed``) and returns each row's entropy sum (``ENTROPY_SUM``),
+    which ``srft_step_windows`` adds up over the step. The reference model's forward
+    (``loss.kl_coef > 0``) is OpenRLHF's.
+    """
 
     @torch.no_grad()
     def make_experience(self, samples_list: list[Experience]) -> list[Experience]:
-        experiences = super().make_experience(samples_list)
-        for experience in experiences:
-            # The old log-probs are computed with the trainer's weights for every row; a demo's
-            # behaviour policy is the demonstrator, whose probability is taken as 1 (Eq. 9-10).
-            experience.action_log_probs[demo_flags(experience)] = 0.0
-        return experiences
+        args = self.strategy.args
+        need_demo, need_rollout = entropy_needed(srft_config(args).loss)
+        flags = [demo_flags(s) for s in samples_list]
+        rows = [(f & need_demo) | (~f & need_rollout) for f in flags]
+        colocated = args.train.colocate_all or args.train.colocate_actor_ref
+        entropy_ref = None
+        if any(bool(r.any()) for r in rows):
+            entropy_ref = self._dispatch(self.actor_model_group, "srft_entropy_sums", colocated,
+                                         sequences=[s.sequences for s in samples_list],
+                                         action_mask=[s.action_mask for s in samples_list],
+                                         attention_mask=[s.attention_mask for s in samples_list], rows=rows)
+        base_ref = None
+        if self.initial_model_group is not None:
+            base_ref = self._dispatch(self.initial_model_group, "forward", colocated,
+                                      sequences=[s.sequences for s in samples_list],
+                                      action_mask=[s.action_mask for s in samples_list],
+                                      attention_mask=[s.attention_mask for s in samples_list])
+        duplicate = args.ds.ring_attn_size * args.ds.tensor_parallel_size
+        entropy_sums = self._flatten_results(entropy_ref, duplicate) if entropy_ref else [None] * len(samples_list)
+        base = self._flatten_results(base_ref, duplicate) if base_ref else [None] * len(samples_list)
+        for s, is_demo, sums, base_log_probs in zip(samples_list, flags, entropy_sums, base):
+            s.action_log_probs = srft_old_log_probs(s, is_demo)
+            s.base_action_log_probs = base_log_probs if args.algo.kl.use_loss else None
+            s.values = None
+            s.kl = torch.zeros_like(s.action_log_probs)  # SRFT's KL is a loss term (loss.kl_coef), not a reward
+            s.info["kl"] = torch.zeros(len(is_demo))
+            s.info["logprobs_diff"] = torch.zeros(len(is_demo))
+            s.info[ENTROPY_SUM] = sums if sums is not None else torch.full((len(is_demo),), math.nan,
+                                                                          dtype=torch.float64)
+        return samples_list
+
+    def _dispatch(self, group, method: str, sync: bool, **batch):
+        """``group.<method>`` on every micro-batch; colocated models run one at a time (as OpenRLHF's
+        ``_dispatch_forward``, which is fixed to the method ``forward``)."""
+        ref = group.async_run_method_batch(method_name=method, **batch)
+        if sync:
+            ray.get(ref)
+            ray.get(group.async_run_method(method_name="empty_cache"))
+        return ref
 
     @torch.no_grad()
     def compute_advantages_and_returns(self, experiences: list[Experience]) -> list[Experience]:
@@ -327,6 +421,19 @@ class SRFTExperienceMaker(RemoteExperienceMaker):
             experience.info["group_reward_std"] = std
             experience.kl = None
         return experiences
+
+
+def srft_old_log_probs(samples: Experience, is_demo: torch.Tensor) -> torch.Tensor:
+    """π_old per response token [B, A]: the rollout engine's log-probs, 0 for demos (πβ = 1).
+
+    Out of place: the samples' tensors may be Ray's zero-copy views of the object store."""
+    if samples.rollout_log_probs is None:
+        if bool((~is_demo).any()):
+            raise RuntimeError("SRFT: rollouts without the engine's sampling log-probs (π_old); the launcher asks "
+                               "vLLM for them with --algo.advantage.is_correction_level")
+        return torch.zeros(samples.action_mask.shape)
+    old = samples.rollout_log_probs.float() * samples.action_mask.float()
+    return old.masked_fill(is_demo.reshape(-1, 1).to(old.device), 0.0)
 
 
 def check_groups(group_ids: torch.Tensor, is_demo: torch.Tensor, layout: GroupLayout) -> None:
@@ -357,9 +464,9 @@ def srft_step_windows(data_iter, strategy, accumulated_gradient: int, mask_fn=No
     ``{"srft_totals": StepTotals of the window on every DP rank, "dp_size": ...}`` in place of
     OpenRLHF's token counts. ``mask_fn`` is not needed: the totals read mask, rewards, is_demo.
 
-    The totals carry no entropies: the policy's entropy is known only from each micro-batch's
-    own forward, after the previous micro-batch's backward; the batch-scope weights of
-    Eq. 8 / Eq. 12 therefore stay per micro-batch here (docs/cluster.md, Limits).
+    The totals carry the step's entropy sums of demo and rollout tokens, from the experience
+    maker's forward with the same weights θ_k (``ENTROPY_SUM``; DeepSpeed changes no weight
+    inside the window), so the batch-scope weights of Eq. 8 / Eq. 12 are the step's.
     """
     dp_group = _get_dp_group(strategy)
     dp_size = dist.get_world_size(group=dp_group) if dist.is_available() and dist.is_initialized() else 1
@@ -374,13 +481,34 @@ def srft_step_windows(data_iter, strategy, accumulated_gradient: int, mask_fn=No
         yield from _with_totals(window, dp_group, dp_size)
 
 
+def experience_totals(experience: Experience) -> StepTotals:
+    """``step_totals`` of a micro-batch, with its entropy sums (NaN where they were not computed)."""
+    is_demo = demo_flags(experience)
+    totals = step_totals(experience.action_mask, experience.rewards, is_demo)
+    sums = experience.info.get(ENTROPY_SUM)
+    if sums is None:
+        return totals
+    sums = (torch.stack(list(sums)) if isinstance(sums, list) else sums).double().reshape(-1).cpu()
+    is_demo = is_demo.cpu()
+    return dataclasses.replace(totals, demo_entropy_sum=float(sums[is_demo].sum()),
+                               rollout_entropy_sum=float(sums[~is_demo].sum()))
+
+
+def _known(totals: StepTotals) -> StepTotals:
+    """NaN entropy sums (rows whose entropy no weight needed) -> None (unknown)."""
+    fix = {name: None for name in ("demo_entropy_sum", "rollout_entropy_sum")
+           if getattr(totals, name) is not None and math.isnan(getattr(totals, name))}
+    return dataclasses.replace(totals, **fix) if fix else totals
+
+
 def _with_totals(window: list[Experience], dp_group, dp_size: int) -> Iterator[tuple[Experience, dict]]:
-    parts = [step_totals(e.action_mask, e.rewards, demo_flags(e)) for e in window]
+    parts = [experience_totals(e) for e in window]
     totals = sum(parts[1:], parts[0])
     if dp_size > 1:  # every DP rank's micro-batches are part of the same optimizer step
         ranks: list[StepTotals | None] = [None] * dp_size
         dist.all_gather_object(ranks, totals, group=dp_group)
         totals = sum(ranks[1:], ranks[0])
+    totals = _known(totals)
     for experience in window:
         yield experience, {"srft_totals": totals, "dp_size": dp_size}
 
@@ -446,14 +574,17 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
 
     def token_logprobs_and_entropy(self, experience: Experience, entropy_grad: bool):
         """log πθ and H(πθ) of each response token [B, A], plus the MoE aux loss (or None)."""
-        sequences = experience.sequences
-        output = self.actor(sequences, None, attention_mask=experience.attention_mask, return_output=True,
+        return self.response_logprobs_and_entropy(experience.sequences, experience.attention_mask,
+                                                  experience.action_mask.shape[1], entropy_grad)
+
+    def response_logprobs_and_entropy(self, sequences: torch.Tensor, attention_mask: torch.Tensor, width: int,
+                                      entropy_grad: bool):
+        output = self.actor(sequences, None, attention_mask=attention_mask, return_output=True,
                             ring_attn_group=self.strategy.ring_attn_group)
         # Targets rolled by one (as OpenRLHF does) rather than slicing the logits: the kernel's
         # in-place backward then reuses the logits buffer instead of a padded copy of it.
         log_probs, entropy = token_logprobs_and_entropy(output["logits"], torch.roll(sequences, -1, dims=1),
                                                         entropy_grad=entropy_grad, inplace_backward=True)
-        width = experience.action_mask.shape[1]
         return log_probs[:, :-1][:, -width:], entropy[:, :-1][:, -width:], getattr(output, "aux_loss", None)
 
     def _record_srft_metrics(self, metrics: dict[str, float], scale: float) -> None:
@@ -485,6 +616,8 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
         # (training_step) is the step's loss
         weights: dict[str, str | None] = {"policy_loss": "sample", "actor_lr": None, "actor_grad_norm": None}
         for key, value in experience.info.items():
+            if key in _NOT_LOGGED:
+                continue
             if isinstance(value, list):
                 value = torch.stack([torch.as_tensor(v) for v in value]).float()
             if isinstance(value, torch.Tensor):
@@ -502,17 +635,23 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
 # ----------------------------------------------------------------------------- Ray actors
 
 
-class _RolloutStatsWithoutDemos:
-    """Trainer mixin: OpenRLHF's rollout statistics over the rollouts only, demos reported apart."""
+class _SRFTTrainerLogs:
+    """Trainer mixin: rollout statistics without the demos, and the run's ``metrics.jsonl``.
+
+    OpenRLHF's per-step status (``reward``, ``response_length``, ... reduced by the actors over
+    every sample) would mix demonstrations in; ``train_step`` merges these rollout statistics
+    last, so the names a GRPO run logs describe the rollouts only here too, and the demos are
+    reported apart (``demo/*``).
+    """
 
     def _compute_rollout_stats(self, experiences: list[Experience]) -> dict:
         stats = super()._compute_rollout_stats(experiences)
         is_demo = torch.cat([demo_flags(e) for e in experiences])
-        if not is_demo.any():
-            return stats
         reward = torch.cat([e.info["reward"] for e in experiences]).float()
         length = torch.cat([e.response_length for e in experiences]).float()
         truncated = torch.cat([e.truncated for e in experiences]).float()
+        total = torch.cat([e.total_length for e in experiences]).float()
+        group = (torch.tensor([i for e in experiences for i in e.index]) // layout_of(srft_config(self.args)).size)
         roll = ~is_demo
         stats.update({
             "rollout/reward_mean": reward[roll].mean().item(),
@@ -520,12 +659,45 @@ class _RolloutStatsWithoutDemos:
             "rollout/response_length_mean": length[roll].mean().item(),
             "rollout/truncated_rate": truncated[roll].mean().item(),
             "rollout/num_samples": float(roll.sum()),
-            "rollout/demo_reward_mean": reward[is_demo].mean().item(),
-            "rollout/demo_response_length_mean": length[is_demo].mean().item(),
-            "rollout/demo_truncated_rate": truncated[is_demo].mean().item(),
-            "rollout/num_demos": float(is_demo.sum()),
+            "reward": reward[roll].mean().item(),
+            "response_length": length[roll].mean().item(),
+            "total_length": total[roll].mean().item(),
+            "truncated": truncated[roll].mean().item(),
+            "rollout/num_groups": float(group.unique().numel()),
+            "rollout/min_group_rollouts": float(torch.bincount(group[roll]).min()) if roll.any() else 0.0,
+            "rollout/min_group_demos": float(torch.bincount(group[is_demo], minlength=int(group.max()) + 1).min())
+            if is_demo.any() else 0.0,
+            "rollout/max_group_demos": float(torch.bincount(group[is_demo]).max()) if is_demo.any() else 0.0,
         })
+        if "score" in experiences[0].info:
+            stats["score"] = torch.cat([e.info["score"] for e in experiences]).float()[roll].mean().item()
+        if is_demo.any():
+            stats.update({
+                "rollout/demo_reward_mean": reward[is_demo].mean().item(),
+                "rollout/demo_response_length_mean": length[is_demo].mean().item(),
+                "rollout/demo_truncated_rate": truncated[is_demo].mean().item(),
+                "rollout/num_demos": float(is_demo.sum()),
+            })
         return stats
+
+    def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None) -> None:
+        """OpenRLHF's logs and checkpoints, plus one line of ``metrics.jsonl`` in the run folder per
+        step (the file the local backend writes too), whatever the wandb / tensorboard settings."""
+        append_metrics(run_files(srft_config(self.args).logging.output_dir).metrics, global_step, logs_dict or {})
+        super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
+
+
+def append_metrics(path: Path, step: int, logs: dict) -> None:
+    """{"step": step, name: number, ...} as one JSON line (non-numeric entries left out)."""
+    record: dict[str, Any] = {"step": int(step)}
+    for key, value in logs.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            record[key] = float(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 class SRFTPolicyModelActor(unwrap(ppo_actor.PolicyModelActor)):
@@ -533,8 +705,28 @@ class SRFTPolicyModelActor(unwrap(ppo_actor.PolicyModelActor)):
         install()
         super().__init__(*args, **kwargs)
 
+    @torch.no_grad()
+    def srft_entropy_sums(self, sequences: torch.Tensor, action_mask: torch.Tensor, attention_mask: torch.Tensor,
+                          rows: torch.Tensor) -> torch.Tensor:
+        """Σ H(πθ) over each response's tokens [B] (float64, NaN outside ``rows``), with the current
+        weights: the same forward and kernel as the training step's (``SRFTExperienceMaker``)."""
+        sums = torch.full((sequences.shape[0],), math.nan, dtype=torch.float64)
+        picked = torch.nonzero(rows.reshape(-1)).flatten()
+        if picked.numel() == 0:
+            return sums
+        device = next(self.actor.model.parameters()).device
+        mask = action_mask[picked].to(device)
+        self.actor.eval()
+        try:
+            _, entropy, _ = self.trainer.response_logprobs_and_entropy(
+                sequences[picked].to(device), attention_mask[picked].to(device), mask.shape[1], entropy_grad=False)
+        finally:
+            self.actor.train()
+        sums[picked] = (entropy.double() * mask.double()).sum(-1).cpu()
+        return sums
 
-class SRFTPPOTrainer(_RolloutStatsWithoutDemos, unwrap(ppo_trainer.PPOTrainer)):
+
+class SRFTPPOTrainer(_SRFTTrainerLogs, unwrap(ppo_trainer.PPOTrainer)):
     def __init__(self, *args, **kwargs):
         install()
         super().__init__(*args, **kwargs)
@@ -552,10 +744,31 @@ class SRFTGenerateSamplesActor(unwrap(ppo_trainer_async.GenerateSamplesActor)):
         super().__init__(*args, **kwargs)
 
 
-class SRFTTrainingActor(_RolloutStatsWithoutDemos, unwrap(ppo_trainer_async.TrainingActor)):
+class SRFTTrainingActor(_SRFTTrainerLogs, unwrap(ppo_trainer_async.TrainingActor)):
     def __init__(self, *args, **kwargs):
         install()
         super().__init__(*args, **kwargs)
+
+
+_openrlhf_prepare_datasets = ppo_trainer.prepare_datasets
+
+
+def prepare_datasets_in_file_order(strategy, tokenizer):
+    """OpenRLHF's ``prepare_datasets`` with the prompts read in the training file's order.
+
+    The launcher writes the prompts in the order they are trained on (one seeded permutation per
+    epoch, as the local backend draws them); OpenRLHF would shuffle them again with a generator
+    nothing seeds in the trainer process, ignoring ``train.seed``."""
+    setup_dataloader = strategy.setup_dataloader
+
+    def in_file_order(dataset, batch_size, pin_memory=False, shuffle=True, *args, **kwargs):
+        return setup_dataloader(dataset, batch_size, pin_memory, False, *args, **kwargs)
+
+    strategy.setup_dataloader = in_file_order
+    try:
+        return _openrlhf_prepare_datasets(strategy, tokenizer)
+    finally:
+        del strategy.setup_dataloader  # the instance attribute; the class's method shows again
 
 
 # (module, attribute) -> the SRFT replacement; Ray actor classes are re-wrapped like the originals.
@@ -565,6 +778,8 @@ PATCHES: dict[tuple[Any, str], Any] = {
     (ppo_trainer, "RemoteExperienceMaker"): SRFTExperienceMaker,
     (ppo_actor, "ActorPPOTrainer"): SRFTActorPPOTrainer,
     (ppo_actor, "iter_grad_accum_global_norm"): srft_step_windows,
+    (ppo_trainer, "prepare_datasets"): prepare_datasets_in_file_order,
+    (ppo_trainer_async, "prepare_datasets"): prepare_datasets_in_file_order,
     (ppo_actor, "PolicyModelActor"): rewrap(SRFTPolicyModelActor, ppo_actor.PolicyModelActor),
     (ppo_trainer, "PPOTrainer"): rewrap(SRFTPPOTrainer, ppo_trainer.PPOTrainer),
     (ppo_trainer_async, "PPOTrainerAsync"): rewrap(SRFTPPOTrainerAsync, ppo_trainer_async.PPOTrainerAsync),

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 
 import torch
 
 from srft_openrlhf.reward import batch_rewards
+from srft_openrlhf.reward.batch import BatchRewards
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +58,92 @@ def response_text(query: str, prompt: str) -> str:
     return query
 
 
+def grade_never_raising(responses: list[str], answers: list[str], kind: str, mode: str, timeout_s: float,
+                        num_workers: int) -> BatchRewards:
+    """``batch_rewards`` that does not raise: OpenRLHF's executor swallows an exception from
+    ``reward_func`` and leaves the rollout without a reward, which fails much later, far from the
+    cause. If the worker pool fails (a worker that does not start, ...), the batch is graded in
+    this process (where the per-sample timeout works only in the main thread); if that fails
+    too, every sample scores 0 with status "error"."""
+    try:
+        return batch_rewards(responses, answers, kind=kind, mode=mode, timeout_s=timeout_s, num_workers=num_workers)
+    except Exception as exc:  # noqa: BLE001 - anything, see the docstring
+        logger.warning("reward: grading in worker processes failed (%s: %s); grading in process",
+                       type(exc).__name__, exc)
+    try:
+        return batch_rewards(responses, answers, kind=kind, mode=mode, timeout_s=timeout_s, num_workers=0)
+    except Exception as exc:  # noqa: BLE001
+        logger.error("reward: grading failed (%s: %s); %d sample(s) score 0", type(exc).__name__, exc,
+                     len(responses))
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        details = [{"status": "error", "correct": False, "extracted": None, "error": error} for _ in responses]
+        return BatchRewards(rewards=[0.0] * len(responses), details=details, timeouts=0, errors=len(responses))
+
+
+class CoalescingGrader:
+    """Grades the samples of concurrent calls as one batch.
+
+    Inside a vLLM engine OpenRLHF calls ``reward_func`` once per rollout, each call in its own
+    thread; graded call by call, one sample at a time would occupy the worker pool
+    (``rollout.reward_workers``), whose batches run one after the other. Here the first caller
+    grades everything that is waiting, then what arrived meanwhile, until nothing is left;
+    the others wait for their results.
+    """
+
+    def __init__(self, grade: Callable[[list[str], list[str]], BatchRewards]):
+        self._grade = grade
+        self._lock = threading.Lock()
+        self._pending: list[tuple[list[str], list[str], Future]] = []
+        self._grading = False
+
+    def __call__(self, responses: list[str], answers: list[str]) -> BatchRewards:
+        future: Future = Future()
+        with self._lock:
+            self._pending.append((responses, answers, future))
+            lead, self._grading = not self._grading, True
+        while lead:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._grading = False
+                    break
+            self._run(batch)
+        return future.result()
+
+    def _run(self, batch: list[tuple[list[str], list[str], Future]]) -> None:
+        try:
+            graded = self._grade([r for rs, _, _ in batch for r in rs], [a for _, as_, _ in batch for a in as_])
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+            for _, _, future in batch:
+                future.set_exception(exc)
+            return
+        start = 0
+        for responses, _, future in batch:
+            end = start + len(responses)
+            details = graded.details[start:end]
+            future.set_result(BatchRewards(
+                rewards=graded.rewards[start:end], details=details,
+                timeouts=sum(d["status"] == "timeout" for d in details),
+                errors=sum(d["status"] == "error" for d in details)))
+            start = end
+
+
 def make_reward_func(kind: str = "math", mode: str = "either", timeout_s: float = 5.0,
                      num_workers: int = 2) -> RewardFunc:
-    """``reward_func(queries, prompts, labels)`` returning OpenRLHF's reward dict.
+    """``reward_func(queries, prompts, labels)`` returning OpenRLHF's reward dict; never raises.
 
     ``rewards`` and ``scores`` are float tensors [B] of 1.0 / 0.0 (``batch_rewards``, graded in
-    ``num_workers`` processes with a per-sample timeout); ``extra_logs["reward_timeout"]``
-    marks samples whose grading timed out (OpenRLHF logs it as a per-sample metric).
+    ``num_workers`` processes with a per-sample timeout, concurrent calls batched together:
+    ``CoalescingGrader``); ``extra_logs["reward_timeout"]`` marks samples whose grading timed
+    out (OpenRLHF logs it as a per-sample metric).
     """
+    grader = CoalescingGrader(lambda responses, answers: grade_never_raising(
+        responses, answers, kind, mode, timeout_s, num_workers))
 
     def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[str]) -> dict:
         responses = [response_text(q, p) for q, p in zip(queries, prompts)]
         answers = [decode_label(label)[0] for label in labels]
-        graded = batch_rewards(responses, answers, kind=kind, mode=mode, timeout_s=timeout_s,
-                               num_workers=num_workers)
+        graded = grader(responses, answers)
         rewards = torch.tensor(graded.rewards, dtype=torch.float32)
         timeouts = torch.tensor([d["status"] == "timeout" for d in graded.details], dtype=torch.float32)
         return {"rewards": rewards, "scores": rewards.clone(), "extra_logs": {"reward_timeout": timeouts}}
