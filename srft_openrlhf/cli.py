@@ -16,6 +16,8 @@ from srft_openrlhf.errors import ConfigError, UserError
 # subcommand -> (module, function taking argv, one-line help); each owns its argparse.
 _DELEGATED = {
     "eval": ("evaluation.__main__", "main", "evaluate a model on the paper's benchmarks"),
+    "analyze": ("srft_openrlhf.analysis.__main__", "main",
+                "the paper's analyses: token-shift (Fig. 2) and trajectory (Fig. 3)"),
     "plot": ("srft_openrlhf.local.plot", "main", "plot reward / length / entropy curves of runs"),
     "prepare-model": ("srft_openrlhf.data.prepare_model", "main",
                       "copy a model folder with an edited rope_theta / max_position_embeddings"),
