@@ -114,3 +114,24 @@ def test_per_benchmark_files_and_text_responses(tmp_path, toy_models):
     assert set(per) == {"first", "second"} and per["first"]["responses"] == 3 and per["second"]["responses"] == 2
     assert per["first"]["tokens"] + per["second"]["tokens"] == report["models"]["other"]["all"]["tokens"]
     assert report["responses_from"] == "demos"
+
+
+def test_responses_from_an_evaluation_samples_file(tmp_path, toy_models):
+    from srft_openrlhf.data import toy
+
+    samples = tmp_path / "eval" / "samples.jsonl"
+    samples.parent.mkdir()
+    samples.write_text("".join(
+        json.dumps({"benchmark": bench, "id": str(ex.row), "sample": 0, "prompt": ex.prompt,
+                    "response": ex.demonstration, "answer": ex.answer, "correct": True, "truncated": False}) + "\n"
+        for bench, rows in (("math500", toy.examples("heldout")[:2]), ("amc", toy.examples("heldout")[2:5]))
+        for ex in rows))
+    out = tmp_path / "out"
+    args = ["token-shift", "--base", toy_models["base"], "--models", f"same={toy_models['copy']}",
+            "--responses-from", samples, "--tokenizer", "toy", "--out", out]
+    assert analyze(*args, "--data", "toy") == 2  # the samples bring their own prompts
+    assert analyze(*args) == 0
+    report = json.loads((out / "token_shift.json").read_text())
+    per = report["models"]["same"]["benchmarks"]
+    assert {b: s["responses"] for b, s in per.items()} == {"math500": 2, "amc": 3}
+    assert report["models"]["same"]["all"]["mean_abs_delta"] == 0.0
