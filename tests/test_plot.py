@@ -117,13 +117,19 @@ def test_report_tables_carry_each_rows_lr_and_the_sweep(tmp_path):
     root = sweep_root(tmp_path)
     assert results.main(["report", str(root)]) == 0
     table = (root / "results.md").read_text()
-    assert "| SRFT | 0.0002 | 80.0 ± 5.0 | 3 |" in table  # mean, stdev of (85, 75, 80)
-    assert "| GRPO | 0.0001 | 50.0 ± 10.0 | 3 |" in table
+    assert "| SRFT | 2e-4 | 80.0 ± 5.0 | 3 |" in table  # mean, stdev of (85, 75, 80)
+    assert "| GRPO | 1e-4 | 50.0 ± 10.0 | 3 |" in table
     assert "| SRFT | 70.0 | **85.0** | 85.0 |" in table  # the sweep row, the chosen lr in bold
     assert "| GRPO | 40.0 | – | 2.0 |" not in table and "| GRPO | **40.0** | – | 2.0 |" in table
     saved = json.loads((root / "results.json").read_text())
     assert [r["accuracy_after"] for r in saved["final"]["srft"]] == [0.75, 0.8, 0.85]  # seed-1, seed-2, seed-42
     assert (root / "curves.png").read_bytes()[:8] == PNG
+
+
+def test_lr_text_by_hand():
+    from srft_openrlhf.local.results import lr_text
+
+    assert [lr_text(x) for x in (2e-4, 1e-3, 1.5e-4, 1e-6, 0.5)] == ["2e-4", "1e-3", "1.5e-4", "1e-6", "5e-1"]
 
 
 def test_readme_block_is_generated_from_the_results_file(tmp_path):
@@ -136,7 +142,7 @@ def test_readme_block_is_generated_from_the_results_file(tmp_path):
     assert results.main(["readme", str(root / "results.json"), str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{results.README_END}\noutro\n")
-    assert "old numbers" not in text and "| SRFT | 0.0002 | 80.0 ± 5.0 | 3 |" in text
+    assert "old numbers" not in text and "| SRFT | 2e-4 | 80.0 ± 5.0 | 3 |" in text
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(SystemExit):
         results.main(["readme", str(root / "results.json"), str(tmp_path / "plain.md")])

@@ -33,6 +33,7 @@ PARADIGMS = (
     ("SFT and RL", (("sft_then_rl", "SFT→RL"), ("luffy", "LUFFY"), ("srft", "SRFT"))),
 )
 ABLATIONS = (("srft", "SRFT"), ("srft_no_wsft", "w/o w_SFT"), ("srft_no_wrl", "w/o w_RL"))
+CURVE_SMOOTHING = 10  # steps: per-step rewards of 16 prompts are too noisy to compare methods by eye
 README_BEGIN, README_END = "<!-- toy-results:begin -->", "<!-- toy-results:end -->"
 
 
@@ -113,9 +114,15 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+def lr_text(lr: float) -> str:
+    """2e-4 rather than 0.0002: learning rates read best in the notation they are swept in."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
 def _lr_text(records: list[dict]) -> str | None:
     lrs = sorted({r["lr"] for r in records if "lr" in r})
-    return ", ".join(f"{lr:g}" for lr in lrs) if lrs else None
+    return ", ".join(map(lr_text, lrs)) if lrs else None
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -199,7 +206,7 @@ def report(root: Path) -> str:
     table = markdown(results)
     (root / "results.md").write_text(table)
     final_root = root / "final" if (root / "final").is_dir() else root
-    plot_methods(method_runs(final_root), root / "curves.png")
+    plot_methods(method_runs(final_root), root / "curves.png", smooth=CURVE_SMOOTHING)
     return table
 
 
