@@ -8,7 +8,9 @@ the run had never been interrupted.
 
 wandb is imported only when ``logging.wandb_project`` is set; it runs offline unless
 ``WANDB_API_KEY`` is set, and a resumed run continues the same wandb run (its id is kept
-in ``RUN_DIR/wandb_id``). TensorBoard (``logging.tensorboard: true``) writes to
+in ``RUN_DIR/wandb_id``; offline, each session writes its own folder
+``RUN_DIR/wandb/offline-run-<time>-<id>``, and ``wandb sync`` uploads the folders of one id
+in start order into that one run). TensorBoard (``logging.tensorboard: true``) writes to
 ``RUN_DIR/tensorboard`` through ``torch.utils.tensorboard``.
 """
 
@@ -75,9 +77,10 @@ class MetricsLogger:
         kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= start_step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.file = self.path.open("a")
+        # wandb first: wandb.init prints a few lines to the console that would split the bar
+        self.wandb = self._start_wandb(cfg) if cfg.logging.wandb_project else None
         self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="srft train", unit="step",
                         dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
-        self.wandb = self._start_wandb(cfg) if cfg.logging.wandb_project else None
         self.tensorboard = None
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -91,6 +94,10 @@ class MetricsLogger:
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id + "\n")
         mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        if mode == "offline":
+            # init(mode="offline") covers the run only: wandb 0.31's process-wide analytics still
+            # read the global settings and try to reach the W&B server from a background thread
+            wandb.setup(settings=wandb.Settings(mode="offline"))
         return wandb.init(project=cfg.logging.wandb_project, name=cfg.logging.wandb_run_name, id=run_id,
                           resume="allow", dir=str(self.run_dir), mode=mode, config=cfg.to_dict())
 
