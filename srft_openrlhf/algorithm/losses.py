@@ -1,9 +1,14 @@
 """The SRFT objective, Eq. 13: L = L_SFT^demo + L_RL^demo + L_RL^self-rollout.
 
-Every term is a per-token loss [B, T] over its own token set, reduced by ``aggregate``:
+Every term is a per-token loss [B, T] over its own token set (``token_sets``), reduced by
+``aggregate``:
 
 - demo tokens      = mask & is_demo                      (Eq. 8 SFT and Eq. 9-10 RL on demos)
 - rollout tokens   = mask & ~is_demo, split by reward into positive (> 0.5) / negative (Eq. 12)
+
+``srft_loss`` reads as Eq. 13: the token sets, one function per term (``sft_demo_term``,
+``rl_demo_term``, the rollout objective from ``ROLLOUT_OBJECTIVES``, ``kl_term``,
+``entropy_bonus_term``), their sum, then ``loss_metrics``.
 
 Inputs are masked first (values outside ``mask`` are replaced by 0), so padding may hold
 anything, even inf/NaN, without reaching the loss or its gradient. A term whose token set
@@ -23,11 +28,14 @@ entropy_grad=True)``), else the bonus changes the loss value but not the update.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from srft_openrlhf.algorithm.config import LossConfig
+from srft_openrlhf.algorithm.token_sets import TokenSets, token_sets
 from srft_openrlhf.algorithm.totals import StepTotals
 
 
@@ -175,7 +183,12 @@ def low_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tensor
     return mask & (entropy.detach() < threshold)
 
 
-def _check_shapes(log_probs: Tensor, per_token: dict[str, Tensor | None], per_seq: dict[str, Tensor]) -> None:
+def _check_inputs(
+    log_probs: Tensor,
+    per_token: dict[str, Tensor | None],
+    per_seq: dict[str, Tensor],
+    config: LossConfig,
+) -> None:
     if log_probs.dim() != 2:
         raise ValueError(f"log_probs must be [B, T], got shape {tuple(log_probs.shape)}")
     for name, t in per_token.items():
@@ -184,6 +197,188 @@ def _check_shapes(log_probs: Tensor, per_token: dict[str, Tensor | None], per_se
     for name, t in per_seq.items():
         if t.shape != log_probs.shape[:1]:
             raise ValueError(f"{name} must be [B] = [{log_probs.shape[0]}], got {tuple(t.shape)}")
+    if config.kl_coef > 0 and per_token["ref_log_probs"] is None:
+        raise ValueError(
+            f"loss.kl_coef = {config.kl_coef} > 0 needs ref_log_probs (the reference model's log-probs of the tokens)"
+        )
+
+
+class MaskedInputs(NamedTuple):
+    """The loss inputs with every value outside the response mask replaced by 0 (see the module docstring).
+
+    ``logp`` carries the gradient; ``logp_rl`` is ``logp`` with the Appendix A.2 dropped tokens
+    detached (what the RL terms see); ``adv`` is [B, 1]; ``ref`` is None without a reference model.
+    """
+
+    logp: Tensor
+    logp_rl: Tensor
+    old: Tensor
+    ent: Tensor
+    adv: Tensor
+    ref: Tensor | None
+
+
+def masked_inputs(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    entropy: Tensor,
+    advantages: Tensor,
+    ref_log_probs: Tensor | None,
+    response: Tensor,
+) -> MaskedInputs:
+    """Zero the inputs outside ``response`` and cast them to the dtype of ``log_probs``.
+
+    ``logp_rl`` is ``logp`` until ``drop_low_entropy`` detaches the dropped tokens.
+    """
+    zero = torch.zeros((), dtype=log_probs.dtype, device=log_probs.device)
+    logp = torch.where(response, log_probs, zero)
+    ref = None if ref_log_probs is None else torch.where(response, ref_log_probs.detach().to(logp.dtype), zero)
+    return MaskedInputs(
+        logp=logp,
+        logp_rl=logp,
+        old=torch.where(response, old_log_probs.detach().to(logp.dtype), zero),
+        ent=torch.where(response, entropy.to(logp.dtype), zero),
+        adv=advantages.detach().to(logp.dtype)[:, None],
+        ref=ref,
+    )
+
+
+def drop_low_entropy(x: MaskedInputs, response: Tensor, quantile: float | None) -> tuple[MaskedInputs, Tensor]:
+    """Appendix A.2: the RL terms see dropped tokens' log-probs as constants (no gradient, same value).
+
+    Returns the inputs with ``logp_rl`` set, and the bool [B, T] mask of the dropped tokens.
+    """
+    dropped = torch.zeros_like(response)
+    if quantile is not None:
+        dropped = low_entropy_tokens(x.ent, response, quantile)
+    return x._replace(logp_rl=torch.where(dropped, x.logp.detach(), x.logp)), dropped
+
+
+# ``aggregate`` bound to the configured mode and (under gradient accumulation) the step's totals:
+# (per-token loss [B, T], token set [B, T], name of the set in ``StepTotals.counts``) -> scalar.
+Aggregate = Callable[[Tensor, Tensor, str], Tensor]
+
+
+def step_aggregate(config: LossConfig, totals: StepTotals | None) -> Aggregate:
+    """``aggregate`` with ``config``'s mode, dividing by the whole step's counts when ``totals`` is given."""
+
+    def agg(token_loss: Tensor, token_set: Tensor, name: str) -> Tensor:
+        step = None if totals is None else totals.counts(name)
+        return aggregate(token_loss, token_set, config.loss_agg, config.loss_agg_constant, step)
+
+    return agg
+
+
+def entropy_weights(
+    ent: Tensor, sets: TokenSets, config: LossConfig, totals: StepTotals | None
+) -> tuple[Tensor, Tensor]:
+    """(w_SFT of Eq. 8 over the demo tokens, w_RL of Eq. 12 over the rollout tokens)."""
+    h_demo, h_roll = (None, None) if totals is None else (totals.h_demo, totals.h_roll)
+    scope = config.entropy_scope
+    w_sft = entropy_weight(ent, sets.demo, scope, config.w_sft_coef, config.w_sft_sign, config.w_sft_fixed, h_demo)
+    w_rl = entropy_weight(ent, sets.rollout, scope, config.w_rl_coef, config.w_rl_sign, config.w_rl_fixed, h_roll)
+    return w_sft, w_rl
+
+
+def sft_demo_term(x: MaskedInputs, sets: TokenSets, w_sft: Tensor, agg: Aggregate) -> Tensor:
+    """Eq. 8: L_SFT^demo = w_SFT · mean over demo tokens of −log πθ."""
+    return agg(w_sft * sft_token_loss(x.logp), sets.demo, "demo")
+
+
+def rl_demo_term(x: MaskedInputs, sets: TokenSets, shaping_gamma: float | None, agg: Aggregate) -> Tensor:
+    """Eq. 9-10: L_RL^demo = mean over demo tokens of −Â · πθ (πβ = 1, no clip; optionally shaped)."""
+    return agg(demo_rl_token_loss(x.logp_rl, x.adv, shaping_gamma), sets.demo, "demo")
+
+
+def paper_rollout_term(
+    x: MaskedInputs, sets: TokenSets, w_rl: Tensor, config: LossConfig, agg: Aggregate
+) -> tuple[Tensor, Tensor]:
+    """Eq. 12: L_RL^self-rollout, importance-weighted on stale rollouts; returns (loss, capped tokens).
+
+    Two means, one per expectation of Eq. 12 (positive and negative rollouts), not one mean
+    over all rollout tokens.
+    """
+    weight = importance_weight(x.logp_rl, x.old, config.rollout_is_cap)
+    per_token = weight * self_rollout_token_loss(x.logp_rl, sets.pos, w_rl)
+    capped = torch.zeros_like(sets.response)
+    if config.rollout_is_cap is not None:
+        capped = sets.rollout & (torch.exp(x.logp_rl.detach() - x.old) > config.rollout_is_cap)
+    return agg(per_token, sets.pos, "pos") + agg(per_token, sets.neg, "neg"), capped
+
+
+def grpo_rollout_term(
+    x: MaskedInputs, sets: TokenSets, w_rl: Tensor, config: LossConfig, agg: Aggregate
+) -> tuple[Tensor, Tensor]:
+    """Eq. 3 on the rollout tokens, w_RL on tokens of rollouts with Â > 0 (the official code);
+    returns (loss, clipped tokens)."""
+    per_token, clipped = grpo_token_loss(x.logp_rl, x.old, x.adv, config.clip_low, config.clip_high)
+    per_token = torch.where(x.adv > 0, w_rl * per_token, per_token)
+    return agg(per_token, sets.rollout, "rollout"), clipped & sets.rollout
+
+
+# ``loss.rollout_objective`` -> the self-rollout term; a new objective is one function here
+# plus its name in ``algorithm.config._CHOICES``.
+RolloutObjective = Callable[[MaskedInputs, TokenSets, Tensor, LossConfig, Aggregate], tuple[Tensor, Tensor]]
+ROLLOUT_OBJECTIVES: dict[str, RolloutObjective] = {"paper": paper_rollout_term, "grpo": grpo_rollout_term}
+
+
+def kl_term(x: MaskedInputs, sets: TokenSets, config: LossConfig, agg: Aggregate) -> tuple[Tensor, Tensor]:
+    """Eq. A1's penalty: kl_coef · mean over response tokens of KL(πθ‖π_ref); returns (loss, per-token KL).
+
+    The per-token KL is 0 without a reference model; the loss is 0 when ``kl_coef`` is 0.
+    """
+    kl = torch.zeros_like(x.logp) if x.ref is None else kl_token(x.logp, x.ref, config.kl_estimator)
+    loss = config.kl_coef * agg(kl, sets.response, "response") if config.kl_coef > 0 else x.logp.new_zeros(())
+    return loss, kl
+
+
+def entropy_bonus_term(x: MaskedInputs, sets: TokenSets, config: LossConfig, agg: Aggregate) -> Tensor:
+    """The official code's entropy bonus: entropy_bonus · mean over response tokens of H (subtracted)."""
+    if config.entropy_bonus > 0:
+        return config.entropy_bonus * agg(x.ent, sets.response, "response")
+    return x.logp.new_zeros(())
+
+
+def loss_metrics(
+    terms: dict[str, Tensor],
+    x: MaskedInputs,
+    sets: TokenSets,
+    kl: Tensor,
+    w_sft: Tensor,
+    w_rl: Tensor,
+    clipped: Tensor,
+    dropped: Tensor,
+) -> dict[str, float]:
+    """The metrics of ``srft_loss`` as plain floats, fetched with one device-to-host copy."""
+    with torch.no_grad():
+        n_tokens = sets.response.sum()
+        metric_tensors = {
+            **terms,
+            "kl": masked_mean(kl, sets.response),
+            "w_sft": masked_mean(w_sft, sets.demo),
+            "w_rl": masked_mean(w_rl, sets.rollout),
+            "entropy_demo": masked_mean(x.ent, sets.demo),
+            "entropy_rollout": masked_mean(x.ent, sets.rollout),
+            "entropy": masked_mean(x.ent, sets.response),
+            "clip_frac": clipped.sum().double() / sets.rollout.sum().clamp(min=1),
+            "low_entropy_drop_frac": dropped.sum().double() / n_tokens.clamp(min=1),
+            "n_tokens": n_tokens,
+            "n_demo_tokens": sets.demo.sum(),
+            "n_pos_tokens": sets.pos.sum(),
+            "n_neg_tokens": sets.neg.sum(),
+        }
+        values = torch.stack([t.detach().to(torch.float64).reshape(()) for t in metric_tensors.values()]).tolist()
+    return dict(zip(metric_tensors, values))
+
+
+def _check_totals(metrics: dict[str, float], totals: StepTotals | None) -> None:
+    # Checked on the metrics rather than up front: the token counts are then already on the
+    # host, so the check costs no extra device synchronisation.
+    if totals is not None and any(
+        metrics[f"n_{name}_tokens"] > getattr(totals, f"{name}_tokens") for name in ("demo", "pos", "neg")
+    ):
+        raise ValueError("totals: this micro-batch has more demo / positive / negative tokens than its step's "
+                         "StepTotals; compute step_totals over all the micro-batches of the step")
 
 
 def srft_loss(
@@ -217,101 +412,37 @@ def srft_loss(
     """
     config = config or LossConfig()
     config.validate()
-    _check_shapes(
+    _check_inputs(
         log_probs,
         {"old_log_probs": old_log_probs, "entropy": entropy, "mask": mask, "ref_log_probs": ref_log_probs},
         {"advantages": advantages, "rewards": rewards, "is_demo": is_demo},
+        config,
     )
-    if config.kl_coef > 0 and ref_log_probs is None:
-        raise ValueError(
-            f"loss.kl_coef = {config.kl_coef} > 0 needs ref_log_probs (the reference model's log-probs of the tokens)"
-        )
+    sets = token_sets(mask, rewards, is_demo)
+    x = masked_inputs(log_probs, old_log_probs, entropy, advantages, ref_log_probs, sets.response)
+    x, dropped = drop_low_entropy(x, sets.response, config.low_entropy_clip_quantile)
+    agg = step_aggregate(config, totals)
+    w_sft, w_rl = entropy_weights(x.ent, sets, config, totals)
+    zero = x.logp.new_zeros(())
 
-    mask = mask.bool()
-    zero = torch.zeros((), dtype=log_probs.dtype, device=log_probs.device)
-    logp = torch.where(mask, log_probs, zero)
-    old = torch.where(mask, old_log_probs.detach().to(logp.dtype), zero)
-    ent = torch.where(mask, entropy.to(logp.dtype), zero)
-    adv = advantages.detach().to(logp.dtype)[:, None]
-    demo_seq = is_demo.bool()[:, None]
-    demo_tok = mask & demo_seq
-    roll_tok = mask & ~demo_seq
-    pos_tok = roll_tok & (rewards > 0.5)[:, None]
-    neg_tok = roll_tok & ~pos_tok
-
-    def agg(token_loss: Tensor, token_set: Tensor, name: str) -> Tensor:
-        step = None if totals is None else totals.counts(name)
-        return aggregate(token_loss, token_set, config.loss_agg, config.loss_agg_constant, step)
-
-    # Appendix A.2: RL terms see dropped tokens' log-probs as constants (no gradient, same value).
-    dropped = torch.zeros_like(mask)
-    if config.low_entropy_clip_quantile is not None:
-        dropped = low_entropy_tokens(ent, mask, config.low_entropy_clip_quantile)
-    logp_rl = torch.where(dropped, logp.detach(), logp)
-
-    scope = config.entropy_scope
-    h_demo, h_roll = (None, None) if totals is None else (totals.h_demo, totals.h_roll)
-    w_sft = entropy_weight(ent, demo_tok, scope, config.w_sft_coef, config.w_sft_sign, config.w_sft_fixed, h_demo)
-    w_rl = entropy_weight(ent, roll_tok, scope, config.w_rl_coef, config.w_rl_sign, config.w_rl_fixed, h_roll)
-
-    loss_sft = zero
-    if config.sft_demo:
-        loss_sft = agg(w_sft * sft_token_loss(logp), demo_tok, "demo")
-    loss_rl_demo = zero
-    if config.rl_demo:
-        loss_rl_demo = agg(demo_rl_token_loss(logp_rl, adv, config.demo_shaping_gamma), demo_tok, "demo")
-    clipped = torch.zeros_like(mask)
-    loss_rl_rollout = zero
-    if config.rl_rollout and config.rollout_objective == "paper":
-        # two means (Eq. 12 has two expectations), not one mean over all rollout tokens
-        weight = importance_weight(logp_rl, old, config.rollout_is_cap)
-        per_token = weight * self_rollout_token_loss(logp_rl, pos_tok, w_rl)
-        if config.rollout_is_cap is not None:
-            clipped = roll_tok & (torch.exp(logp_rl.detach() - old) > config.rollout_is_cap)
-        loss_rl_rollout = agg(per_token, pos_tok, "pos") + agg(per_token, neg_tok, "neg")
-    elif config.rl_rollout:
-        per_token, clipped = grpo_token_loss(logp_rl, old, adv, config.clip_low, config.clip_high)
-        clipped = clipped & roll_tok
-        per_token = torch.where(adv > 0, w_rl * per_token, per_token)  # official code: w_RL on Â > 0
-        loss_rl_rollout = agg(per_token, roll_tok, "rollout")
-
-    kl = torch.zeros_like(logp)
-    if ref_log_probs is not None:
-        ref = torch.where(mask, ref_log_probs.detach().to(logp.dtype), zero)
-        kl = kl_token(logp, ref, config.kl_estimator)
-    loss_kl = config.kl_coef * agg(kl, mask, "response") if config.kl_coef > 0 else zero
-    loss_entropy_bonus = config.entropy_bonus * agg(ent, mask, "response") if config.entropy_bonus > 0 else zero
+    loss_sft = sft_demo_term(x, sets, w_sft, agg) if config.sft_demo else zero
+    loss_rl_demo = rl_demo_term(x, sets, config.demo_shaping_gamma, agg) if config.rl_demo else zero
+    loss_rl_rollout, clipped = zero, torch.zeros_like(sets.response)
+    if config.rl_rollout:
+        loss_rl_rollout, clipped = ROLLOUT_OBJECTIVES[config.rollout_objective](x, sets, w_rl, config, agg)
+    loss_kl, kl = kl_term(x, sets, config, agg)
+    loss_entropy_bonus = entropy_bonus_term(x, sets, config, agg)
 
     loss = loss_sft + loss_rl_demo + loss_rl_rollout + loss_kl - loss_entropy_bonus
 
-    with torch.no_grad():
-        n_tokens = mask.sum()
-        metric_tensors = {
-            "loss": loss,
-            "loss_sft_demo": loss_sft,
-            "loss_rl_demo": loss_rl_demo,
-            "loss_rl_rollout": loss_rl_rollout,
-            "loss_kl": loss_kl,
-            "loss_entropy_bonus": loss_entropy_bonus,
-            "kl": masked_mean(kl, mask),
-            "w_sft": masked_mean(w_sft, demo_tok),
-            "w_rl": masked_mean(w_rl, roll_tok),
-            "entropy_demo": masked_mean(ent, demo_tok),
-            "entropy_rollout": masked_mean(ent, roll_tok),
-            "entropy": masked_mean(ent, mask),
-            "clip_frac": clipped.sum().double() / roll_tok.sum().clamp(min=1),
-            "low_entropy_drop_frac": dropped.sum().double() / n_tokens.clamp(min=1),
-            "n_tokens": n_tokens,
-            "n_demo_tokens": demo_tok.sum(),
-            "n_pos_tokens": pos_tok.sum(),
-            "n_neg_tokens": neg_tok.sum(),
-        }
-        # one device-to-host copy for all metrics
-        values = torch.stack([t.detach().to(torch.float64).reshape(()) for t in metric_tensors.values()]).tolist()
-    metrics = dict(zip(metric_tensors, values))
-    if totals is not None and any(
-        metrics[f"n_{name}_tokens"] > getattr(totals, f"{name}_tokens") for name in ("demo", "pos", "neg")
-    ):
-        raise ValueError("totals: this micro-batch has more demo / positive / negative tokens than its step's "
-                         "StepTotals; compute step_totals over all the micro-batches of the step")
+    terms = {
+        "loss": loss,
+        "loss_sft_demo": loss_sft,
+        "loss_rl_demo": loss_rl_demo,
+        "loss_rl_rollout": loss_rl_rollout,
+        "loss_kl": loss_kl,
+        "loss_entropy_bonus": loss_entropy_bonus,
+    }
+    metrics = loss_metrics(terms, x, sets, kl, w_sft, w_rl, clipped, dropped)
+    _check_totals(metrics, totals)
     return loss, metrics

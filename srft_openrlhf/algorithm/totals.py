@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from srft_openrlhf.algorithm.token_sets import token_sets
+
 _COUNTS = ("sequences", "demo_tokens", "pos_tokens", "neg_tokens", "demo_seqs", "pos_seqs", "neg_seqs")
 
 
@@ -26,7 +28,7 @@ _COUNTS = ("sequences", "demo_tokens", "pos_tokens", "neg_tokens", "demo_seqs", 
 class StepTotals:
     """Counts over an optimizer step's sequences, and (optionally) entropy sums.
 
-    Token sets as in ``srft_loss``: demo = response tokens of demonstrations; positive /
+    Token sets as in ``srft_loss`` (``token_sets``): demo = response tokens of demonstrations; positive /
     negative = response tokens of self-rollouts with reward > 0.5 / ≤ 0.5. ``*_seqs`` count
     the sequences having at least one token in the set (the divisor of
     ``seq_mean_token_mean``). ``demo_entropy_sum`` / ``rollout_entropy_sum`` are None when the
@@ -89,16 +91,14 @@ def step_totals(mask: Tensor, rewards: Tensor, is_demo: Tensor, entropy: Tensor 
 
     ``mask`` [B, T] response tokens, ``rewards`` / ``is_demo`` [B], ``entropy`` [B, T] or None.
     """
-    mask = mask.bool()
-    demo = is_demo.bool().reshape(-1, 1)
-    positive = (rewards.reshape(-1, 1) > 0.5) & ~demo
-    sets = {"demo": mask & demo, "pos": mask & positive, "neg": mask & ~demo & ~positive}
+    sets = token_sets(mask, rewards, is_demo)
     values: dict[str, int | float | None] = {"sequences": mask.shape[0]}
-    for name, token_set in sets.items():
+    for name in ("demo", "pos", "neg"):
+        token_set = getattr(sets, name)
         values[f"{name}_tokens"] = int(token_set.sum())
         values[f"{name}_seqs"] = int(token_set.any(-1).sum())
     if entropy is not None:
         h = entropy.detach().to(torch.float64)
-        values["demo_entropy_sum"] = float(h[sets["demo"]].sum())
-        values["rollout_entropy_sum"] = float(h[sets["pos"] | sets["neg"]].sum())
+        values["demo_entropy_sum"] = float(h[sets.demo].sum())
+        values["rollout_entropy_sum"] = float(h[sets.rollout].sum())
     return StepTotals(**values)
