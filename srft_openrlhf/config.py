@@ -254,7 +254,7 @@ def build_config(values: dict[str, Any]) -> SRFTConfig:
     preset = loss_values.pop("preset", None)
     if preset is not None:
         try:
-            cfg.loss = LossConfig.preset(str(preset))
+            cfg.loss = LossConfig.from_preset(str(preset))
         except (KeyError, ValueError) as e:
             raise ConfigError(f"loss.preset: {e}") from None
     _apply(cfg, values, "")

@@ -138,13 +138,13 @@ def test_demo_lifts_an_all_wrong_group():
     adv = batch_advantages(out.rewards, out.group_ids, out.is_demo, LossConfig(adv_eps=0.0))
     torch.testing.assert_close(adv, torch.tensor([-0.5, -0.5, -0.5, 1.5]))
     # sft_plus_rl: demos are not in the group -> the rollouts alone are all equal -> 0; demo 0
-    adv = batch_advantages(out.rewards, out.group_ids, out.is_demo, LossConfig.preset("sft_plus_rl"))
+    adv = batch_advantages(out.rewards, out.group_ids, out.is_demo, LossConfig.from_preset("sft_plus_rl"))
     assert adv.tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
 def test_rollout_only_advantages_ignore_demo_rewards():
     out = augment_groups([[rollout(1.0), rollout(0.0)]], [[demo(0)]])
-    adv = batch_advantages(out.rewards, out.group_ids, out.is_demo, LossConfig.preset("sft_plus_rl"))
+    adv = batch_advantages(out.rewards, out.group_ids, out.is_demo, LossConfig.from_preset("sft_plus_rl"))
     # rollouts {1, 0}: ±0.5 / (0.707107 + 1e-6); the demo gets 0
     assert adv[0].item() == pytest.approx(0.5 / (math.sqrt(0.5) + 1e-6), rel=1e-6)
     assert adv[1].item() == pytest.approx(-adv[0].item()) and adv[2].item() == 0.0

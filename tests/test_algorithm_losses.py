@@ -203,7 +203,7 @@ METRICS = [
 
 
 def config(preset: str, overrides: dict) -> LossConfig:
-    return dataclasses.replace(LossConfig.preset(preset), **overrides)
+    return dataclasses.replace(LossConfig.from_preset(preset), **overrides)
 
 
 # ---------------------------------------------------------------- against the reference
@@ -392,7 +392,7 @@ def test_kl_and_bonus_and_constant_by_hand():
 
 
 def test_official_per_token_weights_by_hand():
-    cfg = LossConfig.preset("srft_official")
+    cfg = LossConfig.from_preset("srft_official")
     _, m = run(tiny_batch(), dataclasses.replace(cfg, rl_demo=False, rl_rollout=False, entropy_bonus=0.0))
     # per token w = 0.5 e^-H: 0.5 e^-0.5 · 1 + 0.5 e^-1.5 · 2 = 0.303265 + 0.223130 = 0.526395; / 8192 / 3
     assert m["loss_sft_demo"] == pytest.approx(0.526395 / 8192 / 3, rel=1e-5)
@@ -417,7 +417,7 @@ def test_empty_token_sets(preset, case):
     batch["log_probs"] = torch.where(batch["mask"], batch["log_probs"], torch.tensor(-math.inf, dtype=torch.float64))
     nan = torch.tensor(math.nan, dtype=torch.float64)
     batch["old_log_probs"] = torch.where(batch["mask"], batch["old_log_probs"], nan)
-    cfg = dataclasses.replace(LossConfig.preset(preset), kl_coef=0.1, low_entropy_clip_quantile=0.25)
+    cfg = dataclasses.replace(LossConfig.from_preset(preset), kl_coef=0.1, low_entropy_clip_quantile=0.25)
     log_probs = batch["log_probs"].clone().requires_grad_(True)
     loss, m = run(batch, cfg, log_probs=log_probs)
     loss.backward()
@@ -498,7 +498,7 @@ def test_low_entropy_clip_keeps_value_and_drops_rl_gradient():
 def test_kl_without_reference_is_an_error():
     batch = dict(tiny_batch(), ref_log_probs=None)
     with pytest.raises(ValueError, match="ref_log_probs"):
-        run(batch, LossConfig.preset("sft_kl"))
+        run(batch, LossConfig.from_preset("sft_kl"))
 
 
 def test_shape_errors():

@@ -31,7 +31,7 @@ def test_preset_names():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_preset_terms_and_properties(name):
-    cfg = LossConfig.preset(name)
+    cfg = LossConfig.from_preset(name)
     cfg.validate()
     assert cfg.preset == name
     got = (cfg.sft_demo, cfg.rl_demo, cfg.rl_rollout, cfg.rollout_objective, cfg.needs_demos, cfg.needs_rollouts,
@@ -41,7 +41,7 @@ def test_preset_terms_and_properties(name):
 
 def test_default_is_the_paper():
     cfg = LossConfig()
-    assert cfg == LossConfig.preset("srft")
+    assert cfg == LossConfig.from_preset("srft")
     assert (cfg.w_sft_coef, cfg.w_sft_sign, cfg.w_sft_fixed) == (0.5, -1.0, None)
     assert (cfg.w_rl_coef, cfg.w_rl_sign, cfg.w_rl_fixed) == (0.1, 1.0, None)
     assert (cfg.entropy_scope, cfg.loss_agg, cfg.demo_shaping_gamma, cfg.clip_low, cfg.clip_high) == (
@@ -52,7 +52,7 @@ def test_default_is_the_paper():
 
 
 def test_official_differences():
-    cfg = LossConfig.preset("srft_official")
+    cfg = LossConfig.from_preset("srft_official")
     assert (cfg.rollout_objective, cfg.demo_shaping_gamma, cfg.entropy_scope) == ("grpo", 0.1, "token")
     assert (cfg.loss_agg, cfg.loss_agg_constant, cfg.entropy_bonus) == ("constant", 8192.0, 0.001)
     assert (cfg.normalize_std, cfg.demo_mode) == (False, "replace")
@@ -60,28 +60,28 @@ def test_official_differences():
 
 
 def test_baseline_values():
-    grpo = LossConfig.preset("grpo")
+    grpo = LossConfig.from_preset("grpo")
     assert (grpo.clip_low, grpo.clip_high, grpo.w_rl_fixed, grpo.normalize_std) == (0.2, 0.2, 1.0, True)
-    luffy = LossConfig.preset("luffy")
+    luffy = LossConfig.from_preset("luffy")
     assert (luffy.demo_shaping_gamma, luffy.w_rl_fixed, luffy.clip_low, luffy.clip_high) == (0.1, 1.0, None, None)
-    assert LossConfig.preset("sft").w_sft_fixed == 1.0 and LossConfig.preset("sft").kl_coef == 0.0
-    assert (LossConfig.preset("sft_kl").kl_coef, LossConfig.preset("sft_kl").w_sft_fixed) == (0.2, 1.0)
-    plus = LossConfig.preset("sft_plus_rl")
+    assert LossConfig.from_preset("sft").w_sft_fixed == 1.0 and LossConfig.from_preset("sft").kl_coef == 0.0
+    assert (LossConfig.from_preset("sft_kl").kl_coef, LossConfig.from_preset("sft_kl").w_sft_fixed) == (0.2, 1.0)
+    plus = LossConfig.from_preset("sft_plus_rl")
     assert (plus.w_sft_fixed, plus.w_rl_fixed, plus.clip_low, plus.clip_high) == (1.0, 1.0, 0.2, 0.2)
     paper = LossConfig()
-    assert LossConfig.preset("srft_no_wsft") == dataclasses.replace(paper, preset="srft_no_wsft", w_sft_fixed=1.0)
-    assert LossConfig.preset("srft_no_wrl") == dataclasses.replace(paper, preset="srft_no_wrl", w_rl_fixed=1.0)
+    assert LossConfig.from_preset("srft_no_wsft") == dataclasses.replace(paper, preset="srft_no_wsft", w_sft_fixed=1.0)
+    assert LossConfig.from_preset("srft_no_wrl") == dataclasses.replace(paper, preset="srft_no_wrl", w_rl_fixed=1.0)
 
 
 def test_presets_are_independent_copies():
-    a = LossConfig.preset("srft_official")
+    a = LossConfig.from_preset("srft_official")
     a.entropy_bonus = 5.0
-    assert LossConfig.preset("srft_official").entropy_bonus == 0.001
+    assert LossConfig.from_preset("srft_official").entropy_bonus == 0.001
 
 
 def test_unknown_preset_lists_known_ones():
     with pytest.raises(ValueError, match="unknown loss preset 'srtf'.*srft_official.*srft_no_wrl"):
-        LossConfig.preset("srtf")
+        LossConfig.from_preset("srtf")
 
 
 def test_config_file_preset_then_overrides():
@@ -106,7 +106,7 @@ def batch():
 def loss_of(name: str, **replace) -> float:
     b = dict(batch(), **replace)
     return srft_loss(b["log_probs"], b["old_log_probs"], b["entropy"], b["mask"], b["advantages"], b["rewards"],
-                     b["is_demo"], LossConfig.preset(name), ref_log_probs=b["ref_log_probs"])[0].item()
+                     b["is_demo"], LossConfig.from_preset(name), ref_log_probs=b["ref_log_probs"])[0].item()
 
 
 def test_sft_preset_is_plain_negative_log_likelihood_of_demos():

@@ -59,7 +59,7 @@ CONFIGS = [(name, {}) for name in PRESETS] + [
 @pytest.mark.parametrize("split", range(len(SPLITS)))
 @pytest.mark.parametrize("preset,overrides", CONFIGS, ids=[f"{p}-{'-'.join(o) or 'preset'}" for p, o in CONFIGS])
 def test_summed_micro_batches_equal_the_whole_step(preset, overrides, split):
-    cfg = dataclasses.replace(LossConfig.preset(preset), **overrides)
+    cfg = dataclasses.replace(LossConfig.from_preset(preset), **overrides)
     step = random_step(split)
     leaves = {k: step[k].clone().requires_grad_(True) for k in ("log_probs", "entropy")}
 

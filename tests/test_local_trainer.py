@@ -140,15 +140,15 @@ def test_train_batch_layout_by_hand():
 
 
 def test_train_batch_presets_shape_the_groups():
-    grpo = build_train_batch(_items(), _rollout_batch(), LossConfig.preset("grpo"))
+    grpo = build_train_batch(_items(), _rollout_batch(), LossConfig.from_preset("grpo"))
     assert not grpo.is_demo.any() and len(grpo) == 4
-    replace = build_train_batch(_items(), _rollout_batch(), LossConfig.preset("srft_official"))
+    replace = build_train_batch(_items(), _rollout_batch(), LossConfig.from_preset("srft_official"))
     assert replace.is_demo.tolist() == [False, True, False, True]  # 1 rollout + 1 demo per group
     assert replace.advantages.tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0])  # equal rewards per group
     sft_rb = RolloutBatch(step=0, prompt_indices=[0, 1], rollouts=[[], []], demo_rewards=[1.0, 0.0], policy_version=0)
-    sft = build_train_batch(_items(), sft_rb, LossConfig.preset("sft"))
+    sft = build_train_batch(_items(), sft_rb, LossConfig.from_preset("sft"))
     assert sft.is_demo.all() and sft.sequences == [[5, 6, 7, 20, 21], [8, 9, 30, 31, 32]]
-    plus = build_train_batch(_items(), _rollout_batch(), LossConfig.preset("sft_plus_rl"))
+    plus = build_train_batch(_items(), _rollout_batch(), LossConfig.from_preset("sft_plus_rl"))
     # demos are outside the groups: rollouts of group 0 are (1, 0)
     ref = group_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]))
     assert plus.advantages[:2].tolist() == pytest.approx(ref.tolist())

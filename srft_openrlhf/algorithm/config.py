@@ -4,7 +4,7 @@
 LUFFY lineage) differs from the paper text in places; each difference is a field, so both
 are reachable, and the baselines/ablations of the paper are presets of the same fields.
 
-Presets (``LossConfig.preset(name)``; ``loss.preset`` in YAML, other ``loss.*`` keys override):
+Presets (``LossConfig.from_preset(name)``; ``loss.preset`` in YAML, other ``loss.*`` keys override):
 
 =============== ====================================================== ===========================================
 preset          what it is                                             paper vs official code
@@ -57,8 +57,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 class LossConfig:
     """All knobs of the SRFT loss; the defaults are the paper exactly (preset ``srft``).
 
-    ``LossConfig.preset(name)`` builds a preset (attached below the class); ``validate()``
-    raises ConfigError on a bad value and is called by ``srft_loss``.
+    ``LossConfig.from_preset(name)`` builds a preset; ``validate()`` raises ConfigError on a
+    bad value and is called by ``srft_loss``.
     """
 
     preset: str = "srft"  # name of the preset these values started from (recorded only)
@@ -113,6 +113,13 @@ class LossConfig:
     adv_eps: float = 1e-6
     demo_mode: str = "append"  # append: 8 rollouts + 1 demo (paper) | replace: 7 + 1 (official)
     demos_per_group: int = 1
+
+    @classmethod
+    def from_preset(cls, name: str) -> LossConfig:
+        """The named paper baseline / ablation (the module docstring's table)."""
+        if name not in _PRESETS:
+            raise ConfigError(f"unknown loss preset {name!r}; known presets: {', '.join(PRESETS)}")
+        return dataclasses.replace(cls(), preset=name, **_PRESETS[name])
 
     @property
     def needs_demos(self) -> bool:
@@ -176,15 +183,3 @@ _PRESETS: dict[str, dict] = {
 }
 
 PRESETS: tuple[str, ...] = tuple(_PRESETS)
-
-
-def _preset(cls: type[LossConfig], name: str) -> LossConfig:
-    """``LossConfig.preset(name)``: the named paper baseline / ablation (module docstring's table)."""
-    if name not in _PRESETS:
-        raise ConfigError(f"unknown loss preset {name!r}; known presets: {', '.join(PRESETS)}")
-    return dataclasses.replace(cls(), preset=name, **_PRESETS[name])
-
-
-# Attached after @dataclass: defined in the class body, this classmethod would become the default
-# of the ``preset`` field. Instances read their field (a str); the class reads the constructor.
-LossConfig.preset = classmethod(_preset)  # type: ignore[assignment]

@@ -73,7 +73,7 @@ def phase_loss(cfg: SRFTConfig, step: int) -> LossConfig:
     if schedule == "joint":
         return cfg.loss
     first, second = ("sft", "grpo") if schedule == "sft_then_rl" else ("grpo", "sft")
-    return LossConfig.preset(first if step < cfg.train.switch_step else second)
+    return LossConfig.from_preset(first if step < cfg.train.switch_step else second)
 
 
 def phase_losses(cfg: SRFTConfig) -> list[LossConfig]:
