@@ -111,6 +111,7 @@ class ClusterConfig:
     enforce_eager: bool = False  # vLLM: no CUDA graphs
     adam_offload: bool = False  # DeepSpeed: optimizer states in CPU memory
     save_hf_checkpoints: bool = False  # also save Hugging Face weights with every checkpoint
+    cpu: bool = False  # no GPU: OpenRLHF through srft_openrlhf/openrlhf/cpu_compat.py (the laptop path)
 
 
 @dataclass

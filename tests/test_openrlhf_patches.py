@@ -83,6 +83,14 @@ def test_hook_points_match_openrlhf_0_11_2(patches):
     patches.check_hook_points()
 
 
+def test_cpu_layer_hook_points_match_openrlhf_0_11_2(patches):
+    """Every place the CPU layer (cluster.cpu) redirects is where it expects it (without installing it)."""
+    from srft_openrlhf.openrlhf import cpu_compat
+
+    cpu_compat.check_cpu_hook_points()
+    assert len(cpu_compat.REDIRECTS) >= 8
+
+
 def test_moved_hook_points_fail_naming_them(patches, monkeypatch):
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     from openrlhf.trainer.ray import ppo_actor
@@ -725,4 +733,6 @@ def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypat
     assert seen["srft"].logging.output_dir == str(files.root)  # absolute, for workers in other cwds
     assert patches.unwrap(seen["policy"]) is patches.SRFTPolicyModelActor
     assert {"TOKENIZERS_PARALLELISM", "NCCL_DEBUG"} <= set(seen["init"]["runtime_env"]["env_vars"])
+    assert "worker_process_setup_hook" not in seen["init"]["runtime_env"]  # the CPU layer: only with cluster.cpu
+    assert "num_gpus" not in seen["init"]
     assert seen["shutdown"]

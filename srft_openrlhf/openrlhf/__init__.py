@@ -94,6 +94,10 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
               reads=("SamplesGenerator",)),
     HookPoint(f"{_ASYNC}:TrainingActor._compute_rollout_stats", "as BasePPOTrainer._compute_rollout_stats",
               params=("experiences",)),
+    HookPoint(f"{_ASYNC}:TrainingActor.broadcast_to_vllm",
+              "SRFTTrainingActor repeats it (lock, partial-rollout pause) with the base class named",
+              params=(), reads=("vllm_lock", "acquire", "release", "_partial_rollout", "pause_generation",
+                                "resume_generation", "broadcast_to_vllm")),
     HookPoint(f"{_SAMPLES}:SamplesGenerator.__init__", "subclassed by SRFTSamplesGenerator",
               params=("strategy", "prompts_dataloader", "eval_dataloader", "tokenizer", "vllm_engines")),
     HookPoint(f"{_SAMPLES}:SamplesGenerator.generate_samples",
@@ -207,6 +211,10 @@ class RunFiles:
     @property
     def model(self) -> Path:  # --ckpt.output_dir: the final model, Hugging Face format
         return self.root / "model"
+
+    @property
+    def summary(self) -> Path:  # wall time; held-out accuracy before / after (CPU layer)
+        return self.root / "summary.json"
 
     @property
     def metrics(self) -> Path:  # one JSON line per training step (SRFT's trainer writes it)

@@ -24,6 +24,7 @@ import os
 import runpy
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,16 @@ def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
                           "run the phases as two jobs (scripts/train_baseline.sh sft_rl does)")
     if cfg.model.dtype not in ("bf16", "fp16"):
         raise ConfigError(f"model.dtype = {cfg.model.dtype}: OpenRLHF trains in bf16 or fp16")
-    if cfg.rollout.generator == "hf":
-        raise ConfigError("rollout.generator = hf: the openrlhf backend generates with vLLM; use auto or vllm")
+    if cfg.cluster.cpu:
+        if cfg.rollout.generator == "vllm":
+            raise ConfigError("rollout.generator = vllm with cluster.cpu: the CPU layer generates with the HF "
+                              "generator (vLLM's weight sync needs NCCL); use auto or hf")
+        if cfg.train.zero_stage not in (0, 1, 2):
+            raise ConfigError(f"train.zero_stage = {cfg.train.zero_stage} with cluster.cpu: the CPU layer's "
+                              "weight sync reads full weights on rank 0; use 0, 1 or 2")
+    elif cfg.rollout.generator == "hf":
+        raise ConfigError("rollout.generator = hf: the openrlhf backend generates with vLLM on GPUs; use auto or "
+                          "vllm (or cluster.cpu: true, the CPU layer, to try it without a GPU)")
     check_extra_args(cfg.cluster.extra_args)
     if cfg.train.async_enable and cfg.train.max_staleness < 1:
         raise ConfigError(f"train.max_staleness = {cfg.train.max_staleness} with train.async_enable: OpenRLHF's "
@@ -373,10 +382,15 @@ def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
     from srft_openrlhf.local.rollout import PromptSampler
 
     d, layout = cfg.data, layout_of(cfg)
-    loaded = load_examples(d.train, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
-                           demo_key=d.demo_key if layout.demos else None, require_demo=bool(layout.demos),
-                           skip_invalid_rows=d.skip_invalid_rows, limit=d.max_train_rows)
-    kept = _rendered(loaded.examples, tokenizer, cfg)
+    if d.train == TOY:
+        from srft_openrlhf.data import toy
+
+        train_examples = toy.examples("train")[: d.max_train_rows]
+    else:
+        train_examples = load_examples(d.train, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
+                                       demo_key=d.demo_key if layout.demos else None, require_demo=bool(layout.demos),
+                                       skip_invalid_rows=d.skip_invalid_rows, limit=d.max_train_rows).examples
+    kept = _rendered(train_examples, tokenizer, cfg)
     if layout.demos:
         _write_jsonl(files.demos, ({"demonstrations": [ex.demonstration]} for ex, _ in kept))
     # The local backend's order: one seeded permutation of the examples per epoch, drawn step by
@@ -386,12 +400,49 @@ def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
     _write_jsonl(files.train_data, ({"prompt": kept[i][1], "label": encode_label(kept[i][0].answer, i)}
                                     for i in order))
     if d.eval and cfg.train.eval_every > 0:
-        evals = load_examples(d.eval, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
-                              demo_key=None, skip_invalid_rows=d.skip_invalid_rows, limit=d.max_eval_rows)
         _write_jsonl(files.eval_data, (
             {"prompt": text, "label": encode_label(ex.answer), "datasource": Path(ex.source).stem}
-            for ex, text in _rendered(evals.examples, tokenizer, cfg)
+            for ex, text in _rendered(eval_examples(cfg), tokenizer, cfg)
         ))
+
+
+TOY = "toy"  # model.path / data.train / data.eval: the toy task (srft_openrlhf.data.toy)
+
+
+def eval_examples(cfg: SRFTConfig) -> list:
+    from srft_openrlhf.data import load_examples
+
+    d = cfg.data
+    if d.eval == TOY:
+        from srft_openrlhf.data import toy
+
+        return toy.examples("heldout")[: d.max_eval_rows]
+    return load_examples(d.eval, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key, demo_key=None,
+                         skip_invalid_rows=d.skip_invalid_rows, limit=d.max_eval_rows).examples
+
+
+def resolve_model(cfg: SRFTConfig) -> SRFTConfig:
+    """``model.path: toy`` -> the cached toy base model folder (built on first use)."""
+    if cfg.model.path != TOY:
+        return cfg
+    from srft_openrlhf.data import toy
+
+    path = str(toy.base_model_path(log=lambda m: print(m, file=sys.stderr)))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=path))
+
+
+def held_out_accuracy(cfg: SRFTConfig, model_path: str | Path, tokenizer: Any) -> float:
+    """Greedy accuracy of the model at ``model_path`` on ``data.eval`` (prompts as OpenRLHF renders
+    them), with the HF generator on CPU: the before / after numbers of the CPU path."""
+    from srft_openrlhf.local.generation import HFGenerator
+    from srft_openrlhf.local.rollout import grade
+
+    pairs = _rendered(eval_examples(cfg), tokenizer, cfg)
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for _, text in pairs]
+    generator = HFGenerator.load(str(model_path), dtype="fp32", device="cpu", seed=cfg.train.seed)
+    completions = generator.generate(prompts, 1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.rollout.max_new_tokens)
+    graded = grade([c[0].text for c in completions], [ex.answer for ex, _ in pairs], cfg.rollout)
+    return sum(r >= 1.0 for r in graded.rewards) / len(graded.rewards)
 
 
 # ----------------------------------------------------------------------------- launch
@@ -411,21 +462,34 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     """Train with OpenRLHF (see the module docstring); returns the exit code."""
     cfg = absolute_output_dir(cfg)
     files = run_files(cfg.logging.output_dir)
-    args = openrlhf_args(cfg, files, resume)
     if dry_run:
-        print(describe(cfg, args, files))
+        print(describe(cfg, openrlhf_args(cfg, files, resume), files))
         return 0
+    cfg = resolve_model(cfg)
+    args = openrlhf_args(cfg, files, resume)
     if resume and not files.train_data.is_file():
         raise ConfigError(f"--resume {files.root}: no {files.train_data.relative_to(files.root)} there")
+    if cfg.cluster.cpu:  # before OpenRLHF is imported: flash-attn stub, torch.cuda redirects
+        from srft_openrlhf.openrlhf import cpu_compat
+
+        cpu_compat.install()
     from srft_openrlhf.openrlhf import patches  # imports OpenRLHF and checks the hook points
+
+    if cfg.cluster.cpu:
+        cpu_compat.check_cpu_hook_points()
 
     files.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, files.config)
-    if not resume:  # a resumed run keeps its data: OpenRLHF's saved dataloader state indexes it
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    if not resume:  # a resumed run keeps its data: OpenRLHF's saved dataloader state indexes it
         write_data(cfg, files, tokenizer)
+    summary = json.loads(files.summary.read_text()) if files.summary.is_file() else {}
+    if cfg.cluster.cpu and cfg.data.eval and "accuracy_before" not in summary:
+        summary["accuracy_before"] = held_out_accuracy(cfg, cfg.model.path, tokenizer)
+        print(f"srft: held-out accuracy before training: {summary['accuracy_before']:.3f}", file=sys.stderr)
+        files.summary.write_text(json.dumps(summary, indent=1) + "\n")
     r = cfg.rollout
     files.reward_func.write_text(reward_func_file_text(r.reward, r.reward_mode, r.reward_timeout_s, r.reward_workers))
     patches.install_driver(cfg)
@@ -438,13 +502,26 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     # Under `ray job submit` the job's runtime env holds the same variables; let ours (read
     # from that same environment) win instead of failing on the duplicate keys.
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
-    ray.init(address=cfg.cluster.ray_address, runtime_env=ray_runtime_env())
+    if cfg.cluster.cpu:
+        cluster = cluster_layout(cfg)
+        resources = {} if cfg.cluster.ray_address else {"num_gpus": cluster.actor_gpus,
+                                                        "num_cpus": cluster.actor_gpus + 4}  # logical, not cores
+        ray.init(address=cfg.cluster.ray_address, runtime_env=cpu_compat.ray_runtime_env(
+            ray_runtime_env()["env_vars"]), **resources)
+    else:
+        ray.init(address=cfg.cluster.ray_address, runtime_env=ray_runtime_env())
     argv = sys.argv
     sys.argv = [CLI_MODULE, *args]
     sys.modules.pop(CLI_MODULE, None)  # imported as a module by the hook check; runpy runs it afresh
+    started = time.time()
     try:
         runpy.run_module(CLI_MODULE, run_name="__main__", alter_sys=True)
     finally:
         sys.argv = argv
         ray.shutdown()
+    summary["wall_seconds"] = round(summary.get("wall_seconds", 0.0) + time.time() - started, 1)
+    if cfg.cluster.cpu and cfg.data.eval:
+        summary["accuracy_after"] = held_out_accuracy(cfg, files.model, tokenizer)
+        print(f"srft: held-out accuracy after training: {summary['accuracy_after']:.3f}", file=sys.stderr)
+    files.summary.write_text(json.dumps(summary, indent=1) + "\n")
     return 0

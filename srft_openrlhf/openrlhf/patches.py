@@ -44,6 +44,7 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray import ppo_actor
+from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
 from openrlhf.utils.loss_utils import _get_dp_group
 from srft_openrlhf.algorithm import LossConfig, StepTotals, batch_advantages, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig
@@ -539,6 +540,7 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
 
     def ppo_train(self, kl_ctl: float):
         self._srft_sums: dict[str, list[float]] = {}
+        self._srft_step_totals: StepTotals | None = None
         status = super().ppo_train(kl_ctl)
         status.update(self._srft_step_metrics())
         return status
@@ -570,6 +572,7 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
         if self.ema_model:
             self.strategy.moving_average(self.actor, self.ema_model, self.ema_beta, "cuda")
         self._record_srft_metrics(metrics, scale)
+        self._srft_step_totals = loss_batch_info["srft_totals"]
         return self._openrlhf_status(experience, loss)
 
     def token_logprobs_and_entropy(self, experience: Experience, entropy_grad: bool):
@@ -599,13 +602,27 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
             total[1] += weight
 
     def _srft_step_metrics(self) -> dict[str, float]:
-        """Weighted means over the step's micro-batches of every rank, as ``srft/<name>``."""
+        """Weighted means over the step's micro-batches of every rank, as ``srft/<name>``; and the
+        step's StepTotals, with whether every rank used the same (``srft/step_totals_ranks_agree``)."""
         summed = self.strategy.all_reduce({name: torch.tensor(v, dtype=torch.float64)
                                            for name, v in self._srft_sums.items()}, op="sum")
         out = {}
         for name, value in summed.items():
             total, weight = torch.as_tensor(value).tolist()
             out[f"srft/{name}"] = total / weight if weight > 0 else 0.0
+        totals = getattr(self, "_srft_step_totals", None)
+        if totals is not None:
+            values = torch.tensor([float(getattr(totals, f.name) if getattr(totals, f.name) is not None else -1.0)
+                                   for f in dataclasses.fields(totals)], dtype=torch.float64)
+            high = self.strategy.all_reduce(values.clone(), op="max")
+            low = -self.strategy.all_reduce(-values, op="max")
+            out["srft/step_totals_ranks_agree"] = float(torch.equal(high, low))
+            out["srft/step_response_tokens"] = float(totals.response_tokens)
+            out["srft/step_sequences"] = float(totals.sequences)
+            if totals.h_demo is not None:
+                out["srft/step_entropy_demo"] = totals.h_demo
+            if totals.h_roll is not None:
+                out["srft/step_entropy_rollout"] = totals.h_roll
         return out
 
     def _openrlhf_status(self, experience: Experience, loss: torch.Tensor) -> dict:
@@ -669,6 +686,11 @@ class _SRFTTrainerLogs:
             if is_demo.any() else 0.0,
             "rollout/max_group_demos": float(torch.bincount(group[is_demo]).max()) if is_demo.any() else 0.0,
         })
+        if "weights_version" in experiences[0].info:  # the CPU layer's rollout engine tags each rollout
+            version = torch.cat([e.info["weights_version"] for e in experiences]).float()[roll]
+            stats["rollout/weights_version_min"] = version.min().item()
+            stats["rollout/weights_version_max"] = version.max().item()
+            stats["weights_version"] = version.mean().item()
         if "score" in experiences[0].info:
             stats["score"] = torch.cat([e.info["score"] for e in experiences]).float()[roll].mean().item()
         if is_demo.any():
@@ -748,6 +770,22 @@ class SRFTTrainingActor(_SRFTTrainerLogs, unwrap(ppo_trainer_async.TrainingActor
     def __init__(self, *args, **kwargs):
         install()
         super().__init__(*args, **kwargs)
+
+    def broadcast_to_vllm(self) -> None:
+        """OpenRLHF's ``TrainingActor.broadcast_to_vllm`` (the vLLM lock around the base class's
+        broadcast), with the base class named: its zero-argument ``super()`` raised "super(type,
+        obj): obj must be an instance or subtype of type" in this subclass's Ray worker (seen in
+        the CPU end-to-end run of the async trainer, at its first weight sync; the cause is not
+        pinned down)."""
+        ray.get(self.vllm_lock.acquire.remote())
+        if self._partial_rollout:
+            batch_vllm_engine_call(self.vllm_engines, "pause_generation")
+        try:
+            ppo_trainer.BasePPOTrainer.broadcast_to_vllm(self)
+        finally:
+            if self._partial_rollout:
+                batch_vllm_engine_call(self.vllm_engines, "resume_generation")
+            ray.get(self.vllm_lock.release.remote())
 
 
 _openrlhf_prepare_datasets = ppo_trainer.prepare_datasets

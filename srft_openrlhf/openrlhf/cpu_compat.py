@@ -1,0 +1,360 @@
+"""CPU compatibility layer: OpenRLHF 0.11.2's Ray trainer on a machine without a GPU.
+
+``cluster.cpu: true`` (``configs/toy_openrlhf_cpu.yaml``) switches it on, nothing else does:
+a GPU run never imports this module. It lets a user run the cluster path end to end on a
+laptop (and CI test it): OpenRLHF's own ``train_ppo_ray`` with the SRFT classes, Ray with
+logical GPUs, DeepSpeed on gloo with several training ranks, the async queue, checkpoints.
+
+What it redirects (``REDIRECTS``; each point is in ``CPU_HOOK_POINTS``, checked against the
+installed OpenRLHF like the SRFT patches, so an upgrade that moves one fails loudly):
+
+- ``torch.cuda.set_device`` / ``synchronize``: no-ops; ``torch.cuda.current_device``: the CPU
+  device (OpenRLHF moves every batch to it);
+- DeepSpeed's device mesh on "cpu"; its Adam is torch's (``torch_adam``; FusedAdam's CPU op
+  compiles C++ for minutes) and its shared-memory all-reduce op is off (also a C++ build);
+- the replay buffer's target device (``f"cuda:{current_device()}"`` in its ``__init__``);
+- the rollout engines: ``create_vllm_engines`` makes ``CPURolloutActor`` s, the project's HF
+  generator behind the interface OpenRLHF calls (``generate_responses`` through OpenRLHF's own
+  ``SingleTurnAgentExecutor``, so rewards come from the run's reward file as with vLLM);
+- the weight sync: no NCCL group; ``broadcast_to_vllm`` sends rank 0's weights through Ray's
+  object store with a version (optimizer steps taken) and a checksum the engine verifies;
+- flash-attn: OpenRLHF imports it at import time; ``_cpu_stubs/`` (on the workers'
+  ``PYTHONPATH``) stands in, and every stub function raises (packing is refused anyway).
+
+``install`` runs in every Ray worker (Ray's ``worker_process_setup_hook``) and in the driver:
+it patches ``torch.cuda`` at once and each OpenRLHF module when it is imported, so workers
+that never import OpenRLHF (Ray's queues) do not pay for it.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, Callable
+
+import torch
+
+from srft_openrlhf.openrlhf import HookPoint
+
+STUB_DIR = Path(__file__).resolve().parent / "_cpu_stubs"
+SETUP_HOOK = f"{__name__}.install"
+
+REDIRECTS = (
+    "torch.cuda.set_device, torch.cuda.synchronize -> no-ops",
+    "torch.cuda.current_device -> torch.device('cpu')",
+    "openrlhf.utils.deepspeed.deepspeed.init_device_mesh('cuda', ...) -> on 'cpu'",
+    "DeepspeedStrategy.get_ds_train_config: Adam -> torch_adam (no FusedAdam C++ build)",
+    "deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] -> False (no shared-memory all-reduce build)",
+    "NaiveReplayBuffer.target_device -> cpu",
+    "openrlhf.trainer.ray.create_vllm_engines -> CPURolloutActor (HF generator, OpenRLHF's agent executor)",
+    "ActorPPOTrainer._init_vllm_sync_group -> none (no NCCL)",
+    "ActorPPOTrainer.broadcast_to_vllm -> weights through Ray's object store, versioned and checksummed",
+    "flash_attn -> import-only stub (srft_openrlhf/openrlhf/_cpu_stubs)",
+)
+
+_DS = "openrlhf.utils.deepspeed.deepspeed"
+CPU_HOOK_POINTS: tuple[HookPoint, ...] = (
+    HookPoint(f"{_DS}:DeepspeedStrategy.setup_distributed", "CPU layer: set_device no-op, mesh on cpu",
+              reads=("set_device", "init_device_mesh")),
+    HookPoint(f"{_DS}:DeepspeedStrategy.get_ds_train_config", "CPU layer: torch_adam",
+              params=("optim_dict",)),
+    HookPoint("openrlhf.trainer.ppo_utils.replay_buffer:NaiveReplayBuffer.__init__",
+              "CPU layer: target_device set to cpu after it", reads=("target_device", "current_device")),
+    HookPoint("openrlhf.trainer.ray.ppo_actor:ActorPPOTrainer.__init__", "CPU layer: no NCCL sync group",
+              reads=("_init_vllm_sync_group",)),
+    HookPoint("openrlhf.trainer.ray.ppo_actor:ActorPPOTrainer.broadcast_to_vllm", "CPU layer: replaced",
+              params=()),
+    HookPoint("openrlhf.trainer.ray.ppo_actor:PolicyModelActor.broadcast_to_vllm", "calls the trainer's",
+              reads=("broadcast_to_vllm",)),
+    HookPoint("openrlhf.cli.train_ppo_ray:train", "CPU layer: create_vllm_engines replaced",
+              reads=("create_vllm_engines",)),
+    HookPoint("openrlhf.trainer.ray.vllm_engine:create_vllm_engines", "CPU layer: same signature",
+              params=("num_engines", "tensor_parallel_size", "pretrain", "seed", "full_determinism",
+                      "enable_prefix_caching", "enforce_eager", "max_model_len", "shared_pg",
+                      "gpu_memory_utilization", "vllm_enable_sleep", "logprobs_mode")),
+    HookPoint("openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator._dispatch_prompts_to_vllm",
+              "CPU layer: the rollout actor answers these calls",
+              reads=("generate_responses", "get_num_unfinished_requests")),
+    HookPoint("openrlhf.utils.agent:SingleTurnAgentExecutor.execute",
+              "CPU layer: called with the rollout actor as llm_engine (its generate)",
+              params=("prompt", "label", "sampling_params", "max_length", "hf_tokenizer", "llm_engine"),
+              reads=("generate", "outputs", "token_ids", "finish_reason", "logprobs")),
+)
+
+
+# ----------------------------------------------------------------------------- torch.cuda
+
+
+def _cpu_device() -> torch.device:
+    return torch.device("cpu")
+
+
+def _patch_torch() -> None:
+    torch.cuda.set_device = lambda device: None
+    torch.cuda.synchronize = lambda device=None: None
+    torch.cuda.current_device = _cpu_device
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+# ----------------------------------------------------------------------------- OpenRLHF modules
+
+
+def _patch_deepspeed_strategy(module: ModuleType) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    module.init_device_mesh = lambda device_type, *args, **kwargs: init_device_mesh("cpu", *args, **kwargs)
+    strategy = module.DeepspeedStrategy
+    train_config = strategy.get_ds_train_config
+
+    def get_ds_train_config(self, optim_dict=None, *, max_norm=None):
+        config = train_config(self, optim_dict, max_norm=max_norm)
+        optimizer = config.get("optimizer")
+        if optimizer and str(optimizer.get("type", "")).lower().startswith("adam"):
+            optimizer.setdefault("params", {})["torch_adam"] = True
+        return config
+
+    get_ds_train_config.__wrapped__ = train_config  # the hook check reads OpenRLHF's own code
+    strategy.get_ds_train_config = get_ds_train_config
+
+
+def _patch_replay_buffer(module: ModuleType) -> None:
+    buffer = module.NaiveReplayBuffer
+    init = buffer.__init__
+
+    def __init__(self, *args, **kwargs):
+        # it formats f"cuda:{torch.cuda.current_device()}" into a device name: give it an index
+        # for that, then point it at the CPU
+        torch.cuda.current_device = lambda: 0
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            torch.cuda.current_device = _cpu_device
+        self.target_device = _cpu_device()
+
+    __init__.__wrapped__ = init
+    buffer.__init__ = __init__
+
+
+def _patch_ppo_actor(module: ModuleType) -> None:
+    trainer = module.ActorPPOTrainer
+    trainer._init_vllm_sync_group = lambda self, backend: None
+    trainer.broadcast_to_vllm = _replacing(broadcast_to_cpu_engines, trainer.broadcast_to_vllm)
+
+
+def _patch_ray_package(module: ModuleType) -> None:
+    module.create_vllm_engines = _replacing(create_cpu_rollout_engines, module.create_vllm_engines)
+
+
+def _replacing(new: Callable, original: Callable) -> Callable:
+    """``new`` in ``original``'s place; the hook check (inspect.unwrap) still reads ``original``."""
+    if getattr(original, "__wrapped__", None) is not None:  # already replaced in this process
+        return original
+
+    def replacement(*args, **kwargs):
+        return new(*args, **kwargs)
+
+    replacement.__wrapped__ = original
+    replacement.__name__ = new.__name__
+    return replacement
+
+
+_AFTER_IMPORT: dict[str, Callable[[ModuleType], None]] = {
+    _DS: _patch_deepspeed_strategy,
+    "openrlhf.trainer.ppo_utils.replay_buffer": _patch_replay_buffer,
+    "openrlhf.trainer.ray.ppo_actor": _patch_ppo_actor,
+    "openrlhf.trainer.ray": _patch_ray_package,
+    "openrlhf.trainer.ray.vllm_engine": _patch_ray_package,
+}
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Runs the module's patch right after one of ``_AFTER_IMPORT`` is executed."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in _AFTER_IMPORT:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _AFTER_IMPORT[name](module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+_installed = False
+
+
+def install() -> None:
+    """Switch the layer on in this process (idempotent); Ray's worker_process_setup_hook."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    if str(STUB_DIR) not in sys.path:
+        sys.path.insert(0, str(STUB_DIR))
+    _patch_torch()
+    sys.meta_path.insert(0, _PatchAfterImport())
+    for name, patch in _AFTER_IMPORT.items():
+        if name in sys.modules:
+            patch(sys.modules[name])
+
+
+def ray_runtime_env(env_vars: dict[str, str]) -> dict:
+    """The Ray job's runtime env with the layer in every worker."""
+    # the workers import srft_openrlhf from where the driver did (an editable install elsewhere,
+    # or none, would otherwise give them another copy)
+    project = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (str(STUB_DIR), project,
+                                       env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH")) if p)
+    # two training ranks, the trainer and a rollout actor share a laptop's cores
+    env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **env_vars, "PYTHONPATH": path}
+    return {"env_vars": env, "worker_process_setup_hook": SETUP_HOOK}
+
+
+def check_cpu_hook_points() -> None:
+    from srft_openrlhf.openrlhf.patches import check_hook_points
+
+    check_hook_points(CPU_HOOK_POINTS)
+
+
+# ----------------------------------------------------------------------------- weight sync
+
+
+def weights_checksum(tensors) -> float:
+    return float(sum(t.detach().double().sum() for t in tensors))
+
+
+def broadcast_to_cpu_engines(self) -> None:
+    """``ActorPPOTrainer.broadcast_to_vllm`` on CPU: rank 0 puts its weights (every rank holds
+    all of them under ZeRO 0-2) into Ray's object store; each engine loads them and checks the
+    checksum. The version is the number of optimizer steps taken (restored on resume)."""
+    import ray
+    import torch.distributed as dist
+
+    if self.strategy.args.ds.zero_stage == 3:
+        raise RuntimeError("the CPU layer syncs weights for ZeRO 0-2 only; set train.zero_stage to 0, 1 or 2")
+    if dist.get_rank() == 0:
+        model = self.actor.model.module
+        state = {name: param.detach().to("cpu").clone() for name, param in model.named_parameters()}
+        version = int(self.actor_scheduler.last_epoch)
+        ref = ray.put(state)
+        ray.get([engine.load_weights.remote(ref, version, weights_checksum(state.values()))
+                 for engine in self.vllm_engines])
+    dist.barrier()
+
+
+# ----------------------------------------------------------------------------- rollout engines
+
+
+def create_cpu_rollout_engines(num_engines, tensor_parallel_size, pretrain, seed, full_determinism=False,
+                               enable_prefix_caching=False, enforce_eager=False, max_model_len=None, shared_pg=None,
+                               gpu_memory_utilization=None, vllm_enable_sleep=False, logprobs_mode=None,
+                               agent_func_path=None, remote_rm_url=None, max_images_per_prompt=0):
+    """``create_vllm_engines``'s stand-in: ``num_engines`` CPURolloutActor s (no GPU, no placement)."""
+    if agent_func_path or max_images_per_prompt:
+        raise RuntimeError("the CPU layer's rollout actor runs single-turn text rollouts only")
+    actor = _rollout_actor_class()
+    return [actor.options(num_cpus=0, num_gpus=0).remote(pretrain, seed + i, remote_rm_url)
+            for i in range(num_engines)]
+
+
+def _rollout_actor_class():
+    import ray
+
+    return ray.remote(CPURolloutActor)
+
+
+class _Replay:
+    """The ``llm_engine`` handed to OpenRLHF's executor: returns precomputed completions in the
+    shape of a vLLM ``RequestOutput``."""
+
+    def __init__(self, completions, want_logprobs: bool):
+        self.completions, self.want_logprobs = list(completions), want_logprobs
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        c = self.completions.pop(0)
+        logprobs = ([{t: SimpleNamespace(logprob=lp)} for t, lp in zip(c.token_ids, c.logprobs)]
+                    if self.want_logprobs else None)
+        output = SimpleNamespace(token_ids=list(c.token_ids), text=c.text, finish_reason=c.finish_reason,
+                                 logprobs=logprobs)
+        return SimpleNamespace(outputs=[output])
+
+
+class CPURolloutActor:
+    """A rollout engine on CPU with the methods OpenRLHF calls on its vLLM ``RolloutRayActor``.
+
+    Generation is the project's ``HFGenerator`` (sampling log-probs included, as vLLM's
+    processed_logprobs); each prompt's n rollouts go through OpenRLHF's own
+    ``SingleTurnAgentExecutor`` (tokenisation, truncation, reward file), so the samples are
+    what vLLM's engine would hand back. Every rollout carries the weights version it was
+    generated with (``extra_logs["weights_version"]``).
+    """
+
+    def __init__(self, pretrain: str, seed: int, remote_rm_url=None):
+        from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+        from srft_openrlhf.local.generation import HFGenerator
+
+        torch.set_num_threads(1)
+        self.generator = HFGenerator.load(pretrain, dtype="fp32", device="cpu", seed=seed)
+        self.executor = SingleTurnAgentExecutor(remote_rm_url)
+        self.version = 0
+
+    async def generate_responses(self, prompt: str, label: str, sampling_params, max_length: int, hf_tokenizer,
+                                 num_samples: int = 1, images=None):
+        prompt_ids = hf_tokenizer(text=prompt, add_special_tokens=False)["input_ids"]
+        max_tokens = sampling_params.max_tokens or max(1, max_length - len(prompt_ids))
+        version = self.version
+        completions = self.generator.generate([prompt_ids], num_samples, temperature=sampling_params.temperature,
+                                              top_p=sampling_params.top_p, max_new_tokens=max_tokens)[0]
+        engine = _Replay(completions, sampling_params.logprobs is not None)
+        outputs = []
+        for _ in range(num_samples):  # in order: each execute() takes the next completion
+            outputs.append(await self.executor.execute(prompt, label, sampling_params, max_length, hf_tokenizer,
+                                                       engine))
+        for output in outputs:
+            output["extra_logs"] = {**(output.get("extra_logs") or {}), "weights_version": float(version)}
+        return outputs
+
+    def load_weights(self, state: dict[str, torch.Tensor], version: int, checksum: float) -> int:
+        self.generator.update_weights(state.items(), version)
+        loaded = dict(self.generator.model.named_parameters())
+        got = weights_checksum(loaded[name] for name in state)
+        if abs(got - checksum) > 1e-6 * max(1.0, abs(checksum)):
+            raise RuntimeError(f"CPU rollout engine: weights checksum {got} after loading version {version}, "
+                               f"the trainer sent {checksum}")
+        self.version = version
+        return version
+
+    def weights_version(self) -> int:
+        return self.version
+
+    def get_num_unfinished_requests(self) -> int:
+        return 0
+
+    async def reset_prefix_cache(self) -> None:
+        return None
+
+    async def sleep(self, level: int = 1) -> None:
+        return None
+
+    async def wake_up(self, tags=None) -> None:
+        return None
+
+
+def apply_to(cfg: Any) -> None:
+    """Driver side: the layer in this process and its hook points checked."""
+    install()
+    check_cpu_hook_points()
