@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from srft_openrlhf.kernels import resolve_backend, token_logprobs_and_entropy
+from srft_openrlhf.kernels.reference import reference, rel_err
 from srft_openrlhf.kernels.torch_chunked import CHUNK_ENV, as_rows
 
 QWEN_VOCAB = 151936
@@ -28,22 +29,6 @@ def seed() -> int:
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of a few rows, so that every test crosses chunk boundaries."""
     monkeypatch.setenv(CHUNK_ENV, "0.01")
-
-
-def reference(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0):
-    """float64, unfused: log p(y) = z_y − M − log Σ exp(z − M); H = Σ entr(p)."""
-    z = logits.double() / temperature
-    z = z - z.max(dim=-1, keepdim=True).values.detach()
-    total = z.exp().sum(dim=-1, keepdim=True)
-    logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - total.log().squeeze(-1)
-    return logp, torch.special.entr(z.exp() / total).sum(dim=-1)
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got − want| / max |want| (norm-wise, so entries near 0 do not dominate)."""
-    if want.numel() == 0:
-        return 0.0
-    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
 def check_against_reference(logits, targets, temperature, entropy_grad, out_tol, grad_tol, **kwargs):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from srft_openrlhf.kernels import fused_linear, linear_logprobs_and_entropy
+from srft_openrlhf.kernels.reference import reference, rel_err
 from srft_openrlhf.kernels.torch_chunked import CHUNK_ENV
-from test_kernels import reference, rel_err, seed  # noqa: F401  (seed is a fixture)
+from test_kernels import seed  # noqa: F401  (seed is a fixture)
 
 
 @pytest.fixture

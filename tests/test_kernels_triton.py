@@ -5,7 +5,7 @@ The CUDA tests at the end run the compiled kernels where a GPU is present.
 The interpreter must be switched on before triton is first imported, and other tests in the
 session may already have imported it, so the kernels run in one child process per module:
 this process draws the inputs (seed printed) and checks the child's outputs against the
-float64 reference of test_kernels.py.
+float64 reference (``srft_openrlhf.kernels.reference``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_kernels import QWEN_VOCAB, check_against_reference, reference, rel_err, seed  # noqa: F401
+from srft_openrlhf.kernels.reference import reference, rel_err
+from test_kernels import QWEN_VOCAB, check_against_reference, seed  # noqa: F401
 from test_kernels_linear import run_both
 
 pytest.importorskip("triton")

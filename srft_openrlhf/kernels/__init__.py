@@ -1,4 +1,4 @@
-"""Fused token log-probs and entropy for SRFT (issue 4).
+"""Fused token log-probs and entropy for SRFT.
 
 SRFT needs, for every response token, log πθ(y_t) (with gradient) and the entropy H(πθ)
 (for the weights w_SFT, w_RL of Eq. 8 and 12; with gradient only under an entropy bonus).
@@ -20,8 +20,9 @@ import os
 
 import torch
 
+from . import torch_chunked
+from .autograd import logprobs_and_entropy
 from .fused_linear import linear_chunked_logprobs_and_entropy
-from .torch_chunked import chunked_logprobs_and_entropy
 
 BACKEND_ENV = "SRFT_KERNEL_BACKEND"
 BACKENDS = ("auto", "torch", "triton")
@@ -75,11 +76,11 @@ def token_logprobs_and_entropy(
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)} + (V,)")
     temperature = check_temperature(temperature)
+    rows = torch_chunked
     if resolve_backend(logits.device, backend) == "triton":
-        from .triton_logprobs import triton_logprobs_and_entropy
+        from . import triton_logprobs as rows  # imported on use: triton is absent from CPU installs
 
-        return triton_logprobs_and_entropy(logits, targets, temperature, entropy_grad, inplace_backward)
-    return chunked_logprobs_and_entropy(logits, targets, temperature, entropy_grad, inplace_backward)
+    return logprobs_and_entropy(logits, targets, temperature, entropy_grad, inplace_backward, rows)
 
 
 def linear_logprobs_and_entropy(

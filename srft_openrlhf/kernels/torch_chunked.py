@@ -1,5 +1,8 @@
 """Chunked torch path for token log-probs and entropy (any device, no Triton).
 
+A row backend of ``autograd.LogprobEntropy`` (``forward_rows`` / ``backward_rows``); its
+per-block functions also serve the fused linear path.
+
 For a row of logits x and temperature T, with z = x / T:
 
     log π(y)  = z_y − logsumexp(z)              (the log πθ of Eq. 5, 6 and 12)
@@ -132,78 +135,58 @@ def backward_block(
     return e
 
 
-class ChunkedLogprobEntropy(torch.autograd.Function):
-    """Autograd function over ``rows3 [B, L, V]``, flat targets [B·L]; outputs fp32 [B·L]."""
-
-    @staticmethod
-    def forward(
-        ctx,
-        rows3: torch.Tensor,
-        targets: torch.Tensor,
-        temperature: float,
-        entropy_grad: bool,
-        inplace_backward: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        n_rows, vocab = rows3.shape[0] * rows3.shape[1], rows3.shape[2]
-        f32 = dict(dtype=torch.float32, device=rows3.device)
-        logprobs, entropy = torch.empty(n_rows, **f32), torch.empty(n_rows, **f32)
-        row_max, log_sum_exp = torch.empty(n_rows, **f32), torch.empty(n_rows, **f32)
-        max_rows = chunk_rows(vocab, rows3.device)
-        d = torch.empty(min(max_rows, rows3.shape[1]), vocab, **f32)
-        e = torch.empty_like(d)
-        for start, block in row_blocks(rows3, max_rows):
-            r = block.shape[0]
-            out = forward_block(block, targets[start : start + r], temperature, d[:r], e[:r])
-            for dst, src in zip((logprobs, entropy, row_max, log_sum_exp), out):
-                dst[start : start + r] = src
-        ctx.save_for_backward(rows3, targets, row_max, log_sum_exp, entropy)
-        ctx.temperature, ctx.entropy_grad, ctx.inplace = temperature, entropy_grad, inplace_backward
-        if not entropy_grad:
-            ctx.mark_non_differentiable(entropy)
-        return logprobs, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp: torch.Tensor, grad_entropy: torch.Tensor):
-        rows3, targets, row_max, log_sum_exp, entropy = ctx.saved_tensors
-        grad = rows3 if ctx.inplace else torch.empty(rows3.shape, dtype=rows3.dtype, device=rows3.device)
-        if rows3.numel() == 0:
-            return grad, None, None, None, None
-        grad_logp = grad_logp.float()
-        grad_entropy = grad_entropy.float() if ctx.entropy_grad else None
-        vocab = rows3.shape[2]
-        max_rows = chunk_rows(vocab, rows3.device)
-        d = torch.empty(min(max_rows, rows3.shape[1]), vocab, dtype=torch.float32, device=rows3.device)
-        e = torch.empty_like(d)
-        blocks = zip(row_blocks(rows3, max_rows), row_blocks(grad, max_rows))
-        for (start, block), (_, grad_block) in blocks:
-            r = block.shape[0]
-            rows = slice(start, start + r)
-            g = backward_block(
-                block,
-                targets[rows],
-                ctx.temperature,
-                row_max[rows],
-                log_sum_exp[rows],
-                entropy[rows] if ctx.entropy_grad else None,
-                grad_logp[rows],
-                grad_entropy[rows] if ctx.entropy_grad else None,
-                d[:r],
-                e[:r],
-            )
-            grad_block.copy_(g)
-        return grad, None, None, None, None
+def forward_rows(
+    rows3: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logprobs, entropy, row max, log Σ e^d), fp32 [B·L], of ``rows3 [B, L, V]``, a chunk at a time."""
+    n_rows, vocab = rows3.shape[0] * rows3.shape[1], rows3.shape[2]
+    f32 = dict(dtype=torch.float32, device=rows3.device)
+    outs = [torch.empty(n_rows, **f32) for _ in range(4)]
+    max_rows = chunk_rows(vocab, rows3.device)
+    d = torch.empty(min(max_rows, rows3.shape[1]), vocab, **f32)
+    e = torch.empty_like(d)
+    for start, block in row_blocks(rows3, max_rows):
+        r = block.shape[0]
+        for dst, src in zip(outs, forward_block(block, targets[start : start + r], temperature, d[:r], e[:r])):
+            dst[start : start + r] = src
+    return outs[0], outs[1], outs[2], outs[3]
 
 
-def chunked_logprobs_and_entropy(
-    logits: torch.Tensor,
+def backward_rows(
+    rows3: torch.Tensor,
     targets: torch.Tensor,
-    temperature: float = 1.0,
-    entropy_grad: bool = False,
-    inplace_backward: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token log-probs and entropies of ``logits [..., V]`` at ``targets [...]`` (fp32)."""
-    rows3 = as_rows(logits)
-    logprobs, entropy = ChunkedLogprobEntropy.apply(
-        rows3, targets.reshape(-1).long(), float(temperature), entropy_grad, inplace_backward
-    )
-    return logprobs.view(targets.shape), entropy.view(targets.shape)
+    temperature: float,
+    row_max: torch.Tensor,
+    log_sum_exp: torch.Tensor,
+    entropy: torch.Tensor,
+    grad_logp: torch.Tensor,
+    grad_entropy: torch.Tensor | None,
+    out3: torch.Tensor,
+) -> None:
+    """Write the gradient wrt ``rows3 [B, L, V]`` into ``out3`` (may be ``rows3`` itself), a chunk at a time.
+
+    In place is safe: each block is copied into an fp32 work buffer before its gradient is written.
+    """
+    if rows3.numel() == 0:
+        return
+    grad_logp = grad_logp.float()
+    grad_entropy = grad_entropy.float() if grad_entropy is not None else None
+    vocab = rows3.shape[2]
+    max_rows = chunk_rows(vocab, rows3.device)
+    d = torch.empty(min(max_rows, rows3.shape[1]), vocab, dtype=torch.float32, device=rows3.device)
+    e = torch.empty_like(d)
+    for (start, block), (_, out_block) in zip(row_blocks(rows3, max_rows), row_blocks(out3, max_rows)):
+        rows = slice(start, start + block.shape[0])
+        g = backward_block(
+            block,
+            targets[rows],
+            temperature,
+            row_max[rows],
+            log_sum_exp[rows],
+            entropy[rows] if grad_entropy is not None else None,
+            grad_logp[rows],
+            grad_entropy[rows] if grad_entropy is not None else None,
+            d[: block.shape[0]],
+            e[: block.shape[0]],
+        )
+        out_block.copy_(g)

@@ -1,7 +1,8 @@
 """Triton path for token log-probs and entropy (CUDA; CPU only under ``TRITON_INTERPRET=1``).
 
-Same quantities as ``torch_chunked`` (see its docstring for the formulas).  One program per
-row of logits:
+Same quantities and row-backend interface (``forward_rows`` / ``backward_rows``, used by
+``autograd.LogprobEntropy``) as ``torch_chunked``; see its docstring for the formulas.
+One program per row of logits:
 
 - forward: a single pass over the vocabulary in blocks keeps the running row maximum m (a
   scalar, in logit units) and two per-lane sums over d = (x − m) / T,
@@ -21,8 +22,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from .torch_chunked import as_rows
 
 MAX_BLOCK_V = 8192
 FLOOR: tl.constexpr = tl.constexpr(1e30)  # finite stand-in for −inf: exp(−FLOOR) = 0
@@ -165,41 +164,3 @@ def backward_rows(
         grad_logp if grad_entropy is None else grad_entropy.float().contiguous(),
         vocab, 1.0 / temperature, ENTROPY_GRAD=grad_entropy is not None, BLOCK_V=block, num_warps=warps,
     )  # fmt: skip
-
-
-class TritonLogprobEntropy(torch.autograd.Function):
-    """Autograd function over ``rows3 [B, L, V]``, flat targets [B·L]; outputs fp32 [B·L]."""
-
-    @staticmethod
-    def forward(ctx, rows3, targets, temperature, entropy_grad, inplace_backward):
-        logprobs, entropy, row_max, log_sum_exp = forward_rows(rows3, targets, temperature)
-        ctx.save_for_backward(rows3, targets, row_max, log_sum_exp, entropy)
-        ctx.temperature, ctx.entropy_grad, ctx.inplace = temperature, entropy_grad, inplace_backward
-        if not entropy_grad:
-            ctx.mark_non_differentiable(entropy)
-        return logprobs, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp, grad_entropy):
-        rows3, targets, row_max, log_sum_exp, entropy = ctx.saved_tensors
-        grad = rows3 if ctx.inplace else torch.empty(rows3.shape, dtype=rows3.dtype, device=rows3.device)
-        backward_rows(
-            rows3, targets, ctx.temperature, row_max, log_sum_exp, entropy, grad_logp,
-            grad_entropy if ctx.entropy_grad else None, grad,
-        )  # fmt: skip
-        return grad, None, None, None, None
-
-
-def triton_logprobs_and_entropy(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float = 1.0,
-    entropy_grad: bool = False,
-    inplace_backward: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token log-probs and entropies of ``logits [..., V]`` at ``targets [...]`` (fp32)."""
-    rows3 = as_rows(logits)
-    logprobs, entropy = TritonLogprobEntropy.apply(
-        rows3, targets.reshape(-1).long().contiguous(), float(temperature), entropy_grad, inplace_backward
-    )
-    return logprobs.view(targets.shape), entropy.view(targets.shape)

@@ -1,6 +1,6 @@
 """Throughput of the batched math reward: sequential (one process) vs the worker pool.
 
-    python scripts/bench_reward.py [--n 250] [--workers 2] [--modes either,oat,math_verify]
+    python benchmarks/bench_reward.py [--n 250] [--workers 2] [--modes either,oat,math_verify]
                                    [--benchmarks ../shared/benchmarks] [--out bench_reward.json]
 
 Responses are built from the shared benchmark answers when that folder exists (half
