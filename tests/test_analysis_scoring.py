@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model
 from srft_openrlhf.analysis import scoring, sources
 from srft_openrlhf.data import toy
+from helpers import build_tiny_model
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -11,12 +11,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import build_tiny_model
 from srft_openrlhf.analysis import scoring, sources, trajectory
 from srft_openrlhf.data import toy
+from helpers import build_tiny_model, srft_train, tiny_run_config
 from test_analysis_scoring import naive_logprobs, ref, save_model, toy_models, toy_prompts, toy_tokenizer  # noqa: F401
 from test_analysis_token_shift import analyze
-from test_local_trainer import srft_train, tiny_run_config
 
 
 def interpolate(a: torch.nn.Module, b: torch.nn.Module, alpha: float, tokenizer) -> torch.nn.Module:

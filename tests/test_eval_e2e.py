@@ -14,6 +14,7 @@ import pytest
 from evaluation.__main__ import main
 from evaluation.compare import main as compare_main
 from evaluation.report import SAMPLES
+from helpers import requires_vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE2_HEADER = "| Model | AIME24 | AMC | MATH500 | Minerva | Olympiad | Avg. | ARC-C | GPQA-D | MMLU-Pro | Avg. |"
@@ -120,8 +121,8 @@ def test_compare_prints_one_table_and_writes_a_chart(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@requires_vllm
 def test_vllm_cpu_end_to_end(tiny_model_dir, data_files, tmp_path):
-    pytest.importorskip("vllm")
     out = tmp_path / "run"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "evaluation", "--model", str(tiny_model_dir), "--benchmarks", "math500",

@@ -1,11 +1,9 @@
-"""Token log-prob + entropy (issue 4): chunked torch path and dispatch against float64.
+"""Token log-prob + entropy: chunked torch path and dispatch against float64.
 
-Inputs are fresh random numbers each run; the seed is printed (shown on failure).
+Inputs are drawn from the fixed seed of the ``seed`` fixture (conftest.py).
 """
 
 from __future__ import annotations
-
-import time
 
 import pytest
 import torch
@@ -13,46 +11,12 @@ import torch
 from srft_openrlhf.kernels import resolve_backend, token_logprobs_and_entropy
 from srft_openrlhf.kernels.reference import reference, rel_err
 from srft_openrlhf.kernels.torch_chunked import CHUNK_ENV, as_rows
-
-QWEN_VOCAB = 151936
-
-
-@pytest.fixture
-def seed() -> int:
-    value = time.time_ns() % (2**31)
-    print(f"seed={value}")
-    torch.manual_seed(value)
-    return value
-
+from helpers import QWEN_VOCAB, check_against_reference
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of a few rows, so that every test crosses chunk boundaries."""
     monkeypatch.setenv(CHUNK_ENV, "0.01")
-
-
-def check_against_reference(logits, targets, temperature, entropy_grad, out_tol, grad_tol, **kwargs):
-    """Outputs and gradients (random upstream grads) vs autograd of the float64 reference."""
-    x = logits.detach().clone().requires_grad_()
-    logp, entropy = token_logprobs_and_entropy(x, targets, temperature, entropy_grad, **kwargs)
-    assert logp.dtype == entropy.dtype == torch.float32
-    assert logp.shape == entropy.shape == targets.shape
-    assert entropy.requires_grad == entropy_grad
-    x64 = logits.detach().double().requires_grad_()
-    ref_logp, ref_entropy = reference(x64, targets, temperature)
-    assert rel_err(logp, ref_logp) < out_tol
-    assert rel_err(entropy, ref_entropy) < out_tol
-    g_logp, g_entropy = torch.randn_like(ref_logp), torch.randn_like(ref_entropy)
-    loss = (logp * g_logp.float()).sum()
-    ref_loss = (ref_logp * g_logp).sum()
-    if entropy_grad:
-        loss = loss + (entropy * g_entropy.float()).sum()
-        ref_loss = ref_loss + (ref_entropy * g_entropy).sum()
-    loss.backward()
-    ref_loss.backward()
-    assert x.grad.dtype == logits.dtype
-    assert rel_err(x.grad, x64.grad) < grad_tol
-    return x
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

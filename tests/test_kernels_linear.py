@@ -1,4 +1,4 @@
-"""Fused LM-head log-probs + entropy (issue 4), torch path, against float64 autograd."""
+"""Fused LM-head log-probs + entropy, torch path, against float64 autograd."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from srft_openrlhf.kernels import fused_linear, linear_logprobs_and_entropy
-from srft_openrlhf.kernels.reference import reference, rel_err
+from srft_openrlhf.kernels.reference import rel_err
 from srft_openrlhf.kernels.torch_chunked import CHUNK_ENV
-from test_kernels import seed  # noqa: F401  (seed is a fixture)
+from helpers import run_both
 
 
 @pytest.fixture
@@ -16,25 +16,6 @@ def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Several token chunks and vocabulary slices, the last ones ragged."""
     monkeypatch.setenv(CHUNK_ENV, "0.01")
     monkeypatch.setattr(fused_linear, "V_TILE", 96)
-
-
-def run_both(hidden, weight, targets, temperature, entropy_grad):
-    """Outputs and grads (hidden, weight) of the fused path and of the float64 reference."""
-    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    logp, entropy = linear_logprobs_and_entropy(h, w, targets, temperature, entropy_grad)
-    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
-    exact = h64 @ w64.t()
-    # The head emits logits in the input dtype; evaluate at those, differentiate exactly.
-    emitted = exact + ((hidden @ weight.t()).double() - exact).detach()
-    ref_logp, ref_entropy = reference(emitted, targets, temperature)
-    g_logp, g_entropy = torch.randn_like(ref_logp), torch.randn_like(ref_entropy)
-    loss, ref_loss = (logp * g_logp.float()).sum(), (ref_logp * g_logp).sum()
-    if entropy_grad:
-        loss = loss + (entropy * g_entropy.float()).sum()
-        ref_loss = ref_loss + (ref_entropy * g_entropy).sum()
-    loss.backward()
-    ref_loss.backward()
-    return (logp, entropy, h.grad, w.grad), (ref_logp, ref_entropy, h64.grad, w64.grad)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

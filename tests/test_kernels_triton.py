@@ -1,10 +1,10 @@
-"""Triton kernels of issue 4 on CPU: run under TRITON_INTERPRET=1, compiled for sm_90.
+"""Triton kernels on CPU: run under TRITON_INTERPRET=1, compiled for sm_90.
 
 The CUDA tests at the end run the compiled kernels where a GPU is present.
 
 The interpreter must be switched on before triton is first imported, and other tests in the
 session may already have imported it, so the kernels run in one child process per module:
-this process draws the inputs (seed printed) and checks the child's outputs against the
+this process draws the inputs (fixed seed) and checks the child's outputs against the
 float64 reference (``srft_openrlhf.kernels.reference``).
 """
 
@@ -13,17 +13,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from srft_openrlhf.kernels.reference import reference, rel_err
-from test_kernels import QWEN_VOCAB, check_against_reference, seed  # noqa: F401
-from test_kernels_linear import run_both
+from helpers import QWEN_VOCAB, SEED, check_against_reference, requires_cuda, requires_triton, run_both, seed_torch
 
-pytest.importorskip("triton")
+pytestmark = requires_triton
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,9 +98,7 @@ def make_cases() -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory) -> dict[str, dict]:
-    seed = time.time_ns() % (2**31)
-    print(f"seed={seed}")
-    torch.manual_seed(seed)
+    seed_torch(SEED)
     cases = make_cases()
     folder = tmp_path_factory.mktemp("triton")
     torch.save(list(cases.values()), folder / "in.pt")
@@ -167,7 +163,7 @@ def test_interpreted_linear_path(interpreted):
 def test_kernels_compile_for_hopper():
     """Both kernels compile to an sm_90 cubin (bf16 and fp32 logits): catches what the
     interpreter forgives, e.g. loop-carried values changing type."""
-    triton = pytest.importorskip("triton")
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -197,10 +193,7 @@ def test_kernels_compile_for_hopper():
             assert compiled.asm["cubin"]
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@cuda
+@requires_cuda
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("entropy_grad", [False, True])
@@ -212,14 +205,14 @@ def test_cuda_matches_float64(seed, backend, dtype, entropy_grad):
     check_against_reference(logits, targets, 0.8, entropy_grad, 1e-5, grad_tol, backend=backend)
 
 
-@cuda
+@requires_cuda
 @pytest.mark.parametrize("n", [0, 1, 3000])
 def test_cuda_row_counts(seed, n):
     logits = 3 * torch.randn(n, 32000, device="cuda")
     check_against_reference(logits, torch.randint(0, 32000, (n,), device="cuda"), 1.0, True, 1e-5, 1e-5)
 
 
-@cuda
+@requires_cuda
 def test_cuda_inplace_backward(seed):
     leaf = torch.randn(64, 50257, device="cuda", requires_grad=True)
     buffer = leaf * 1.0
@@ -232,7 +225,7 @@ def test_cuda_inplace_backward(seed):
     assert rel_err(leaf.grad, x64.grad) < 1e-5 and torch.equal(buffer.detach(), leaf.grad)
 
 
-@cuda
+@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_linear(seed, dtype):
     hidden = torch.randn(300, 128, device="cuda").to(dtype)

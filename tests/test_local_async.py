@@ -10,7 +10,7 @@ import torch
 from srft_openrlhf.local.async_rollout import AsyncRollouts, SyncRollouts
 from srft_openrlhf.local.generation import Generator
 from srft_openrlhf.local.rollout import RolloutBatch
-from test_local_trainer import srft_train, tiny_run_config, train_records
+from helpers import srft_train, tiny_run_config, train_records
 
 
 class FakeGenerator(Generator):

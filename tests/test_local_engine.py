@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 
 import pytest
 import torch
 
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.local.engine import make_engine, make_reference
+from helpers import requires_deepspeed
 
 # Row 0 is left-padded (prompt) and right-padded (response); row 1 is full.
 INPUT_IDS = torch.tensor([[0, 0, 19, 358, 21, 40, 41, 0], [323, 333, 288, 28, 377, 284, 278, 373]])
 MASK = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
-
-needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
-
 
 def engine(model_dir, kind="torch", zero_stage=0, dtype="fp32", lr=1e-2, warmup_steps=0, **kw):
     args = dict(engine=kind, zero_stage=zero_stage, dtype=dtype, lr=lr, weight_decay=0.01, betas=(0.9, 0.99),
@@ -184,7 +181,7 @@ def torch_trajectory(tiny_model_dir):
     return steps, dict(eng.named_weights())
 
 
-@needs_deepspeed
+@requires_deepspeed
 @pytest.mark.deepspeed
 @pytest.mark.parametrize("zero_stage", [0, 2, 3])
 def test_deepspeed_matches_torch(tiny_model_dir, torch_trajectory, zero_stage):
@@ -204,7 +201,7 @@ def test_deepspeed_matches_torch(tiny_model_dir, torch_trajectory, zero_stage):
         assert torch.allclose(w, expected_weights[name], atol=1e-4), name
 
 
-@needs_deepspeed
+@requires_deepspeed
 @pytest.mark.deepspeed
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_deepspeed_save_load_resumes_exactly(tiny_model_dir, tmp_path, zero_stage):
@@ -226,7 +223,7 @@ def test_deepspeed_save_load_resumes_exactly(tiny_model_dir, tmp_path, zero_stag
         assert torch.equal(a, b), name
 
 
-@needs_deepspeed
+@requires_deepspeed
 @pytest.mark.deepspeed
 def test_deepspeed_bf16_step(tiny_model_dir, torch_trajectory):
     (expected_loss, _), _ = torch_trajectory[0]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from srft_openrlhf.local import engine as engine_module
-from test_local_trainer import srft_train, tiny_run_config, write_toy_rows
+from helpers import srft_train, tiny_run_config, write_toy_rows
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import torch
 
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.local.generation import HFGenerator, make_generator, sampling_logprobs
+from helpers import requires_vllm
 
 PROMPTS = [[19, 358, 21], [323, 333, 288, 28, 377, 284, 278, 373, 272, 310, 33], [40, 41, 42, 43, 44, 45]]
 
@@ -196,8 +196,6 @@ def test_make_generator(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def vllm_results(tiny_model_dir, tmp_path_factory) -> dict:
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed")
     out = tmp_path_factory.mktemp("vllm") / "results.json"
     script = Path(__file__).with_name("_vllm_checks.py")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -209,6 +207,7 @@ def vllm_results(tiny_model_dir, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@requires_vllm
 def test_vllm_greedy_equals_hf_after_weight_update(vllm_results):
     initial, updated = vllm_results["greedy_initial"], vllm_results["greedy_updated"]
     assert initial["vllm"] == initial["hf"]
@@ -219,6 +218,7 @@ def test_vllm_greedy_equals_hf_after_weight_update(vllm_results):
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@requires_vllm
 @pytest.mark.parametrize("case", ["logprobs_T1", "logprobs_T1_updated", "logprobs_T07_p09_updated"])
 def test_vllm_logprobs_match_hf(vllm_results, case):
     r = vllm_results[case]
@@ -229,6 +229,7 @@ def test_vllm_logprobs_match_hf(vllm_results, case):
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@requires_vllm
 def test_vllm_logprobs_are_of_the_sampling_distribution(vllm_results):
     """At T = 0.7, top_p = 0.9 they are neither raw nor un-renormalised log-probs."""
     r = vllm_results["logprobs_T07_p09_updated"]
@@ -238,6 +239,7 @@ def test_vllm_logprobs_are_of_the_sampling_distribution(vllm_results):
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@requires_vllm
 def test_vllm_stops_at_eos(vllm_results):
     finish = vllm_results["finish"]
     assert any(f["reason"] == "stop" for f in finish)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from srft_openrlhf.local import checkpoint as ckpt
-from test_local_trainer import metrics, srft_train, subprocess_env, tiny_run_config, train_records
+from helpers import metrics, srft_train, subprocess_env, tiny_run_config, train_records
 
 
 class FakeEngine:

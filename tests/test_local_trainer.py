@@ -8,10 +8,8 @@ torch.distributed).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,73 +20,22 @@ import yaml
 
 from srft_openrlhf import cli
 from srft_openrlhf.algorithm import LossConfig, Response, group_advantages, srft_loss
-from srft_openrlhf.data import toy
 from srft_openrlhf.local.rollout import PromptItem, PromptSampler, RolloutBatch, build_train_batch
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import (
+    metrics,
+    requires_deepspeed,
+    requires_vllm,
+    srft_train,
+    subprocess_env,
+    tiny_run_config,
+    train_records,
+)
 
 STEP_KEYS = {
     "reward_mean", "accuracy", "entropy_demo", "entropy_rollout", "w_sft", "w_rl", "loss", "loss_sft_demo",
     "loss_rl_demo", "loss_rl_rollout", "response_length", "truncation_rate", "clip_frac", "grad_norm", "lr",
     "staleness", "time_generate", "time_reward", "time_train", "time_sync", "time_step",
 }
-
-
-# ----------------------------------------------------------------------------- helpers (shared by the
-# other test_local_* files, which import them from here)
-
-def write_toy_rows(path: Path, split: str, n: int, demo: bool = True) -> Path:
-    rows = toy.examples(split)[:n]
-    with path.open("w") as f:
-        for ex in rows:
-            row = {"prompt": ex.prompt, "answer": ex.answer}
-            if demo:
-                row["demonstration"] = ex.demonstration
-            f.write(json.dumps(row) + "\n")
-    return path
-
-
-def tiny_run_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
-    """A config for the conftest tiny model: 2 steps of 2 prompts × 2 rollouts, seconds on CPU."""
-    values = {
-        "model": {"path": str(model_dir), "dtype": "fp32"},
-        "data": {"train": str(write_toy_rows(tmp_path / "train.jsonl", "train", 12)),
-                 "eval": str(write_toy_rows(tmp_path / "eval.jsonl", "heldout", 4, demo=False)),
-                 "template": "none", "max_prompt_len": 32, "max_response_len": 24},
-        "rollout": {"n_samples_per_prompt": 2, "max_new_tokens": 10, "generator": "hf", "reward_mode": "oat",
-                    "reward_workers": 0},
-        "train": {"steps": 2, "prompts_per_step": 2, "lr": 1e-3, "micro_batch_size": 4, "save_every": 1,
-                  "seed": 0},
-        "logging": {"output_dir": str(tmp_path / "run")},
-    }
-    for section, keys in sections.items():
-        values.setdefault(section, {}).update(keys)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
-def srft_train(*args: str) -> int:
-    return cli.main(["train", *map(str, args)])
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def train_records(run_dir: Path) -> list[dict]:
-    return [r for r in metrics(run_dir) if "loss" in r]
-
-
-# In-process DeepSpeed tests (test_local_engine.py) export these and keep MASTER_PORT bound
-# for the life of the pytest process: a child inheriting them would fail with EADDRINUSE.
-_DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE")
-
-
-def subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
-    return {**env, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false"}
 
 
 # ----------------------------------------------------------------------------- units
@@ -278,9 +225,8 @@ def _run_subprocess(tmp_path: Path, config: Path, *extra: str, timeout: int = 60
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@requires_vllm
 def test_two_steps_vllm_end_to_end(tmp_path, tiny_model_dir):
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed")
     config = tiny_run_config(tmp_path, tiny_model_dir, rollout={"generator": "vllm", "gpu_memory_utilization": 0.3})
     _run_subprocess(tmp_path, config)
     records = train_records(tmp_path / "run")
@@ -295,9 +241,8 @@ def test_two_steps_vllm_end_to_end(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 @pytest.mark.deepspeed
+@requires_deepspeed
 def test_two_steps_deepspeed_end_to_end(tmp_path, tiny_model_dir):
-    if importlib.util.find_spec("deepspeed") is None:
-        pytest.skip("deepspeed is not installed")
     config = tiny_run_config(tmp_path, tiny_model_dir, train={"engine": "deepspeed", "zero_stage": 2})
     _run_subprocess(tmp_path, config)
     records = train_records(tmp_path / "run")

@@ -26,7 +26,7 @@ import pytest
 import wandb
 from wandb.analytics.opentelemetry import opentelemetry_proxy
 
-from test_local_trainer import metrics, srft_train, tiny_run_config, train_records
+from helpers import metrics, srft_train, tiny_run_config, train_records
 
 PROJECT = "srft-wandb-test"
 

@@ -20,6 +20,9 @@ from srft_openrlhf.reward import batch_rewards
 from srft_openrlhf.reward.choice import gold_to_letter
 from srft_openrlhf.reward.math_grader import clean_ground_truth
 from srft_openrlhf.reward.oat_grader import normalize
+from helpers import requires_pandas
+
+pytestmark = requires_pandas  # the LUFFY benchmark copies are parquet
 
 BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 KNOWN_MISSES = Path(__file__).resolve().parent / "fixtures" / "grader_known_misses.json"
@@ -41,7 +44,7 @@ def math_rows() -> list[Row]:
     rows: list[Row] = []
     for name in MATH_FILES:
         rows += [(name, str(r["answer"])) for r in json.loads((BENCHMARKS / "hpt" / f"{name}.json").read_text())]
-    pandas = pytest.importorskip("pandas")
+    import pandas
     frame = pandas.read_parquet(BENCHMARKS / "luffy" / "valid.all.parquet")
     seen = set()
     for source, reward_model in zip(frame["data_source"], frame["reward_model"]):
@@ -137,7 +140,7 @@ def test_math_verify_grades_other_rows_answer_wrong(math_rows):
 
 def test_choice_golds_graded_correct_and_other_letters_wrong():
     _require_benchmarks()
-    pandas = pytest.importorskip("pandas")
+    import pandas
     golds = [r["answer"] for r in json.loads((BENCHMARKS / "hpt" / "GPQA.json").read_text())]
     for name in ("valid.arc_c.parquet", "valid.gpqa.parquet"):
         frame = pandas.read_parquet(BENCHMARKS / "luffy" / name)
