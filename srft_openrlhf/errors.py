@@ -13,5 +13,9 @@ class ConfigError(UserError):
     """A bad or unknown config key / value."""
 
 
+class CheckpointError(UserError):
+    """A missing, incomplete or mismatched checkpoint (message names the folder)."""
+
+
 class DataError(UserError):
     """A malformed dataset file or row (message names file, row and field)."""

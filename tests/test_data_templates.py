@@ -1,4 +1,4 @@
-"""Prompt templates (DESIGN.md §1b): exact texts with and without a chat template."""
+"""Prompt templates: exact texts with and without a chat template."""
 
 from __future__ import annotations
 

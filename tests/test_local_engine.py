@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.errors import CheckpointError, ConfigError
 from srft_openrlhf.local.engine import make_engine, make_reference
 from helpers import requires_deepspeed
 
@@ -167,7 +167,7 @@ def test_bad_inputs(tiny_model_dir, tmp_path):
         engine(tiny_model_dir, dtype="fp16")
     with pytest.raises(ConfigError, match="lr_warmup_steps"):
         engine(tiny_model_dir, warmup_steps=11)
-    with pytest.raises(ConfigError, match="no \\*.safetensors"):
+    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
         engine(tiny_model_dir).load(tmp_path)
 
 

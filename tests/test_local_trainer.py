@@ -48,7 +48,6 @@ def test_prompt_sampler_covers_each_prompt_once_per_epoch():
     assert stream[:10] != stream[10:20]  # a new order each epoch
     assert PromptSampler(10, 3, seed=5).batch(7) == sampler.batch(7)  # a function of the step alone
     assert PromptSampler(10, 3, seed=6).batch(0) != sampler.batch(0)
-    assert sampler.position(4) == {"epoch": 1, "offset": 2}
 
 
 def _items() -> list[PromptItem]:

@@ -1,4 +1,4 @@
-"""Datasets with demonstrations, prompt templates and tokenisation (DESIGN.md §1b).
+"""Datasets with demonstrations, prompt templates and tokenisation.
 
 ``prepare_model`` (the ``srft prepare-model`` command) and ``toy`` (the toy task) are
 imported by their users directly, so importing this package stays light.

@@ -1,4 +1,4 @@
-"""Prompt templates (DESIGN.md §1b).
+"""Prompt templates.
 
 The paper trains every paradigm with the reasoning prompt of its Fig. A3 (``srft``); LUFFY's
 issue #43 reports zero reward for RL on a 1.5B model without it, so the texts here are
@@ -59,7 +59,7 @@ def _open_think(text: str) -> str:
 
 
 def render_prompt(question: str | list[dict], template: str = "srft", tokenizer: Any = None) -> str:
-    """Render a question with one of ``TEMPLATES`` (DESIGN.md §1b).
+    """Render a question with one of ``TEMPLATES``.
 
     - ``srft``: system = Fig. A3 prompt, user = the question, through the tokenizer's chat
       template with the generation prompt opened by ``<think>\\n``; without a chat template

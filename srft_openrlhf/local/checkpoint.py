@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from srft_openrlhf.errors import CheckpointError
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
@@ -91,7 +93,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         return None
     folder = pointer.parent / pointer.read_text().strip()
     if not (folder / STATE_FILE).is_file():
-        raise RuntimeError(f"{pointer} points to {folder.name}, which is not a complete checkpoint")
+        raise CheckpointError(f"{pointer} points to {folder.name}, which is not a complete checkpoint")
     return folder
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.errors import CheckpointError, ConfigError
 from srft_openrlhf.kernels import linear_logprobs_and_entropy, token_logprobs_and_entropy
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -237,7 +237,7 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     loaded: set[str] = set()
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
-        raise ConfigError(f"{path}: no *.safetensors model weights to resume from")
+        raise CheckpointError(f"{path}: no *.safetensors model weights to resume from")
     with torch.no_grad():
         for file in files:
             for name, tensor in load_file(file).items():
@@ -245,7 +245,7 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
                 loaded.add(name)
     missing = {name for name, _ in model.named_parameters()} - loaded
     if missing:
-        raise ConfigError(f"{path}: checkpoint lacks weights {sorted(missing)[:5]} (incomplete or another model)")
+        raise CheckpointError(f"{path}: checkpoint lacks weights {sorted(missing)[:5]} (incomplete or another model)")
 
 
 def init_single_process_group(device: torch.device) -> None:
@@ -359,7 +359,7 @@ class DeepSpeedEngine(TrainEngine):
             str(Path(path)), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if load_path is None:
-            raise ConfigError(f"{path}: no DeepSpeed checkpoint ({DEEPSPEED_TAG}/) to resume from")
+            raise CheckpointError(f"{path}: no DeepSpeed checkpoint ({DEEPSPEED_TAG}/) to resume from")
 
 
 class ReferenceModel:

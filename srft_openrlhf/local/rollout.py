@@ -69,11 +69,6 @@ class PromptSampler:
         start = step * self.per_step
         return [self.permutation(k // self.num_items)[k % self.num_items] for k in range(start, start + self.per_step)]
 
-    def position(self, step: int) -> dict[str, int]:
-        """Epoch and offset of the next prompt to be drawn before ``step`` (for the run's records)."""
-        start = step * self.per_step
-        return {"epoch": start // self.num_items, "offset": start % self.num_items}
-
 
 def generation_seed(seed: int, step: int) -> int:
     """Sampling seed of step ``step``: a function of (seed, step) only, so resumed runs match."""

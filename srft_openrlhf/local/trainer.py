@@ -437,7 +437,6 @@ class Trainer:
     def checkpoint(self, step: int) -> None:
         state = {
             "step": step,
-            "data_position": self.sampler.position(step),
             "rng": rng_state(),
             "pending": self.rollouts.pending(step),  # async batches generated from older weights
             "eval_before": self.before,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import importlib
-import logging
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -42,7 +41,6 @@ from srft_openrlhf.reward.math_grader import (
     time_limit,
 )
 
-logger = logging.getLogger(__name__)
 
 KINDS = ("math", "choice")
 HARD_TIMEOUT_FACTOR = 1.5
