@@ -25,7 +25,7 @@ from pathlib import Path
 from srft_openrlhf.errors import ConfigError, UserError
 
 from evaluation.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, Benchmark, Fields, Problem, get_benchmark, load_benchmark
-from evaluation.generate import Generator, Sampling, build_generator, prompt_seed, resolve_generator
+from evaluation.generate import EvalGenerator, Sampling, build_generator, prompt_seed, resolve_generator
 from evaluation.grade import grade_responses
 from evaluation.report import SAMPLES, append_samples, read_samples, results_markdown, summarize, write_outputs
 
@@ -166,7 +166,7 @@ def missing_samples(tasks: Sequence[Task], records: Sequence[dict]) -> dict[str,
     return todo
 
 
-def generate_batch(task: Task, batch: Sequence[tuple[Problem, list[int]]], generator: Generator,
+def generate_batch(task: Task, batch: Sequence[tuple[Problem, list[int]]], generator: EvalGenerator,
                    prompts: dict[tuple[str, str], str], seed: int) -> list[dict]:
     """Generate and grade one batch (all its problems miss the same number of samples)."""
     name = task.bench.name
@@ -181,7 +181,7 @@ def generate_batch(task: Task, batch: Sequence[tuple[Problem, list[int]]], gener
 
 
 def evaluate(tasks: Sequence[Task], prompts: dict[tuple[str, str], str], out: Path,
-             make_generator: Callable[[], Generator], *, seed: int, batch_size: int | None,
+             make_generator: Callable[[], EvalGenerator], *, seed: int, batch_size: int | None,
              settings: dict) -> list[dict]:
     """Generate the missing samples (appended to ``out/samples.jsonl`` after every batch) and
     return the records of the requested problems and sample indices."""
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
                 "samples": {t.bench.name: t.k for t in tasks}, "data": {t.bench.name: t.source for t in tasks}}
     args.out.mkdir(parents=True, exist_ok=True)
 
-    def make_generator() -> Generator:
+    def make_generator() -> EvalGenerator:
         return build_generator(kind, model, tokenizer, sampling, seed=args.seed,
                                tensor_parallel_size=args.tensor_parallel_size)
 

@@ -1,10 +1,12 @@
 """Sampling k responses per prompt: vLLM (tensor parallel, seeded) or Hugging Face ``generate``.
 
-Both generators take prompts as rendered text and tokenise them the same way
-(``encode_prompt``), so a template renders identically whichever engine runs it. Seeds are
-per prompt: vLLM gives the i-th of the n samples of a request the seed ``seed + i``, so a
-prompt's seed plus its first sample index makes every sample reproducible on its own, however
-the prompts are batched and wherever a resumed run restarts.
+Both generators (``VLLMEvalGenerator``, ``HFEvalGenerator``; distinct from the training
+generators of ``srft_openrlhf.local.generation``, which take token ids) take prompts as
+rendered text and tokenise them the same way (``encode_prompt``), so a template renders
+identically whichever engine runs it. Seeds are per prompt: vLLM gives the i-th of the n
+samples of a request the seed ``seed + i``, so a prompt's seed plus its first sample index
+makes every sample reproducible on its own, however the prompts are batched and wherever a
+resumed run restarts.
 
 vllm is imported only when its generator is built, and that must happen under
 ``if __name__ == "__main__":`` (or a function called from it): the engine spawns processes.
@@ -29,16 +31,16 @@ class Sampling:
 
 
 @dataclass(frozen=True)
-class Completion:
+class EvalCompletion:
     text: str
     n_tokens: int
     truncated: bool  # stopped by max_tokens before the end-of-sequence token
 
 
-class Generator(Protocol):
+class EvalGenerator(Protocol):
     default_batch_size: int  # prompts per call when --batch-size is not given
 
-    def generate(self, prompts: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[EvalCompletion]]:
         """``n`` completions for each prompt; ``seeds[i]`` seeds prompt i's first sample."""
 
 
@@ -55,7 +57,7 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
 
 
-class VLLMGenerator:
+class VLLMEvalGenerator:
     """vLLM engine; one request per prompt with ``SamplingParams(n=k, seed=...)``."""
 
     default_batch_size = 256  # prompts per call; vLLM schedules inside, results are flushed per call
@@ -68,18 +70,18 @@ class VLLMGenerator:
         self.sampling = sampling
         self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, seed=seed)
 
-    def generate(self, prompts: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[EvalCompletion]]:
         from vllm import SamplingParams
 
         params = [SamplingParams(n=n, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
                                  max_tokens=self.sampling.max_tokens, seed=s) for s in seeds]
         inputs = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [[Completion(o.text, len(o.token_ids), o.finish_reason == "length")
+        return [[EvalCompletion(o.text, len(o.token_ids), o.finish_reason == "length")
                  for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
 
 
-class HFGenerator:
+class HFEvalGenerator:
     """Hugging Face ``generate`` fallback (no vLLM, or a model it cannot run): left-padded batches.
 
     Sampling is seeded per call with the first prompt's seed, so samples depend on the batching;
@@ -104,14 +106,14 @@ class HFGenerator:
         ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         return ids | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())
 
-    def _completion(self, ids: list[int]) -> Completion:
+    def _completion(self, ids: list[int]) -> EvalCompletion:
         """Cut after the first end-of-sequence token (the rest is padding). Without one the sequence
         ran to max_new_tokens: generation only stops early once every sequence has ended."""
         end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
         text = self.tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True)
-        return Completion(text, len(ids) if end is None else end + 1, end is None)
+        return EvalCompletion(text, len(ids) if end is None else end + 1, end is None)
 
-    def generate(self, prompts: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[EvalCompletion]]:
         import torch
 
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
@@ -143,10 +145,10 @@ def resolve_generator(kind: str) -> str:
 
 
 def build_generator(kind: str, model: str, tokenizer: Any, sampling: Sampling, *, seed: int,
-                    tensor_parallel_size: int = 1) -> Generator:
+                    tensor_parallel_size: int = 1) -> EvalGenerator:
     """``kind``: vllm | hf (see ``resolve_generator``)."""
     if kind == "vllm":
-        return VLLMGenerator(model, tokenizer, sampling, seed=seed, tensor_parallel_size=tensor_parallel_size)
+        return VLLMEvalGenerator(model, tokenizer, sampling, seed=seed, tensor_parallel_size=tensor_parallel_size)
     if tensor_parallel_size != 1:
         logger.warning("--tensor-parallel-size is ignored by the Hugging Face generator")
-    return HFGenerator(model, tokenizer, sampling)
+    return HFEvalGenerator(model, tokenizer, sampling)

@@ -9,7 +9,7 @@ import pytest
 
 from evaluation.__main__ import RUN_KEYS, Task, evaluate, render_prompts
 from evaluation.benchmarks import BENCHMARKS, Problem
-from evaluation.generate import Completion, prompt_seed
+from evaluation.generate import EvalCompletion, prompt_seed
 from evaluation.report import SAMPLES, read_samples
 from srft_openrlhf.errors import ConfigError, DataError
 
@@ -27,7 +27,7 @@ class FakeGenerator:
 
     def generate(self, prompts, n, seeds):
         self.calls.append((list(prompts), n, list(seeds)))
-        return [[Completion(f"</think> so \\boxed{{{self.answers[p]}}}", 7, False) for _ in range(n)] for p in prompts]
+        return [[EvalCompletion(f"</think> so \\boxed{{{self.answers[p]}}}", 7, False) for _ in range(n)] for p in prompts]
 
     @property
     def samples(self) -> int:
