@@ -6,12 +6,15 @@ The plain helpers behind them live in helpers.py.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 # build_tiny_tokenizer is also imported from here by tests/test_openrlhf_launcher.py.
-from helpers import SEED, build_tiny_model, build_tiny_tokenizer, seed_torch  # noqa: F401
+from helpers import SEED, build_tiny_model, build_tiny_tokenizer, save_model, seed_torch  # noqa: F401
+
+from srft_openrlhf.data import toy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -46,3 +49,18 @@ def shared_benchmarks() -> Path:
 def seed() -> int:
     """Seed torch's global generator with the fixed ``SEED``."""
     return seed_torch(SEED)
+
+
+# srft analyze: the toy task's tokenizer and three tiny models that use it
+@pytest.fixture(scope="session")
+def toy_tokenizer():
+    return toy.build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def toy_models(tmp_path_factory, toy_tokenizer) -> dict[str, Path]:
+    """base, an exact copy of it in another folder, and an independently initialised model."""
+    root = tmp_path_factory.mktemp("analysis_models")
+    base = save_model(root / "base", toy_tokenizer, seed=0)
+    shutil.copytree(base, root / "copy")
+    return {"base": base, "copy": root / "copy", "other": save_model(root / "other", toy_tokenizer, seed=1)}

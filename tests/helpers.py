@@ -11,11 +11,13 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from srft_openrlhf import cli
+from srft_openrlhf.analysis import scoring, sources
 from srft_openrlhf.data import toy
 from srft_openrlhf.kernels import linear_logprobs_and_entropy, token_logprobs_and_entropy
 from srft_openrlhf.kernels.reference import reference, rel_err
@@ -214,3 +216,48 @@ def run_both(hidden, weight, targets, temperature, entropy_grad):
     loss.backward()
     ref_loss.backward()
     return (logp, entropy, h.grad, w.grad), (ref_logp, ref_entropy, h64.grad, w64.grad)
+
+
+# ----------------------------------------------------------------------------- srft analyze
+
+def save_model(path: Path, tokenizer, seed: int = 0, model=None) -> Path:
+    model = model if model is not None else build_tiny_model(tokenizer, seed=seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def ref(path: Path, name: str | None = None) -> sources.ModelRef:
+    return sources.ModelRef(name or path.name, path, str(path))
+
+
+def toy_prompts(n: int, split: str = "heldout") -> list[sources.Prompt]:
+    return sources.load_prompts(["toy"], template="none", tokenizer=None, limit=n, toy_split=split)
+
+
+def naive_logprobs(model_dir: Path, response: scoring.Response) -> np.ndarray:
+    """log p(y_t | x, y_<t) from the full logits of one unpadded sequence (no kernel, no batch)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([list(response.prompt_ids) + list(response.token_ids)])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
+    start = len(response.prompt_ids) - 1
+    targets = ids[0, start + 1:]
+    return logp[start:start + len(targets)].gather(1, targets[:, None])[:, 0].double().numpy()
+
+
+def mixed_responses(tokenizer, n: int = 6) -> list[scoring.Response]:
+    """Texts of different lengths (so batches need padding): solutions, and cut-off ones."""
+    prompts = toy_prompts(n)
+    out = []
+    for i, p in enumerate(prompts):
+        text = sources.toy_solver_text(p.question)
+        out.append(scoring.encode_text_response(tokenizer, p, text[: 8 + 5 * i], ends=i % 2 == 0))
+    return out
+
+
+def analyze(*args) -> int:
+    """``srft analyze ARGS`` through the CLI entry point."""
+    return cli.main(["analyze", *map(str, args)])

@@ -6,9 +6,7 @@ import json
 
 import pytest
 import yaml
-
-from test_analysis_scoring import toy_models, toy_tokenizer  # noqa: F401
-from test_analysis_token_shift import analyze
+from helpers import analyze
 
 
 @pytest.fixture(autouse=True)

@@ -2,77 +2,18 @@
 
 Tiny Qwen2 models (conftest.build_tiny_model) with the toy task's tokenizer; every score is
 checked against a plain Hugging Face forward pass over one unpadded sequence at a time.
-The helpers here are shared by the other test_analysis_* files.
+Helpers shared by the test_analysis_* files are in helpers.py, fixtures in conftest.py.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
+from helpers import mixed_responses, naive_logprobs, ref, toy_prompts
 
 from srft_openrlhf.analysis import scoring, sources
-from srft_openrlhf.data import toy
-from helpers import build_tiny_model
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def save_model(path: Path, tokenizer, seed: int = 0, model=None) -> Path:
-    model = model if model is not None else build_tiny_model(tokenizer, seed=seed)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def ref(path: Path, name: str | None = None) -> sources.ModelRef:
-    return sources.ModelRef(name or path.name, path, str(path))
-
-
-def toy_prompts(n: int, split: str = "heldout") -> list[sources.Prompt]:
-    return sources.load_prompts(["toy"], template="none", tokenizer=None, limit=n, toy_split=split)
-
-
-def naive_logprobs(model_dir: Path, response: scoring.Response) -> np.ndarray:
-    """log p(y_t | x, y_<t) from the full logits of one unpadded sequence (no kernel, no batch)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = torch.tensor([list(response.prompt_ids) + list(response.token_ids)])
-    with torch.no_grad():
-        logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
-    start = len(response.prompt_ids) - 1
-    targets = ids[0, start + 1:]
-    return logp[start:start + len(targets)].gather(1, targets[:, None])[:, 0].double().numpy()
-
-
-@pytest.fixture(scope="session")
-def toy_tokenizer():
-    return toy.build_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def toy_models(tmp_path_factory, toy_tokenizer) -> dict[str, Path]:
-    """base, an exact copy of it in another folder, and an independently initialised model."""
-    root = tmp_path_factory.mktemp("analysis_models")
-    base = save_model(root / "base", toy_tokenizer, seed=0)
-    shutil.copytree(base, root / "copy")
-    return {"base": base, "copy": root / "copy", "other": save_model(root / "other", toy_tokenizer, seed=1)}
-
-
-def mixed_responses(tokenizer, n: int = 6) -> list[scoring.Response]:
-    """Texts of different lengths (so batches need padding): solutions, and cut-off ones."""
-    prompts = toy_prompts(n)
-    out = []
-    for i, p in enumerate(prompts):
-        text = sources.toy_solver_text(p.question)
-        out.append(scoring.encode_text_response(tokenizer, p, text[: 8 + 5 * i], ends=i % 2 == 0))
-    return out
-
 
 # ----------------------------------------------------------------------------- tests
 

@@ -8,10 +8,9 @@ import re
 
 import numpy as np
 import pytest
+from helpers import analyze, mixed_responses, naive_logprobs, ref
 
-from srft_openrlhf import cli
 from srft_openrlhf.analysis import scoring, token_shift
-from test_analysis_scoring import mixed_responses, naive_logprobs, ref, toy_models, toy_tokenizer  # noqa: F401
 
 
 def test_shift_of_a_model_against_itself_is_exactly_zero(tmp_path, toy_models, toy_tokenizer):
@@ -54,9 +53,6 @@ def test_report_per_benchmark_adds_up():
     assert report["all"]["tokens"] == 6
     assert "benchmarks" not in token_shift.shift_report(deltas, ["a", "a", "a"])
 
-
-def analyze(*args) -> int:
-    return cli.main(["analyze", *map(str, args)])
 
 
 def test_token_shift_command_end_to_end(tmp_path, toy_models, toy_tokenizer, capsys):

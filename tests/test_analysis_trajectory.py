@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import analyze, build_tiny_model, naive_logprobs, ref, save_model, srft_train, tiny_run_config, toy_prompts
 
 from srft_openrlhf.analysis import scoring, sources, trajectory
 from srft_openrlhf.data import toy
-from helpers import build_tiny_model, srft_train, tiny_run_config
-from test_analysis_scoring import naive_logprobs, ref, save_model, toy_models, toy_prompts, toy_tokenizer  # noqa: F401
-from test_analysis_token_shift import analyze
 
 
 def interpolate(a: torch.nn.Module, b: torch.nn.Module, alpha: float, tokenizer) -> torch.nn.Module:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import QWEN_VOCAB, check_against_reference
 
 from srft_openrlhf.kernels import resolve_backend, token_logprobs_and_entropy
 from srft_openrlhf.kernels.reference import reference, rel_err
 from srft_openrlhf.kernels.torch_chunked import CHUNK_ENV, as_rows
-from helpers import QWEN_VOCAB, check_against_reference
+
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import run_both
 
 from srft_openrlhf.kernels import fused_linear, linear_logprobs_and_entropy
 from srft_openrlhf.kernels.reference import rel_err
 from srft_openrlhf.kernels.torch_chunked import CHUNK_ENV
-from helpers import run_both
 
 
 @pytest.fixture

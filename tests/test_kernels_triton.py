@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import QWEN_VOCAB, SEED, check_against_reference, requires_cuda, requires_triton, run_both, seed_torch
 
 from srft_openrlhf.kernels.reference import reference, rel_err
-from helpers import QWEN_VOCAB, SEED, check_against_reference, requires_cuda, requires_triton, run_both, seed_torch
 
 pytestmark = requires_triton
 

@@ -6,11 +6,11 @@ import threading
 
 import pytest
 import torch
+from helpers import srft_train, tiny_run_config, train_records
 
 from srft_openrlhf.local.async_rollout import AsyncRollouts, SyncRollouts
 from srft_openrlhf.local.generation import Generator
 from srft_openrlhf.local.rollout import RolloutBatch
-from helpers import srft_train, tiny_run_config, train_records
 
 
 class FakeGenerator(Generator):

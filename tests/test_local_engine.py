@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
+from helpers import requires_deepspeed
 
 from srft_openrlhf.errors import CheckpointError, ConfigError
 from srft_openrlhf.local.engine import make_engine, make_reference
-from helpers import requires_deepspeed
 
 # Row 0 is left-padded (prompt) and right-padded (response); row 1 is full.
 INPUT_IDS = torch.tensor([[0, 0, 19, 358, 21, 40, 41, 0], [323, 333, 288, 28, 377, 284, 278, 373]])

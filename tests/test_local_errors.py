@@ -6,9 +6,9 @@ import json
 import sys
 
 import pytest
+from helpers import srft_train, tiny_run_config, write_toy_rows
 
 from srft_openrlhf.local import engine as engine_module
-from helpers import srft_train, tiny_run_config, write_toy_rows
 
 
 @pytest.fixture(autouse=True)

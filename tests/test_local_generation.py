@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import requires_vllm
 
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.local.generation import HFGenerator, make_generator, sampling_logprobs
-from helpers import requires_vllm
 
 PROMPTS = [[19, 358, 21], [323, 333, 288, 28, 377, 284, 278, 373, 272, 310, 33], [40, 41, 42, 43, 44, 45]]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import metrics, srft_train, subprocess_env, tiny_run_config, train_records
 from safetensors.torch import load_file
 
 from srft_openrlhf.local import checkpoint as ckpt
-from helpers import metrics, srft_train, subprocess_env, tiny_run_config, train_records
 
 
 class FakeEngine:

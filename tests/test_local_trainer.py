@@ -17,10 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from srft_openrlhf import cli
-from srft_openrlhf.algorithm import LossConfig, Response, group_advantages, srft_loss
-from srft_openrlhf.local.rollout import PromptItem, PromptSampler, RolloutBatch, build_train_batch
 from helpers import (
     metrics,
     requires_deepspeed,
@@ -30,6 +26,10 @@ from helpers import (
     tiny_run_config,
     train_records,
 )
+
+from srft_openrlhf import cli
+from srft_openrlhf.algorithm import LossConfig, Response, group_advantages, srft_loss
+from srft_openrlhf.local.rollout import PromptItem, PromptSampler, RolloutBatch, build_train_batch
 
 STEP_KEYS = {
     "reward_mean", "accuracy", "entropy_demo", "entropy_rollout", "w_sft", "w_rl", "loss", "loss_sft_demo",

@@ -24,9 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 import wandb
-from wandb.analytics.opentelemetry import opentelemetry_proxy
-
 from helpers import metrics, srft_train, tiny_run_config, train_records
+from wandb.analytics.opentelemetry import opentelemetry_proxy
 
 PROJECT = "srft-wandb-test"
 

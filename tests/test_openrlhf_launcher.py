@@ -270,10 +270,10 @@ def test_write_data_without_demos_for_grpo(tmp_path, tiny_tokenizer):
 def test_prompt_text_carries_the_bos_our_rules_add(tiny_tokenizer):
     """OpenRLHF tokenises prompts without special tokens; where encode_example prepends BOS,
     the prompt text starts with the BOS text so that both give the same ids."""
+    from conftest import build_tiny_tokenizer
     from tokenizers import processors
 
     from srft_openrlhf.data import encode_example, render_prompt
-    from conftest import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(chat_template=False)
     bos_id = tok.convert_tokens_to_ids("<|im_start|>")

@@ -690,10 +690,10 @@ def test_ray_actor_processes_install_the_patches(patches):
 
 def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypatch, tmp_path, tiny_model_dir):
     """launcher.run up to OpenRLHF's CLI (which needs GPUs): files, patches, Ray, argv."""
-    import ray
     import runpy as runpy_module
 
     import openrlhf.utils
+    import ray
 
     from srft_openrlhf.config import load_config as load
     from srft_openrlhf.openrlhf import launcher

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.reward import batch_rewards, math_reward
 from srft_openrlhf.reward import batch as batch_module
+from srft_openrlhf.reward import batch_rewards, math_reward
 from srft_openrlhf.reward.batch import WorkerPool
 
 # math-verify gets stuck for many seconds on this (sympy evaluates 9^(9^(9^9)));

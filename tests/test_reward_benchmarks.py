@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import requires_pandas
 
 from srft_openrlhf.reward import batch_rewards
 from srft_openrlhf.reward.choice import gold_to_letter
 from srft_openrlhf.reward.math_grader import clean_ground_truth
 from srft_openrlhf.reward.oat_grader import normalize
-from helpers import requires_pandas
 
 pytestmark = requires_pandas  # the LUFFY benchmark copies are parquet
 

@@ -13,7 +13,7 @@ import pytest
 
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.reward import MathGrade, grade_math, math_reward
-from srft_openrlhf.reward.math_grader import clean_ground_truth, time_limit, GradingTimeout
+from srft_openrlhf.reward.math_grader import GradingTimeout, clean_ground_truth, time_limit
 from srft_openrlhf.reward.oat_grader import normalize, oat_equal, parse_latex
 
 EQUAL = [
