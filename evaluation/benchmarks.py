@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from srft_openrlhf.data.loading import read_rows
 from srft_openrlhf.errors import ConfigError, DataError
 
 from evaluation.metrics import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
@@ -139,43 +140,16 @@ def _get(row: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def _json_line(path: Path, lineno: int, line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
-
-
-def read_rows(path: Path) -> list[dict]:
-    """All rows of a local .json (array, or JSON Lines saved as .json), .jsonl or .parquet file."""
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except pyarrow.ArrowException as e:
-            raise DataError(f"{path}: not a readable parquet file ({e})") from None
-    if suffix not in (".json", ".jsonl"):
-        raise DataError(f"{path}: unknown data file extension '{path.suffix}' (expected .json, .jsonl or .parquet)")
-    text = path.read_text(encoding="utf-8")
-    data = None
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            if e.msg != "Extra data":  # "Extra data": JSON Lines saved as .json, read below
-                raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if data is None:
-        data = [_json_line(path, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if isinstance(data, dict):  # {"data": [...]} / {"test": [...]}
-        data = data.get("data", data.get("test"))
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError(f"{path}: expected a list of objects (JSON array or JSON Lines)")
-    return data
+def file_rows(path: Path) -> list[dict]:
+    """All rows of a local .json / .jsonl / .parquet file, through the training data reader
+    (``srft_openrlhf.data.loading.read_rows``): the same one-line DataErrors for a missing,
+    non-UTF-8 or malformed file. A .json object holds its rows under ``test`` or ``data``."""
+    rows = []
+    for index, row in read_rows(path, split="test"):
+        if not isinstance(row, dict):
+            raise DataError(f"{path} row {index} is a {type(row).__name__}, not an object with fields")
+        rows.append(row)
+    return rows
 
 
 def hub_rows(bench: Benchmark) -> list[dict]:
@@ -358,7 +332,7 @@ def load_benchmark(bench: Benchmark, path: str | Path | None = None, *, fields: 
     ``seed`` fixes the option order of structured multiple-choice rows.
     """
     origin = str(path) if path is not None else f"hub:{bench.hub.path}"
-    rows = read_rows(Path(path).expanduser()) if path is not None else hub_rows(bench)
+    rows = file_rows(Path(path).expanduser()) if path is not None else hub_rows(bench)
     if not rows:
         raise DataError(f"{origin}: no rows")
     rows = select_source(rows, bench, origin)

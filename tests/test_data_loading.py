@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from srft_openrlhf.data import Example, load_examples
+from srft_openrlhf.data.loading import read_rows
 from srft_openrlhf.errors import ConfigError, DataError
 
 BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
@@ -133,6 +134,53 @@ def test_hub_dataset_via_datasets(monkeypatch):
     assert loaded.examples[0].source == "org/math-set" and loaded.examples[0].answer == "5"
     with pytest.raises(DataError, match="cannot load dataset 'missing/set' \\(split 'train'\\).*local"):
         load_examples("missing/set")
+
+
+# ----------------------------------------------------------------------------- read_rows
+
+def test_read_rows_yields_the_stored_rows_of_every_format(tmp_path):
+    """The reader the evaluation harness shares: whole row dicts, fields load_examples drops included."""
+    rows = [{"prompt": "q", "answer": "1", "options": ["a", "b"], "meta": {"id": 7}},
+            {"prompt": "r", "answer": "2", "options": ["c", "d"], "meta": {"id": 8}}]
+    _write_jsonl(tmp_path / "a.jsonl", rows)
+    _write_jsonl(tmp_path / "lines.json", rows)
+    _write_parquet(tmp_path / "a.parquet", rows)
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    (tmp_path / "split.json").write_text(json.dumps({"test": rows[:1], "data": rows}))
+    for name in ("a.jsonl", "lines.json", "a.parquet", "a.json"):
+        assert list(read_rows(tmp_path / name)) == list(enumerate(rows)), name
+    assert list(read_rows(str(tmp_path / "split.json"), split="test")) == [(0, rows[0])]
+    assert list(read_rows(tmp_path / "split.json")) == list(enumerate(rows))  # no split: 'data'
+
+
+def test_read_rows_raises_bad_rows_or_yields_them(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"a": oops}\n{"a": "caf\xe9"}\n{"a": 4}\n')
+    with pytest.raises(DataError, match="c.jsonl row 1 \\(line 3\\): not valid JSON"):
+        list(read_rows(path))
+    got = list(read_rows(path, bad_rows="yield"))
+    assert [i for i, _ in got] == [0, 1, 2, 3] and got[0][1] == {"a": 1} and got[3][1] == {"a": 4}
+    assert isinstance(got[1][1], DataError) and isinstance(got[2][1], DataError)
+    assert str(got[2][1]).startswith(f"{path} row 2 (line 4): not UTF-8 text (byte 0xe9 ")
+    with pytest.raises(DataError, match="data file not found: .*nope.json"):
+        read_rows(tmp_path / "nope.json")  # at the call, before iteration
+    (tmp_path / "rows.csv").write_text("a\n1\n")
+    with pytest.raises(DataError, match="rows.csv: unknown data file extension '.csv'"):
+        read_rows(tmp_path / "rows.csv")
+    (tmp_path / "keyed.json").write_text('{"rows": []}')
+    with pytest.raises(DataError, match="keyed.json: expected a JSON array of rows, or an object holding one "
+                                        "under 'data'$"):
+        list(read_rows(tmp_path / "keyed.json"))
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085", "\x1c", "\r"])
+def test_jsonl_rows_end_at_newline_only(tmp_path, separator):
+    """JSON allows these unescaped inside strings; str.splitlines would cut the row there."""
+    rows = [{"prompt": f"line one{separator}line two", "answer": "1"}, {"prompt": "q", "answer": "2"}]
+    path = tmp_path / "sep.jsonl"
+    path.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+    assert list(read_rows(path)) == list(enumerate(rows))
+    assert [e.prompt for e in load_examples(str(path)).examples] == [rows[0]["prompt"], "q"]
 
 
 # ----------------------------------------------------------------------------- errors

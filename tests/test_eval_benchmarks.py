@@ -139,8 +139,58 @@ def test_bad_files(tmp_path):
     with pytest.raises(DataError, match="unknown data file extension"):
         load_benchmark(BENCHMARKS["math500"], tmp_path / "x.csv")
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "answer": "1"}\n{"prompt": \n')
-    with pytest.raises(DataError, match="broken.jsonl line 2: not valid JSON"):
+    with pytest.raises(DataError, match="broken.jsonl row 1 \\(line 2\\): not valid JSON"):
         load_benchmark(BENCHMARKS["math500"], tmp_path / "broken.jsonl")
+    write_json(tmp_path / "scalars.json", [{"prompt": "a", "answer": "1"}, "b"])
+    with pytest.raises(DataError, match="scalars.json row 1 is a str, not an object with fields"):
+        load_benchmark(BENCHMARKS["math500"], tmp_path / "scalars.json")
+    write_json(tmp_path / "keyed.json", {"rows": []})
+    with pytest.raises(DataError, match="keyed.json: expected a JSON array of rows, or an object holding one "
+                                        "under 'test' or 'data'"):
+        load_benchmark(BENCHMARKS["math500"], tmp_path / "keyed.json")
+
+
+def test_files_that_are_not_utf8_or_corrupt_are_one_line_data_errors(tmp_path):
+    """The training data reader's errors: a DataError naming file (and row and line), no traceback."""
+    good = json.dumps({"prompt": "q", "answer": "1"}).encode()
+    (tmp_path / "latin1.jsonl").write_bytes(good + b"\n" + '{"prompt": "café", "answer": "1"}\n'.encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        load_benchmark(BENCHMARKS["math500"], tmp_path / "latin1.jsonl")
+    assert str(err.value).startswith(f"{tmp_path / 'latin1.jsonl'} row 1 (line 2): not UTF-8 text (byte 0xe9 ")
+    (tmp_path / "latin1.json").write_bytes(b'[{"prompt": "q",\n  "answer": "caf\xe9"}]')
+    with pytest.raises(DataError, match=r"latin1.json: not UTF-8 text \(byte 0xe9 at line 2\)"):
+        load_benchmark(BENCHMARKS["math500"], tmp_path / "latin1.json")
+    (tmp_path / "footer.parquet").write_bytes(b"PAR1" + bytes(range(200)) + b"\x10\x00\x00\x00PAR1")
+    with pytest.raises(DataError, match="footer.parquet: not a readable parquet file") as err:
+        load_benchmark(BENCHMARKS["math500"], tmp_path / "footer.parquet")
+    assert "\n" not in str(err.value)
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    """U+2028 / U+0085 are legal unescaped inside JSON strings; they do not end a JSON Lines row."""
+    rows = [{"prompt": "first\u2028line and next\u0085line", "answer": "1"}, {"prompt": "two", "answer": "2"}]
+    path = tmp_path / "sep.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    problems = load_benchmark(BENCHMARKS["math500"], path)
+    assert [(p.question, p.answer) for p in problems] == [(rows[0]["prompt"], "1"), ("two", "2")]
+
+
+def test_json_object_holds_rows_under_test_or_data(tmp_path):
+    rows = [{"prompt": "q", "answer": "1"}]
+    for key in ("test", "data"):
+        path = write_json(tmp_path / f"{key}.json", {key: rows})
+        assert [p.answer for p in load_benchmark(BENCHMARKS["math500"], path)] == ["1"]
+
+
+def test_importing_the_harness_loads_neither_torch_nor_vllm():
+    import subprocess
+    import sys
+
+    code = ("import sys, evaluation.benchmarks, evaluation.generate, evaluation.grade, evaluation.__main__\n"
+            "print([m for m in ('torch', 'vllm', 'transformers', 'datasets') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
 
 
 # ----------------------------------------------------------------------------- multiple choice

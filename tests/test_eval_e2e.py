@@ -92,6 +92,19 @@ def test_missing_model_and_bad_data_file(tmp_path, capsys, model_stub):
                  "--data", f"math500={bad}"]) == 2
     err = capsys.readouterr().err
     assert "bad.json: no question" in err and "and no answer" in err and err.count("\n") == 1
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"prompt": "caf\xe9?", "answer": "1"}\n')
+    assert main(["--model", str(model_stub), "--out", str(tmp_path / "o"), "--benchmarks", "math500",
+                 "--data", f"math500={latin1}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{latin1} row 0 (line 1): not UTF-8 text (byte 0xe9" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"prompt": "q", "answer": "1"},')
+    assert main(["--model", str(model_stub), "--out", str(tmp_path / "o"), "--benchmarks", "math500",
+                 "--data", f"math500={broken}"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.json: not valid JSON" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_hub_ids_pass_the_model_check():

@@ -27,7 +27,8 @@ class FakeGenerator:
 
     def generate(self, prompts, n, seeds):
         self.calls.append((list(prompts), n, list(seeds)))
-        return [[EvalCompletion(f"</think> so \\boxed{{{self.answers[p]}}}", 7, False) for _ in range(n)] for p in prompts]
+        return [[EvalCompletion(f"</think> so \\boxed{{{self.answers[p]}}}", 7, False) for _ in range(n)]
+                for p in prompts]
 
     @property
     def samples(self) -> int:

@@ -9,6 +9,9 @@ positions are numbers (``target.0.content``).
 A malformed row is an error naming file, row and field. ``skip_invalid_rows=True`` drops
 such rows instead, counts them in ``LoadedExamples.skipped`` and logs a warning, so that
 dropping data is never silent.
+
+``read_rows`` is the local file reader underneath, shared with the evaluation harness: it
+yields the rows as stored, for callers that need fields ``load_examples`` drops.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from srft_openrlhf.errors import ConfigError, DataError
 
@@ -46,7 +49,8 @@ class LoadedExamples:
 
 # ----------------------------------------------------------------------------- readers
 # Each reader yields (row index, row). A row the reader cannot decode arrives as the
-# DataError describing it, so the caller's skip policy treats it like any other bad row.
+# DataError describing it, so the caller's skip policy treats it like any other bad row
+# (``read_rows`` raises it instead unless asked to yield it).
 
 def _not_utf8(e: UnicodeDecodeError, where: str) -> str:
     return (f"not UTF-8 text (byte 0x{e.object[e.start]:02x} {where}); .json and .jsonl data must be "
@@ -55,7 +59,10 @@ def _not_utf8(e: UnicodeDecodeError, where: str) -> str:
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     index = 0
-    with path.open("rb") as f:  # bytes, decoded line by line: a bad byte is an error naming its line
+    # Bytes, decoded line by line: a bad byte is an error naming its line. Iterating a binary
+    # file ends lines at b"\n" only; str.splitlines would also split at U+2028 / U+0085,
+    # which JSON allows unescaped inside strings.
+    with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -73,7 +80,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             index += 1
 
 
-def _json_rows(path: Path, split: str) -> Iterator[tuple[int, Any]]:
+def _json_rows(path: Path, split: str | None) -> Iterator[tuple[int, Any]]:
     raw = path.read_bytes()
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -85,11 +92,12 @@ def _json_rows(path: Path, split: str) -> Iterator[tuple[int, Any]]:
             yield from _jsonl_rows(path)
             return
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    keys = (split, "data") if split else ("data",)
     if isinstance(data, dict):
-        data = data.get(split, data.get("data"))
+        data = next((data[k] for k in keys if k in data), None)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of rows, or an object holding one "
-                        f"under '{split}' or 'data'")
+                        f"under {' or '.join(repr(k) for k in keys)}")
     yield from enumerate(data)
 
 
@@ -135,19 +143,50 @@ def _hub_rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
     yield from enumerate(dataset)
 
 
+def _raise_bad_rows(rows: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    for index, row in rows:
+        if isinstance(row, DataError):
+            raise row
+        yield index, row
+
+
+def read_rows(path: str | Path, split: str | None = None, *,
+              bad_rows: Literal["raise", "yield"] = "raise") -> Iterator[tuple[int, Any]]:
+    """``(row index, row)`` for each row of a local .json / .jsonl / .parquet file, as stored.
+
+    The one file reader of training data (``load_examples``) and of the evaluation harness's
+    ``--data`` files. Rows are the file's values (dicts for well-formed data; nothing checks
+    their fields). A .json file holds an array of rows, JSON Lines, or an object holding the
+    array under ``split`` (if given) or ``data``. A JSON Lines row ends at a newline only (not
+    at U+2028 / U+0085 inside a string); blank lines are no rows. Parquet is read batch by batch.
+
+    Raises ``DataError`` for a missing file or an unknown extension (at once), and for a file
+    that cannot be read as a whole (a .json file that is not UTF-8 or not JSON, a corrupt
+    parquet file) when iterated. A JSON Lines row that cannot be decoded (not UTF-8, not JSON)
+    is a ``DataError`` naming file, row and line: raised, or with ``bad_rows="yield"``
+    yielded in place of the row, for a caller that skips bad rows.
+    """
+    if bad_rows not in ("raise", "yield"):
+        raise ValueError(f"bad_rows must be 'raise' or 'yield', got {bad_rows!r}")
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    if suffix not in LOCAL_SUFFIXES:
+        raise DataError(f"{path}: unknown data file extension '{path.suffix}' "
+                        f"(expected one of {', '.join(LOCAL_SUFFIXES)})")
+    if suffix == ".jsonl":
+        rows = _jsonl_rows(path)
+    else:
+        rows = _json_rows(path, split) if suffix == ".json" else _parquet_rows(path)
+    return rows if bad_rows == "yield" else _raise_bad_rows(rows)
+
+
 def _rows(source: str, split: str) -> Iterator[tuple[int, Any]]:
     """Dispatch on the source: a local file by its extension, a local folder or hub name via ``datasets``."""
     path = Path(source).expanduser()
-    suffix = path.suffix.lower()
-    if suffix in LOCAL_SUFFIXES:
-        if not path.is_file():
-            raise DataError(f"data file not found: {path}")
-        if suffix == ".jsonl":
-            return _jsonl_rows(path)
-        return _json_rows(path, split) if suffix == ".json" else _parquet_rows(path)
-    if path.is_file():
-        raise DataError(f"{path}: unknown data file extension '{path.suffix}' "
-                        f"(expected one of {', '.join(LOCAL_SUFFIXES)})")
+    if path.suffix.lower() in LOCAL_SUFFIXES or path.is_file():
+        return read_rows(path, split, bad_rows="yield")
     if not path.exists() and source.startswith(("/", "./", "../", "~")):
         raise DataError(f"data path not found: {path}")
     return _hub_rows(source, split)  # also a local folder of data files, as `datasets` reads it
