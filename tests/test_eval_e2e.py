@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import requires_vllm
 
 from evaluation.__main__ import main
 from evaluation.compare import main as compare_main
 from evaluation.report import SAMPLES
-from helpers import requires_vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE2_HEADER = "| Model | AIME24 | AMC | MATH500 | Minerva | Olympiad | Avg. | ARC-C | GPQA-D | MMLU-Pro | Avg. |"

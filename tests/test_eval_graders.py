@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from evaluation.benchmarks import BENCHMARKS, LETTERS, load_benchmark
-from evaluation.grade import grade_responses, main as grade_main
+from evaluation.grade import grade_responses
+from evaluation.grade import main as grade_main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 KNOWN = json.loads((Path(__file__).parent / "fixtures" / "eval_grader_misses.json").read_text())
