@@ -91,7 +91,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def median_ms(
-    fn: Callable[[], None], device: torch.device, repeats: int, setup: Callable[[], None] = lambda: None
+    fn: Callable[[], object], device: torch.device, repeats: int, setup: Callable[[], None] = lambda: None
 ) -> tuple[float, list[float]]:
     """Median wall time of ``fn`` in ms after one warm-up run (``setup`` untimed before each)."""
     setup()
@@ -132,7 +132,10 @@ def rss_peak_extra(fn: Callable[[], None]) -> int | None:
     """Rise of the resident-set high-water mark during ``fn`` (Linux), else None."""
 
     def status_kb(key: str) -> int:
-        return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+        match = re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text())
+        if match is None:
+            raise RuntimeError(f"no {key} in /proc/self/status")
+        return int(match.group(1))
 
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
@@ -147,7 +150,10 @@ def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     meminfo = Path("/proc/meminfo").read_text()
-    return int(re.search(r"MemAvailable:\s+(\d+)", meminfo).group(1)) * 1024
+    match = re.search(r"MemAvailable:\s+(\d+)", meminfo)
+    if match is None:
+        raise RuntimeError("no MemAvailable in /proc/meminfo")
+    return int(match.group(1)) * 1024
 
 
 def needed_bytes(method: str, n: int, vocab: int, hidden: int, itemsize: int) -> int:
@@ -251,8 +257,11 @@ def tune_triton(device: torch.device, dtype: torch.dtype, repeats: int) -> list[
     rows = []
     try:
         for block, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16), (16384, 32)):
-            triton_logprobs.block_config = lambda _vocab, c=(block, warps): c
-            row = {"BLOCK_V": block, "num_warps": warps}
+            def fixed_config(vocab: int, c: tuple[int, int] = (block, warps)) -> tuple[int, int]:
+                return c
+
+            triton_logprobs.block_config = fixed_config
+            row: dict[str, float] = {"BLOCK_V": block, "num_warps": warps}
             for mode in ("fwd", "fwdbwd"):
                 run = call("triton", mode, [logits], targets)
                 row[f"{mode}_ms"] = median_ms(run, device, repeats, lambda: setattr(logits, "grad", None))[0]
@@ -284,7 +293,12 @@ def print_table(rows: list[dict], copy: dict) -> None:
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
-    return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item]
+    sizes = []
+    for item in text.split(","):
+        if item:
+            n, vocab = item.lower().split("x")  # a ValueError: argparse reports the bad --sizes value
+            sizes.append((int(n), int(vocab)))
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from srft_openrlhf.errors import ConfigError
 
@@ -170,7 +171,7 @@ _SRFT_OFFICIAL = dict(
 _GRPO_EQ3 = dict(rollout_objective="grpo", clip_low=0.2, clip_high=0.2, w_rl_fixed=1.0)
 _SFT = dict(rl_demo=False, rl_rollout=False, w_sft_fixed=1.0)
 
-_PRESETS: dict[str, dict] = {
+_PRESETS: dict[str, dict[str, Any]] = {
     "srft": {},
     "srft_official": _SRFT_OFFICIAL,
     "grpo": dict(_GRPO_EQ3, sft_demo=False, rl_demo=False, loss_agg="seq_mean_token_mean"),

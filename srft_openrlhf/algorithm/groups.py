@@ -75,6 +75,7 @@ def augment_groups(
                 raise ValueError(f"prompt {i}: {len(keep)} rollouts cannot give {demos_per_group} slots to demos")
             keep = keep[: len(keep) - demos_per_group]
         for r in keep:
+            assert r.logprobs is not None  # checked for every rollout above
             responses.append(dataclasses.replace(r, is_demo=False))
             old_logprobs.append([float(x) for x in r.logprobs])
         for d in prompt_demos[:demos_per_group]:

@@ -56,6 +56,8 @@ def aggregate(
     """
     picked = torch.where(token_set, token_loss, torch.zeros_like(token_loss))
     per_seq_count = token_set.sum(-1)
+    n_tokens: Tensor | int
+    n_seqs: Tensor | int
     if step is None:
         n_tokens = token_set.sum().clamp(min=1)
         n_seqs = (per_seq_count > 0).sum().clamp(min=1)

@@ -92,13 +92,17 @@ def step_totals(mask: Tensor, rewards: Tensor, is_demo: Tensor, entropy: Tensor 
     ``mask`` [B, T] response tokens, ``rewards`` / ``is_demo`` [B], ``entropy`` [B, T] or None.
     """
     sets = token_sets(mask, rewards, is_demo)
-    values: dict[str, int | float | None] = {"sequences": mask.shape[0]}
+    counts: dict[str, int] = {"sequences": mask.shape[0]}
     for name in ("demo", "pos", "neg"):
         token_set = getattr(sets, name)
-        values[f"{name}_tokens"] = int(token_set.sum())
-        values[f"{name}_seqs"] = int(token_set.any(-1).sum())
+        counts[f"{name}_tokens"] = int(token_set.sum())
+        counts[f"{name}_seqs"] = int(token_set.any(-1).sum())
+    totals = StepTotals(**counts)
     if entropy is not None:
         h = entropy.detach().to(torch.float64)
-        values["demo_entropy_sum"] = float(h[sets.demo].sum())
-        values["rollout_entropy_sum"] = float(h[sets.rollout].sum())
-    return StepTotals(**values)
+        totals = dataclasses.replace(
+            totals,
+            demo_entropy_sum=float(h[sets.demo].sum()),
+            rollout_entropy_sum=float(h[sets.rollout].sum()),
+        )
+    return totals

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+from types import ModuleType
 
 import torch
 
@@ -76,9 +77,11 @@ def token_logprobs_and_entropy(
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)} + (V,)")
     temperature = check_temperature(temperature)
-    rows = torch_chunked
+    rows: ModuleType = torch_chunked
     if resolve_backend(logits.device, backend) == "triton":
-        from . import triton_logprobs as rows  # imported on use: triton is absent from CPU installs
+        from . import triton_logprobs  # imported on use: triton is absent from CPU installs
+
+        rows = triton_logprobs
 
     return logprobs_and_entropy(logits, targets, temperature, entropy_grad, inplace_backward, rows)
 

@@ -14,6 +14,7 @@ plumbing (what is saved, in-place gradients, a non-differentiable entropy) lives
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ class LogprobEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,  # torch's FunctionCtx, given attributes below
         rows3: torch.Tensor,
         targets: torch.Tensor,
         temperature: float,
@@ -42,7 +43,9 @@ class LogprobEntropy(torch.autograd.Function):
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx, grad_logp: torch.Tensor, grad_entropy: torch.Tensor):
+    def backward(
+        ctx: Any, grad_logp: torch.Tensor, grad_entropy: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None, None, None]:
         rows3, targets, row_max, log_sum_exp, entropy = ctx.saved_tensors
         grad = rows3 if ctx.inplace else torch.empty(rows3.shape, dtype=rows3.dtype, device=rows3.device)
         ctx.backend.backward_rows(
@@ -62,7 +65,8 @@ def logprobs_and_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token log-probs and entropies of ``logits [..., V]`` at ``targets [...]`` (fp32), by ``backend``."""
     rows3 = as_rows(logits)
-    logprobs, entropy = LogprobEntropy.apply(
+    # torch.autograd.Function.apply is unannotated in torch's own types
+    logprobs, entropy = LogprobEntropy.apply(  # type: ignore[no-untyped-call]
         rows3, targets.reshape(-1).long().contiguous(), float(temperature), entropy_grad, inplace_backward, backend
     )
     return logprobs.view(targets.shape), entropy.view(targets.shape)

@@ -13,9 +13,11 @@ hidden).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .torch_chunked import backward_block, chunk_rows, forward_block
+from .torch_chunked import Float32On, backward_block, chunk_rows, forward_block
 
 # Vocabulary slice of the backward; small enough for its fp32 dW slice (V_TILE · H · 4 bytes,
 # 112 MiB at H = 3584), large enough that the tile matmuls stay efficient.
@@ -77,12 +79,20 @@ class LinearLogprobEntropy(torch.autograd.Function):
     """Autograd function for hidden [N, H], weight [V, H], targets [N]; outputs fp32 [N]."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, entropy_grad, use_triton):
+    def forward(
+        ctx: Any,  # torch's FunctionCtx, given attributes below
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float,
+        entropy_grad: bool,
+        use_triton: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n, vocab = hidden.shape[0], weight.shape[0]
-        f32 = dict(dtype=torch.float32, device=hidden.device)
+        f32 = Float32On(dtype=torch.float32, device=hidden.device)
         outs = [torch.empty(n, **f32) for _ in range(4)]
         rows = chunk_rows(vocab, hidden.device)
-        work = [] if use_triton else [torch.empty(min(rows, n), vocab, **f32) for _ in range(2)]
+        work: list[torch.Tensor] = [] if use_triton else [torch.empty(min(rows, n), vocab, **f32) for _ in range(2)]
         for start in range(0, n, rows):
             chunk = slice(start, start + rows)
             logits = logits_tile(hidden[chunk], weight)
@@ -97,13 +107,15 @@ class LinearLogprobEntropy(torch.autograd.Function):
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx, grad_logp, grad_entropy):
+    def backward(
+        ctx: Any, grad_logp: torch.Tensor, grad_entropy: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None, None]:
         hidden, weight, targets, row_max, log_sum_exp, entropy = ctx.saved_tensors
         want_hidden, want_weight = ctx.needs_input_grad[:2]
         n, vocab = hidden.shape[0], weight.shape[0]
         grad_logp = grad_logp.float().contiguous()
-        grad_entropy = grad_entropy.float().contiguous() if ctx.entropy_grad else None
-        f32 = dict(dtype=torch.float32, device=hidden.device)
+        g_entropy_all = grad_entropy.float().contiguous() if ctx.entropy_grad else None
+        f32 = Float32On(dtype=torch.float32, device=hidden.device)
         # fp32 accumulators; for fp32 inputs they are the returned gradients themselves.
         grad_hidden = torch.zeros(hidden.shape, **f32) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, **f32) if want_weight and weight.dtype == torch.float32 else None
@@ -111,30 +123,32 @@ class LinearLogprobEntropy(torch.autograd.Function):
             grad_weight = torch.empty_like(weight)
         v_tile = min(V_TILE, vocab)
         rows = chunk_rows(v_tile, hidden.device)
-        work = [] if ctx.use_triton else [torch.empty(min(rows, n) * v_tile, **f32) for _ in range(2)]
+        work: list[torch.Tensor] = []
+        if not ctx.use_triton:
+            work = [torch.empty(min(rows, n) * v_tile, **f32) for _ in range(2)]
         for v0 in range(0, vocab, v_tile):
             w_slice = weight[v0 : v0 + v_tile]
             dw_slice = None
-            if want_weight:
+            if grad_weight is not None:  # exactly when want_weight
                 dw_slice = grad_weight[v0 : v0 + v_tile]
                 if dw_slice.dtype != torch.float32:
                     dw_slice = torch.zeros(w_slice.shape, **f32)
             for start in range(0, n, rows):
                 chunk = slice(start, start + rows)
                 stats = (row_max[chunk], log_sum_exp[chunk], entropy[chunk])
-                g_entropy = grad_entropy[chunk] if grad_entropy is not None else None
+                g_entropy = g_entropy_all[chunk] if g_entropy_all is not None else None
                 logits = logits_tile(hidden[chunk], w_slice)
                 g = backward_tile(
                     logits, targets[chunk] - v0, ctx.temperature, stats, grad_logp[chunk], g_entropy,
                     ctx.use_triton, work,
                 )  # fmt: skip
-                if want_hidden:
+                if grad_hidden is not None:  # exactly when want_hidden
                     accumulate_product(grad_hidden[chunk], g, w_slice)
-                if want_weight:
+                if dw_slice is not None:
                     accumulate_product(dw_slice, g.t(), hidden[chunk])
-            if want_weight and dw_slice.data_ptr() != grad_weight[v0:].data_ptr():
+            if grad_weight is not None and dw_slice is not None and dw_slice.data_ptr() != grad_weight[v0:].data_ptr():
                 grad_weight[v0 : v0 + v_tile] = dw_slice
-        if want_hidden:
+        if grad_hidden is not None:
             grad_hidden = grad_hidden.to(hidden.dtype)
         return grad_hidden, grad_weight, None, None, None, None
 
@@ -148,6 +162,8 @@ def linear_chunked_logprobs_and_entropy(
     use_triton: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(targets) and H(π) for π = softmax(hidden · weightᵀ / T); fp32 [N] each."""
-    return LinearLogprobEntropy.apply(
+    # torch.autograd.Function.apply is unannotated in torch's own types
+    logprobs, entropy = LinearLogprobEntropy.apply(  # type: ignore[no-untyped-call]
         hidden, weight, targets.long().contiguous(), float(temperature), entropy_grad, use_triton
     )
+    return logprobs, entropy

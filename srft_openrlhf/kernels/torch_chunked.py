@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TypedDict
 
 import torch
 
@@ -33,6 +34,13 @@ import torch
 DEFAULT_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}
 CHUNK_ENV = "SRFT_KERNEL_CHUNK_MB"
 FLOOR = 1e30  # finite stand-in for −inf: exp(−FLOOR) = 0 and FLOOR · |g| stays finite
+
+
+class Float32On(TypedDict):
+    """Keyword arguments of a torch factory for an fp32 tensor on ``device``."""
+
+    dtype: torch.dtype
+    device: torch.device
 
 
 def chunk_rows(vocab: int, device: torch.device) -> int:
@@ -126,6 +134,8 @@ def backward_block(
     if grad_entropy is None:
         e.mul_(g_onehot.neg().unsqueeze(1))
     else:
+        if entropy is None:
+            raise ValueError("backward_block: a gradient wrt the entropy needs the entropies")
         # A masked (−inf) logit has π = 0; a finite floor keeps 0·(−inf) out of the product.
         d.clamp_(min=-FLOOR).add_(entropy.unsqueeze(1)).mul_((grad_entropy / -temperature).unsqueeze(1))
         e.mul_(d.sub_(g_onehot.unsqueeze(1)))
@@ -140,7 +150,7 @@ def forward_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logprobs, entropy, row max, log Σ e^d), fp32 [B·L], of ``rows3 [B, L, V]``, a chunk at a time."""
     n_rows, vocab = rows3.shape[0] * rows3.shape[1], rows3.shape[2]
-    f32 = dict(dtype=torch.float32, device=rows3.device)
+    f32 = Float32On(dtype=torch.float32, device=rows3.device)
     outs = [torch.empty(n_rows, **f32) for _ in range(4)]
     max_rows = chunk_rows(vocab, rows3.device)
     d = torch.empty(min(max_rows, rows3.shape[1]), vocab, **f32)
