@@ -202,6 +202,7 @@ def evaluate(tasks: Sequence[Task], prompts: dict[tuple[str, str], str], out: Pa
             for n in sorted({len(s) for _, s in pending}):  # one n per generation call
                 same = [item for item in pending if len(item[1]) == n]
                 for i in range(0, len(same), size):
+                    assert generator is not None  # there is pending work, so make_generator() ran
                     new = generate_batch(t, same[i:i + size], generator, prompts, seed)
                     append_samples(f, new)
                     records.extend(new)

@@ -72,10 +72,11 @@ class VLLMEvalGenerator:
 
     def generate(self, prompts: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[EvalCompletion]]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=n, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
                                  max_tokens=self.sampling.max_tokens, seed=s) for s in seeds]
-        inputs = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
+        inputs = [TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[EvalCompletion(o.text, len(o.token_ids), o.finish_reason == "length")
                  for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
@@ -96,7 +97,9 @@ class HFEvalGenerator:
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        # transformers wraps PreTrainedModel.to in a decorator whose stub takes the model as its first argument
+        loaded = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+        self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         self.tokenizer = tokenizer
         self.sampling = sampling
         self.eos_ids = self._eos_ids()

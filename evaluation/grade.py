@@ -66,7 +66,8 @@ def read_generations(path: Path) -> list[dict]:
     """The lines of FILE.jsonl, each with benchmark / answer / response, normalised to our record fields."""
     if not path.is_file():
         raise DataError(f"no such file: {path}")
-    lines, per_problem = [], {}
+    lines: list[dict] = []
+    per_problem: dict[tuple[str, str], int] = {}  # (benchmark, id) -> next sample index
     # Only \n ends a record: str.splitlines would also split at U+2028 / U+0085, which
     # json.dumps(ensure_ascii=False) (our samples.jsonl) leaves raw inside a response.
     for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):

@@ -147,7 +147,8 @@ def heatmap_png(rows: list[dict], path: Path) -> None:
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
-    blocks = []  # (kind, text or laid-out lines, deltas)
+    # (kind, text or laid-out lines, deltas): "tokens" blocks hold lines and deltas, the others a text and None
+    blocks: list[tuple[str, str | list[list[tuple[int, str, int]]], list[float] | None]] = []
     for row in rows:
         blocks.append(("title", f"{row['title']}   prompt: {row['prompt'][-60:]!r}", None))
         for name, deltas in row["deltas"].items():
@@ -166,6 +167,7 @@ def heatmap_png(rows: list[dict], path: Path) -> None:
     y = 0
     for kind, content, deltas in blocks:
         if kind == "tokens":
+            assert not isinstance(content, str) and deltas is not None  # how "tokens" blocks are built above
             for line in content:
                 for col, shown, i in line:
                     ax.add_patch(Rectangle((col, y + 0.1), len(shown), 0.85, color=delta_colour(deltas[i]), lw=0))
@@ -173,6 +175,7 @@ def heatmap_png(rows: list[dict], path: Path) -> None:
                             color=text_colour(deltas[i]))
                 y += 1
         else:
+            assert isinstance(content, str)
             ax.text(-1.5, y + 0.55, content, fontsize=FONT_SIZE, va="center",
                     weight="bold" if kind == "title" else "normal", color="black" if kind == "title" else "#333")
             y += 1

@@ -135,7 +135,8 @@ def load_model(ref: ModelRef, dtype: str, device: str):
         model = AutoModelForCausalLM.from_pretrained(str(ref.path), dtype=dtypes[dtype])
     except (OSError, ValueError) as e:
         raise ConfigError(f"{ref.name} ({ref.path}): cannot load the model ({e})") from None
-    return model.to(device).eval().requires_grad_(False)
+    # transformers wraps PreTrainedModel.to in a decorator whose stub takes the model as its first argument
+    return model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- responses
@@ -148,6 +149,7 @@ def encode_text_response(tokenizer: Any, prompt: Prompt, text: str, sample: int 
     from srft_openrlhf.data import encode_example
 
     enc = encode_example(tokenizer, prompt.text, text, BIG, BIG, where=f"{prompt.benchmark} row {prompt.id}")
+    assert enc.demo_ids is not None  # encode_example encodes the demonstration text it is given
     ids = enc.demo_ids if ends else enc.demo_ids[:-1]
     return Response(prompt.benchmark, prompt.id, sample, tuple(enc.prompt_ids), tuple(ids))
 

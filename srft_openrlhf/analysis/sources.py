@@ -226,6 +226,7 @@ def toy_examples(split: str, limit: int, balanced: bool) -> list:
     quota = {"chained_carry": limit // 2, "other": limit - limit // 2}
     kept = []
     for ex in examples:
+        assert isinstance(ex.prompt, str)  # toy.examples builds every prompt as a question string
         group = toy.problem_group(ex.prompt)
         if quota[group] > 0:
             quota[group] -= 1
@@ -297,7 +298,7 @@ def reference_texts(source: str, prompts: list[Prompt]) -> list[str]:
         if missing:
             raise DataError(f"reference 'demos': {len(missing)} problems have no demonstration "
                             f"(first: {missing[0]}); set --demo-key to the field that holds them")
-        return [p.demonstration for p in prompts]
+        return [p.demonstration for p in prompts if p.demonstration]  # all of them: none is missing
     if source == TOY_SOLVER:
         wrong = [p for p in prompts if p.benchmark != TOY]
         if wrong:

@@ -117,8 +117,9 @@ def run(args: argparse.Namespace) -> dict:
     if not isinstance(source, Path) and not args.data:
         raise ConfigError("--data is required (toy, a .json/.jsonl/.parquet file or a benchmark name)")
     toy_task = sources.fill_task_defaults(args)
-    extra = isinstance(source, sources.ModelRef) and source not in named.values()
-    everyone = [base, *models] + ([source] if extra else [])
+    everyone = [base, *models]
+    if isinstance(source, sources.ModelRef) and source not in named.values():
+        everyone.append(source)
     tokenizer, prompts, responses = prepare(args, source, everyone, toy_task, cache)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     score = dict(pad_id=pad_id, cache_dir=cache, device=args.device, dtype=args.dtype,

@@ -148,7 +148,8 @@ class WorkerPool:
 
     def _start_worker(self) -> _Worker:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
-        process = self._context.Process(
+        # typeshed's BaseContext (what get_context(str) returns) lacks Process; every real context has it
+        process = self._context.Process(  # type: ignore[attr-defined]
             target=_worker_main, args=(child_conn, self._preload), daemon=True, name="srft-reward-worker"
         )
         process.start()

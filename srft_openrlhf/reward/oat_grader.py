@@ -265,8 +265,9 @@ def _element_equal(pred: str, ref: str) -> bool:
 
 def _equation_equal(pred: str, ref: str) -> bool:
     """``a = b`` vs ``c = d``: equal when a - b = ±(c - d)."""
-    sides = [parse_latex(side) for side in pred.split("=") + ref.split("=")]
-    if any(side is None for side in sides):
+    parsed = [parse_latex(side) for side in pred.split("=") + ref.split("=")]
+    sides = [side for side in parsed if side is not None]
+    if len(sides) != len(parsed):
         return False
     left, right = sides[0] - sides[1], sides[2] - sides[3]
     return sympy_equal(left, right) or sympy_equal(left, -right)
@@ -433,7 +434,8 @@ class _Parser:
         if self.peek() != "{":
             return self.take()
         self.take("{")
-        depth, parts = 1, []
+        depth = 1
+        parts: list[str] = []
         while True:
             token = self.take()
             depth += token == "{"
