@@ -29,7 +29,7 @@ from srft_openrlhf.local.generation import Generator
 from srft_openrlhf.local.rollout import RolloutBatch
 
 # produce(generator, step) -> the rollout batch of that step (prompts, rollouts, rewards)
-Produce = Callable[[Generator, int], RolloutBatch]
+Produce = Callable[[Generator | None, int], RolloutBatch]
 
 
 class SyncRollouts:
@@ -138,6 +138,7 @@ class AsyncRollouts:
                     for v in [v for v in self._weights if v <= version]:
                         del self._weights[v]
                 if self.generator.policy_version != version:
+                    assert snapshot is not None  # woken by `version in self._weights`
                     self.generator.update_weights(snapshot.items(), version)
                 batch = self.produce(self.generator, step)
                 with self._cond:

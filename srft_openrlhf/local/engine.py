@@ -23,13 +23,17 @@ from __future__ import annotations
 import os
 import socket
 from contextlib import nullcontext
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from srft_openrlhf.errors import CheckpointError, ConfigError
 from srft_openrlhf.kernels import linear_logprobs_and_entropy, token_logprobs_and_entropy
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OPTIMIZER_FILE = "optimizer.pt"
@@ -45,7 +49,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def fused_head_supported(model: torch.nn.Module) -> bool:
+def fused_head_supported(model: PreTrainedModel) -> bool:
     """Whether logits are exactly ``hidden @ lm_head.weight.T`` (no bias, scaling or capping)."""
     head = model.get_output_embeddings()
     config = model.config
@@ -101,6 +105,12 @@ def causal_token_logprobs(
     return out_lp.index_put((valid,), logprobs), out_ent.index_put((valid,), entropy)
 
 
+def adam_betas(betas: Sequence[float]) -> tuple[float, float]:
+    """``betas`` as the pair AdamW takes (a config built in code may hold a list)."""
+    beta1, beta2 = betas
+    return beta1, beta2
+
+
 def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only; biases and norm weights (1-D) are not decayed."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -122,9 +132,10 @@ def warmup_constant(warmup_steps: int):
 class TrainEngine:
     """The HF causal LM being trained, with its optimizer and LR schedule."""
 
-    model: torch.nn.Module  # the HF causal LM (unwrapped)
+    model: PreTrainedModel  # the HF causal LM (unwrapped)
     device: torch.device
-    tokenizer = None  # saved next to the weights so that a checkpoint is a loadable model folder
+    # saved next to the weights so that a checkpoint is a loadable model folder
+    tokenizer: PreTrainedTokenizerBase | None = None
 
     def token_logprobs(
         self,
@@ -172,7 +183,7 @@ class TorchEngine(TrainEngine):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         *,
         lr: float,
         weight_decay: float,
@@ -186,7 +197,7 @@ class TorchEngine(TrainEngine):
         self.grad_clip = grad_clip
         self.autocast_dtype = autocast_dtype
         self.fused_head = fused_head_supported(model)
-        self.optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr, betas=tuple(betas))
+        self.optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr, betas=adam_betas(betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_constant(warmup_steps))
 
     def token_logprobs(self, input_ids, attention_mask, *, temperature=1.0, entropy_grad=False):
@@ -291,7 +302,7 @@ class DeepSpeedEngine(TrainEngine):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         *,
         zero_stage: int,
         dtype: str,
@@ -305,7 +316,7 @@ class DeepSpeedEngine(TrainEngine):
         import deepspeed
 
         init_single_process_group(device)
-        optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr, betas=tuple(betas))
+        optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr, betas=adam_betas(betas))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(warmup_steps))
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -365,7 +376,7 @@ class DeepSpeedEngine(TrainEngine):
 class ReferenceModel:
     """Frozen copy of the initial policy: token log-probs with no gradient (KL term)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         self.model = model.eval().requires_grad_(False)
         self.fused_head = fused_head_supported(model)
 
@@ -377,12 +388,14 @@ class ReferenceModel:
         return logprobs
 
 
-def load_causal_lm(model_path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+def load_causal_lm(model_path: str, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     if not Path(model_path).exists():
         raise ConfigError(f"model.path: {model_path!r} does not exist")
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    # transformers wraps PreTrainedModel.to in a decorator whose stub takes the model as its first argument
+    return model.to(device)  # type: ignore[arg-type]
 
 
 def check_dtype(dtype: str) -> None:
@@ -428,11 +441,16 @@ def make_engine(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
-    common = dict(lr=lr, weight_decay=weight_decay, betas=betas, grad_clip=grad_clip, warmup_steps=warmup_steps)
     if engine == "torch":
-        result: TrainEngine = TorchEngine(model, autocast_dtype=None if dtype == "fp32" else DTYPES[dtype], **common)
+        result: TrainEngine = TorchEngine(
+            model, autocast_dtype=None if dtype == "fp32" else DTYPES[dtype],
+            lr=lr, weight_decay=weight_decay, betas=betas, grad_clip=grad_clip, warmup_steps=warmup_steps,
+        )
     else:
-        result = DeepSpeedEngine(model, zero_stage=zero_stage, dtype=dtype, device=torch_device, **common)
+        result = DeepSpeedEngine(
+            model, zero_stage=zero_stage, dtype=dtype, device=torch_device,
+            lr=lr, weight_decay=weight_decay, betas=betas, grad_clip=grad_clip, warmup_steps=warmup_steps,
+        )
     result.tokenizer = AutoTokenizer.from_pretrained(model_path)
     return result
 

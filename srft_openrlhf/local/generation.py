@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -29,7 +30,9 @@ from srft_openrlhf.local.engine import position_ids
 WEIGHT_BUCKET_BYTES = 256 << 20
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+VLLM_DTYPES: dict[str, Literal["bfloat16", "float16", "float32"]] = {
+    "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"
+}
 
 
 @dataclass
@@ -148,7 +151,9 @@ class HFGenerator(Generator):
         """A generator with its own copy of the model at ``model_path``."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=TORCH_DTYPES[dtype]).to(device)
+        loaded = AutoModelForCausalLM.from_pretrained(model_path, dtype=TORCH_DTYPES[dtype])
+        # transformers wraps PreTrainedModel.to in a decorator whose stub takes the model as its first argument
+        model = loaded.to(device)  # type: ignore[arg-type]
         model.eval()
         return cls(model, AutoTokenizer.from_pretrained(model_path), shared=False, seed=seed)
 
@@ -257,7 +262,8 @@ class VLLMWeightLoader:
         from safetensors.torch import load
 
         tensors = load(payload)
-        self.reload_weights(weights_iterator=tensors.items(), is_checkpoint_format=True)
+        # a mixin: vLLM's worker class, which this is mixed into, defines reload_weights
+        self.reload_weights(weights_iterator=tensors.items(), is_checkpoint_format=True)  # type: ignore[attr-defined]
         return len(tensors)
 
 

@@ -23,8 +23,9 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from srft_openrlhf.config import LoggingConfig, SRFTConfig
 from srft_openrlhf.errors import ConfigError
@@ -93,7 +94,7 @@ class MetricsLogger:
         id_file = self.run_dir / "wandb_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id + "\n")
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        mode: Literal["online", "offline"] = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         if mode == "offline":
             # init(mode="offline") covers the run only: wandb 0.31's process-wide analytics still
             # read the global settings and try to reach the W&B server from a background thread
@@ -101,7 +102,7 @@ class MetricsLogger:
         return wandb.init(project=cfg.logging.wandb_project, name=cfg.logging.wandb_run_name, id=run_id,
                           resume="allow", dir=str(self.run_dir), mode=mode, config=cfg.to_dict())
 
-    def log(self, step: int, record: dict[str, float], force: bool = False) -> None:
+    def log(self, step: int, record: Mapping[str, float | str], force: bool = False) -> None:
         """One record for ``step`` (written when step % log_every == 0, or ``force``)."""
         if not force and step % self.log_every:
             return

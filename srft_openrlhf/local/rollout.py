@@ -19,6 +19,7 @@ import torch
 from srft_openrlhf.algorithm import LossConfig, Response, augment_groups, batch_advantages
 from srft_openrlhf.config import RolloutConfig
 from srft_openrlhf.data import Example, encode_example, render_prompt
+from srft_openrlhf.errors import DataError
 from srft_openrlhf.local.generation import Generator
 from srft_openrlhf.reward import batch_rewards
 
@@ -104,6 +105,8 @@ def collect_rollouts(generator: Generator | None, items: Sequence[PromptItem], i
     t0 = time.perf_counter()
     version = generator.policy_version if generator is not None else 0
     if loss.needs_rollouts:
+        if generator is None:
+            raise ValueError(f"preset {loss.preset!r} trains on rollouts: collect_rollouts needs a generator")
         completions = generator.generate(
             [p.prompt_ids for p in prompts], cfg.n_samples_per_prompt, temperature=cfg.temperature,
             top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=generation_seed(seed, step),
@@ -183,8 +186,11 @@ def build_train_batch(items: Sequence[PromptItem], rb: RolloutBatch, loss: LossC
     """
     prompts = [items[i] for i in rb.prompt_indices]
     if loss.needs_demos:
-        demos = [[Response(token_ids=list(p.demo_ids), reward=r, is_demo=True, text=p.demo_text or "")]
-                 for p, r in zip(prompts, rb.demo_rewards)]
+        demos = []
+        for i, p, r in zip(rb.prompt_indices, prompts, rb.demo_rewards):
+            if p.demo_ids is None:
+                raise DataError(f"training row {i} has no demonstration, which preset {loss.preset!r} trains on")
+            demos.append([Response(token_ids=list(p.demo_ids), reward=r, is_demo=True, text=p.demo_text or "")])
         per_group, mode = loss.demos_per_group, loss.demo_mode if loss.needs_rollouts else "append"
     else:
         demos, per_group, mode = [[] for _ in prompts], 0, "append"

@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -57,6 +57,11 @@ from srft_openrlhf.local.rollout import (
     grade,
     rollout_stats,
 )
+
+if TYPE_CHECKING:
+    from srft_openrlhf.data import Example
+    from srft_openrlhf.local.async_rollout import AsyncRollouts, SyncRollouts
+    from srft_openrlhf.local.generation import HFGenerator
 
 SCHEDULES = ("joint", "sft_then_rl", "rl_then_sft")
 GENERATORS = ("auto", "vllm", "hf")
@@ -170,10 +175,14 @@ def load_data(cfg: SRFTConfig) -> RunData:
                               demo_key=d.demo_key, require_demo=needs_demos, skip_invalid_rows=d.skip_invalid_rows,
                               limit=d.max_train_rows).examples
     eval_source = d.eval or (TOY if d.train == TOY else None)
-    evaluation, groups = [], None
+    evaluation: list[Example] = []
+    groups: list[str] | None = None
     if eval_source == TOY:
         evaluation = toy.examples("heldout")[: d.max_eval_rows]
-        groups = [toy.problem_group(ex.prompt) for ex in evaluation]
+        groups = []
+        for ex in evaluation:
+            assert isinstance(ex.prompt, str)  # toy.examples builds every prompt as a question string
+            groups.append(toy.problem_group(ex.prompt))
     elif eval_source:
         evaluation = load_examples(eval_source, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
                                    demo_key=None, skip_invalid_rows=d.skip_invalid_rows,
@@ -259,7 +268,7 @@ class Trainer:
         self.model_path = self.resolve_model()
         self.engine = make_engine(
             self.model_path, engine=t.engine, zero_stage=t.zero_stage, dtype=cfg.model.dtype, lr=t.lr,
-            weight_decay=t.weight_decay, betas=tuple(t.adam_betas), grad_clip=t.grad_clip,
+            weight_decay=t.weight_decay, betas=t.adam_betas, grad_clip=t.grad_clip,
             warmup_steps=t.lr_warmup_steps, total_steps=t.steps, seed=t.seed,
             gradient_checkpointing=cfg.model.gradient_checkpointing,
         )
@@ -284,10 +293,12 @@ class Trainer:
             self.logger.message(f"{run_dir} has no checkpoint yet: starting from step 0")
 
         self.generator = self.make_generator() if (data.eval or self.needs_generation()) else None
-        self.eval_generator = None
+        self.eval_generator: HFGenerator | None = None
         if self.async_enabled:
             from srft_openrlhf.local.async_rollout import AsyncRollouts
 
+            assert self.generator is not None  # async_enabled implies needs_generation()
+            self.rollouts: AsyncRollouts | SyncRollouts
             self.rollouts = AsyncRollouts(self.generator, self.produce, start_step=self.start_step,
                                           end_step=t.steps, max_staleness=t.max_staleness, pending=pending)
         else:
@@ -354,7 +365,7 @@ class Trainer:
             record = self.train_step(step)
             done = step + 1
             self.logger.log(done, record)
-            self.logger.advance({k: record[k] for k in ("reward_mean", "loss") if k in record})
+            self.logger.advance({k: float(record[k]) for k in ("reward_mean", "loss") if k in record})
             if self.data.eval and t.eval_every and done % t.eval_every == 0 and done < t.steps:
                 self.evaluate(done)
             if done == t.steps or (t.save_every and done % t.save_every == 0):
@@ -364,14 +375,16 @@ class Trainer:
         after = self.evaluate(t.steps) if self.data.eval else {}
         return self.write_summary(after)
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, float | str]:  # "phase" is the preset's name
         loss_cfg = phase_loss(self.cfg, step)
         t0 = time.perf_counter()
         rb = self.rollouts.get(step)
         t1 = time.perf_counter()
         batch = build_train_batch(self.data.train, rb, loss_cfg)
-        record = optimize(self.engine, batch, loss_cfg, micro_batch_size=self.cfg.train.micro_batch_size,
-                          pad_id=self.pad_id, temperature=self.cfg.rollout.temperature, reference=self.reference)
+        record: dict[str, float | str] = dict(
+            optimize(self.engine, batch, loss_cfg, micro_batch_size=self.cfg.train.micro_batch_size,
+                     pad_id=self.pad_id, temperature=self.cfg.rollout.temperature, reference=self.reference)
+        )
         t2 = time.perf_counter()
         self.rollouts.publish(step + 1, self.engine.named_weights())
         t3 = time.perf_counter()
