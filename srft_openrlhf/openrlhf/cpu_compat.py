@@ -96,7 +96,8 @@ def _cpu_device() -> torch.device:
 def _patch_torch() -> None:
     torch.cuda.set_device = lambda device: None
     torch.cuda.synchronize = lambda device=None: None
-    torch.cuda.current_device = _cpu_device
+    # monkey-patch: OpenRLHF's callers use the result as a device, which on CPU is the CPU
+    torch.cuda.current_device = _cpu_device  # type: ignore[assignment]
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed.ops
 
@@ -109,7 +110,10 @@ def _patch_torch() -> None:
 def _patch_deepspeed_strategy(module: ModuleType) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
-    module.init_device_mesh = lambda device_type, *args, **kwargs: init_device_mesh("cpu", *args, **kwargs)
+    # monkey-patch of OpenRLHF's module (ModuleType declares no attributes to assign)
+    module.init_device_mesh = (  # type: ignore[attr-defined]
+        lambda device_type, *args, **kwargs: init_device_mesh("cpu", *args, **kwargs)
+    )
     strategy = module.DeepspeedStrategy
     train_config = strategy.get_ds_train_config
 
@@ -120,7 +124,8 @@ def _patch_deepspeed_strategy(module: ModuleType) -> None:
             optimizer.setdefault("params", {})["torch_adam"] = True
         return config
 
-    get_ds_train_config.__wrapped__ = train_config  # the hook check reads OpenRLHF's own code
+    # the hook check reads OpenRLHF's own code (a plain function declares no __wrapped__)
+    get_ds_train_config.__wrapped__ = train_config  # type: ignore[attr-defined]
     strategy.get_ds_train_config = get_ds_train_config
 
 
@@ -138,7 +143,7 @@ def _patch_replay_buffer(module: ModuleType) -> None:
             torch.cuda.current_device = _cpu_device
         self.target_device = _cpu_device()
 
-    __init__.__wrapped__ = init
+    __init__.__wrapped__ = init  # type: ignore[attr-defined]  # for inspect.unwrap, as in _replacing
     buffer.__init__ = __init__
 
 
@@ -149,7 +154,10 @@ def _patch_ppo_actor(module: ModuleType) -> None:
 
 
 def _patch_ray_package(module: ModuleType) -> None:
-    module.create_vllm_engines = _replacing(create_cpu_rollout_engines, module.create_vllm_engines)
+    # monkey-patch of OpenRLHF's module (ModuleType declares no attributes to assign)
+    module.create_vllm_engines = _replacing(  # type: ignore[attr-defined]
+        create_cpu_rollout_engines, module.create_vllm_engines
+    )
 
 
 def _replacing(new: Callable, original: Callable) -> Callable:
@@ -160,7 +168,7 @@ def _replacing(new: Callable, original: Callable) -> Callable:
     def replacement(*args, **kwargs):
         return new(*args, **kwargs)
 
-    replacement.__wrapped__ = original
+    replacement.__wrapped__ = original  # type: ignore[attr-defined]  # read by inspect.unwrap
     replacement.__name__ = new.__name__
     return replacement
 

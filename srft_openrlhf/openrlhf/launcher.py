@@ -249,7 +249,7 @@ def openrlhf_args(cfg: SRFTConfig, files: RunFiles, resume: bool) -> list[str]:
         "--ckpt.save_steps", t.save_every or -1, "--ckpt.max_num", t.keep_checkpoints,
         "--logger.logging_steps", lg.log_every,
     ]
-    flags = [
+    flags: list[tuple[object, list[Any]]] = [
         (cfg.loss.kl_coef > 0, ["--algo.kl.use_loss", "--algo.kl.estimator", cfg.loss.kl_estimator,
                                 "--ref.num_nodes", cluster.actor_nodes,
                                 "--ref.num_gpus_per_node", cluster.actor_gpus_per_node, "--train.colocate_actor_ref"]),
@@ -417,6 +417,8 @@ def eval_examples(cfg: SRFTConfig) -> list:
         from srft_openrlhf.data import toy
 
         return toy.examples("heldout")[: d.max_eval_rows]
+    if not d.eval:
+        raise ConfigError("data.eval is not set: there are no held-out examples to read")
     return load_examples(d.eval, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key, demo_key=None,
                          skip_invalid_rows=d.skip_invalid_rows, limit=d.max_eval_rows).examples
 
@@ -504,7 +506,7 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     if cfg.cluster.cpu:
         cluster = cluster_layout(cfg)
-        resources = {} if cfg.cluster.ray_address else {"num_gpus": cluster.actor_gpus,
+        resources: dict[str, Any] = {} if cfg.cluster.ray_address else {"num_gpus": cluster.actor_gpus,
                                                         "num_cpus": cluster.actor_gpus + 4}  # logical, not cores
         ray.init(address=cfg.cluster.ray_address, runtime_env=cpu_compat.ray_runtime_env(
             ray_runtime_env()["env_vars"]), **resources)

@@ -190,7 +190,7 @@ class SRFTSamplesGenerator(SamplesGenerator):
     Rollouts also get ``info["is_demo"] = False``; the group layout is ``layout_of(cfg)``.
     """
 
-    def __init__(self, strategy, prompts_dataloader, eval_dataloader, tokenizer, vllm_engines):
+    def __init__(self, strategy, prompts_dataloader, eval_dataloader, tokenizer, vllm_engines) -> None:
         super().__init__(strategy, prompts_dataloader, eval_dataloader, tokenizer, vllm_engines)
         self.srft = srft_config(self.args)
         self.layout = layout_of(self.srft)
@@ -256,14 +256,19 @@ class SRFTSamplesGenerator(SamplesGenerator):
         tokenised by ``encode_example`` and rewarded by the run's reward function."""
         cfg = self.srft.data
         _, row = decode_label(label)
+        assert self.demo_table is not None  # called only when layout.demos > 0, which loads the table
+        if row is None:
+            raise RuntimeError(f"SRFT: the label {label!r:.80} carries no training row, "
+                               "so its demonstrations are unknown")
         texts = self.demo_table[row][: self.layout.demos]
         if len(texts) < self.layout.demos:
             raise RuntimeError(f"SRFT: example {row} has {len(texts)} demonstration(s), "
                                f"{self.layout.demos} per group are configured")
-        out = []
+        out: list[tuple[tuple[list[int], list[int]], bool, dict]] = []
         for text in texts:
             encoded = encode_example(self.tokenizer, prompt, text, cfg.max_prompt_len, cfg.max_response_len,
                                      where=f"{cfg.train} example {row}")
+            assert encoded.demo_ids is not None  # encode_example encodes the demonstration text it is given
             query = self.tokenizer.decode(encoded.prompt_ids + encoded.demo_ids, skip_special_tokens=False)
             out.append(((encoded.prompt_ids, encoded.demo_ids), encoded.demo_truncated,
                         self.reward_func([query], [prompt], [label])))
@@ -497,9 +502,12 @@ def experience_totals(experience: Experience) -> StepTotals:
 
 def _known(totals: StepTotals) -> StepTotals:
     """NaN entropy sums (rows whose entropy no weight needed) -> None (unknown)."""
-    fix = {name: None for name in ("demo_entropy_sum", "rollout_entropy_sum")
-           if getattr(totals, name) is not None and math.isnan(getattr(totals, name))}
-    return dataclasses.replace(totals, **fix) if fix else totals
+    demo, rollout = totals.demo_entropy_sum, totals.rollout_entropy_sum
+    nan_demo, nan_rollout = demo is not None and math.isnan(demo), rollout is not None and math.isnan(rollout)
+    if not (nan_demo or nan_rollout):
+        return totals
+    return dataclasses.replace(totals, demo_entropy_sum=None if nan_demo else demo,
+                               rollout_entropy_sum=None if nan_rollout else rollout)
 
 
 def _with_totals(window: list[Experience], dp_group, dp_size: int) -> Iterator[tuple[Experience, dict]]:
@@ -508,7 +516,10 @@ def _with_totals(window: list[Experience], dp_group, dp_size: int) -> Iterator[t
     if dp_size > 1:  # every DP rank's micro-batches are part of the same optimizer step
         ranks: list[StepTotals | None] = [None] * dp_size
         dist.all_gather_object(ranks, totals, group=dp_group)
-        totals = sum(ranks[1:], ranks[0])
+        gathered = [r for r in ranks if r is not None]
+        if len(gathered) != dp_size:
+            raise RuntimeError(f"SRFT: all_gather_object returned step totals from {len(gathered)} of {dp_size} ranks")
+        totals = sum(gathered[1:], gathered[0])
     totals = _known(totals)
     for experience in window:
         yield experience, {"srft_totals": totals, "dp_size": dp_size}
@@ -661,8 +672,11 @@ class _SRFTTrainerLogs:
     reported apart (``demo/*``).
     """
 
+    args: Any  # OpenRLHF's trainer that this is mixed into sets it
+
     def _compute_rollout_stats(self, experiences: list[Experience]) -> dict:
-        stats = super()._compute_rollout_stats(experiences)
+        # a mixin: the method is OpenRLHF's trainer's, next in the MRO of the classes below
+        stats = super()._compute_rollout_stats(experiences)  # type: ignore[misc]
         is_demo = torch.cat([demo_flags(e) for e in experiences])
         reward = torch.cat([e.info["reward"] for e in experiences]).float()
         length = torch.cat([e.response_length for e in experiences]).float()
@@ -706,7 +720,8 @@ class _SRFTTrainerLogs:
         """OpenRLHF's logs and checkpoints, plus one line of ``metrics.jsonl`` in the run folder per
         step (the file the local backend writes too), whatever the wandb / tensorboard settings."""
         append_metrics(run_files(srft_config(self.args).logging.output_dir).metrics, global_step, logs_dict or {})
-        super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
+        # a mixin, as above
+        super().save_logs_and_checkpoints(global_step, logs_dict, client_states)  # type: ignore[misc]
 
 
 def append_metrics(path: Path, step: int, logs: dict) -> None:
@@ -722,7 +737,8 @@ def append_metrics(path: Path, step: int, logs: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-class SRFTPolicyModelActor(unwrap(ppo_actor.PolicyModelActor)):
+# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
+class SRFTPolicyModelActor(unwrap(ppo_actor.PolicyModelActor)):  # type: ignore[misc]
     def __init__(self, *args, **kwargs):
         install()
         super().__init__(*args, **kwargs)
@@ -748,25 +764,29 @@ class SRFTPolicyModelActor(unwrap(ppo_actor.PolicyModelActor)):
         return sums
 
 
-class SRFTPPOTrainer(_SRFTTrainerLogs, unwrap(ppo_trainer.PPOTrainer)):
+# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
+class SRFTPPOTrainer(_SRFTTrainerLogs, unwrap(ppo_trainer.PPOTrainer)):  # type: ignore[misc]
     def __init__(self, *args, **kwargs):
         install()
         super().__init__(*args, **kwargs)
 
 
-class SRFTPPOTrainerAsync(unwrap(ppo_trainer_async.PPOTrainerAsync)):
+# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
+class SRFTPPOTrainerAsync(unwrap(ppo_trainer_async.PPOTrainerAsync)):  # type: ignore[misc]
     def __init__(self, *args, **kwargs):
         install()
         super().__init__(*args, **kwargs)
 
 
-class SRFTGenerateSamplesActor(unwrap(ppo_trainer_async.GenerateSamplesActor)):
+# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
+class SRFTGenerateSamplesActor(unwrap(ppo_trainer_async.GenerateSamplesActor)):  # type: ignore[misc]
     def __init__(self, *args, **kwargs):
         install()
         super().__init__(*args, **kwargs)
 
 
-class SRFTTrainingActor(_SRFTTrainerLogs, unwrap(ppo_trainer_async.TrainingActor)):
+# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
+class SRFTTrainingActor(_SRFTTrainerLogs, unwrap(ppo_trainer_async.TrainingActor)):  # type: ignore[misc]
     def __init__(self, *args, **kwargs):
         install()
         super().__init__(*args, **kwargs)
