@@ -506,8 +506,8 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     if cfg.cluster.cpu:
         cluster = cluster_layout(cfg)
-        resources: dict[str, Any] = {} if cfg.cluster.ray_address else {"num_gpus": cluster.actor_gpus,
-                                                        "num_cpus": cluster.actor_gpus + 4}  # logical, not cores
+        resources: dict[str, Any] = {} if cfg.cluster.ray_address else {
+            "num_gpus": cluster.actor_gpus, "num_cpus": cluster.actor_gpus + 4}  # logical, not cores
         ray.init(address=cfg.cluster.ray_address, runtime_env=cpu_compat.ray_runtime_env(
             ray_runtime_env()["env_vars"]), **resources)
     else:
