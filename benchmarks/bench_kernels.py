@@ -36,7 +36,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -224,8 +224,8 @@ def bench_one(method, mode, n, vocab, hidden, dtype, device, repeats, rss) -> di
     inputs, targets = make_inputs(method, n, vocab, hidden, dtype, device)
     run = call(method, mode, inputs, targets)
 
-    def drop_grads() -> None:  # outside the measured call: freeing is not part of it
-        for leaf in inputs:
+    def drop_grads(leaves: Sequence[torch.Tensor] = inputs) -> None:  # outside the measured call
+        for leaf in leaves:
             leaf.grad = None
 
     row["time_ms"], row["times_ms"] = median_ms(run, device, repeats, drop_grads)
@@ -240,7 +240,7 @@ def bench_one(method, mode, n, vocab, hidden, dtype, device, repeats, rss) -> di
         moved = n * vocab * dtype.itemsize * (1 if mode == "fwd" else 3)
         row["GBps"] = moved / row["time_ms"] / 1e6
     row["rel_err"] = logprob_error(method, inputs, targets)
-    del inputs, targets, run
+    del inputs, targets, run, drop_grads
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -257,6 +257,7 @@ def tune_triton(device: torch.device, dtype: torch.dtype, repeats: int) -> list[
     rows = []
     try:
         for block, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16), (16384, 32)):
+
             def fixed_config(vocab: int, c: tuple[int, int] = (block, warps)) -> tuple[int, int]:
                 return c
 

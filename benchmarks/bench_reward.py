@@ -87,10 +87,14 @@ def run(mode: str, workers: int, responses: list[str], truths: list[str], timeou
     # CPU per sample of this process: the sequential cost, robust to other load on the cores.
     cpu_ms = (time.process_time() - cpu_start) * 1000 / len(responses) if workers == 0 else None
     return {
-        "mode": mode, "method": "sequential" if workers == 0 else f"pool-{workers}",
-        "samples": len(responses), "seconds": round(seconds, 3),
-        "samples_per_s": round(len(responses) / seconds, 1), "mean_reward": round(sum(rewards) / len(rewards), 3),
-        "timeouts": timeouts, "cpu_ms_per_sample": None if cpu_ms is None else round(cpu_ms, 2),
+        "mode": mode,
+        "method": "sequential" if workers == 0 else f"pool-{workers}",
+        "samples": len(responses),
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(len(responses) / seconds, 1),
+        "mean_reward": round(sum(rewards) / len(rewards), 3),
+        "timeouts": timeouts,
+        "cpu_ms_per_sample": None if cpu_ms is None else round(cpu_ms, 2),
     }
 
 
@@ -125,27 +129,37 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows = []
     for k, mode in enumerate(modes):
-        responses, truths = make_samples(golds[warmup + k * args.n:warmup + (k + 1) * args.n], rng)
+        responses, truths = make_samples(golds[warmup + k * args.n : warmup + (k + 1) * args.n], rng)
         clear_caches()
         rows.append(run(mode, 0, responses, truths, args.timeout))
         rows.append(run(mode, args.workers, responses, truths, args.timeout))
     load_after = os.getloadavg()[0]
     close_pool()
 
-    header = (f"{'mode':<12} {'method':<11} {'samples':>7} {'seconds':>8} {'samples/s':>9} "
-              f"{'cpu ms/sample':>13} {'reward':>6} {'timeouts':>8}")
-    print(f"math reward throughput on {os.cpu_count()} CPUs (load average {load_before:.1f} -> {load_after:.1f}), "
-          f"{source}, pool start {pool_start_s:.2f} s")
+    header = (
+        f"{'mode':<12} {'method':<11} {'samples':>7} {'seconds':>8} {'samples/s':>9} "
+        f"{'cpu ms/sample':>13} {'reward':>6} {'timeouts':>8}"
+    )
+    print(
+        f"math reward throughput on {os.cpu_count()} CPUs (load average {load_before:.1f} -> {load_after:.1f}), "
+        f"{source}, pool start {pool_start_s:.2f} s"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         cpu = "-" if r["cpu_ms_per_sample"] is None else f"{r['cpu_ms_per_sample']:.2f}"
-        print(f"{r['mode']:<12} {r['method']:<11} {r['samples']:>7} {r['seconds']:>8.2f} "
-              f"{r['samples_per_s']:>9.1f} {cpu:>13} {r['mean_reward']:>6.3f} {r['timeouts']:>8}")
+        print(
+            f"{r['mode']:<12} {r['method']:<11} {r['samples']:>7} {r['seconds']:>8.2f} "
+            f"{r['samples_per_s']:>9.1f} {cpu:>13} {r['mean_reward']:>6.3f} {r['timeouts']:>8}"
+        )
     report = {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "source": source,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "source": source,
         "load_average": [round(load_before, 2), round(load_after, 2)],
-        "timeout_s": args.timeout, "pool_start_s": round(pool_start_s, 3), "results": rows,
+        "timeout_s": args.timeout,
+        "pool_start_s": round(pool_start_s, 3),
+        "results": rows,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

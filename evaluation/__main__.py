@@ -22,12 +22,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from srft_openrlhf.errors import ConfigError, UserError
-
-from evaluation.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, Benchmark, Fields, Problem, get_benchmark, load_benchmark
+from evaluation.benchmarks import (
+    BENCHMARKS,
+    PAPER_BENCHMARKS,
+    Benchmark,
+    Fields,
+    Problem,
+    get_benchmark,
+    load_benchmark,
+)
 from evaluation.generate import EvalGenerator, Sampling, build_generator, prompt_seed, resolve_generator
 from evaluation.grade import grade_responses
 from evaluation.report import SAMPLES, append_samples, read_samples, results_markdown, summarize, write_outputs
+from srft_openrlhf.errors import ConfigError, UserError
 
 # --template names -> srft_openrlhf.data templates ("own": the model's chat template, Table A1).
 TEMPLATES = {"srft": "srft", "qwen_math": "qwen_math", "none": "none", "own": "chat"}
@@ -47,27 +54,54 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m evaluation",
         description="Evaluate a model on the paper's benchmarks; writes samples.jsonl, summary.json and results.md "
-                    "(Table 2 layout) to --out, and resumes from them when run again.")
+        "(Table 2 layout) to --out, and resumes from them when run again.",
+    )
     p.add_argument("--model", required=True, help="model folder or hub id")
-    p.add_argument("--benchmarks", default=",".join(PAPER_BENCHMARKS),
-                   help=f"comma-separated (default: the paper's eight); known: {', '.join(BENCHMARKS)}")
+    p.add_argument(
+        "--benchmarks",
+        default=",".join(PAPER_BENCHMARKS),
+        help=f"comma-separated (default: the paper's eight); known: {', '.join(BENCHMARKS)}",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (reused to resume)")
-    p.add_argument("--samples", action="append", default=[], metavar="NAME=K",
-                   help="samples per problem for a benchmark (default 32 for aime24/amc/aime25, else 1)")
-    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
-                   help="local .json/.jsonl/.parquet for a benchmark instead of its hub dataset")
-    p.add_argument("--fields", action="append", default=[], metavar="NAME=QUESTION_KEY,ANSWER_KEY",
-                   help="field names of a benchmark's file when not detected (dotted keys reach nested columns)")
+    p.add_argument(
+        "--samples",
+        action="append",
+        default=[],
+        metavar="NAME=K",
+        help="samples per problem for a benchmark (default 32 for aime24/amc/aime25, else 1)",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="local .json/.jsonl/.parquet for a benchmark instead of its hub dataset",
+    )
+    p.add_argument(
+        "--fields",
+        action="append",
+        default=[],
+        metavar="NAME=QUESTION_KEY,ANSWER_KEY",
+        help="field names of a benchmark's file when not detected (dotted keys reach nested columns)",
+    )
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=8192, help="maximum new tokens per response")
-    p.add_argument("--template", choices=list(TEMPLATES), default="srft",
-                   help="srft (paper Fig. A3), qwen_math, none (bare question), own (the model's chat template)")
+    p.add_argument(
+        "--template",
+        choices=list(TEMPLATES),
+        default="srft",
+        help="srft (paper Fig. A3), qwen_math, none (bare question), own (the model's chat template)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed; also orders multiple-choice options")
     p.add_argument("--limit", type=int, help="first N problems of each benchmark (smoke tests)")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--generator", choices=["auto", "vllm", "hf"], default="auto",
-                   help="auto: vLLM when installed, else Hugging Face generate")
+    p.add_argument(
+        "--generator",
+        choices=["auto", "vllm", "hf"],
+        default="auto",
+        help="auto: vLLM when installed, else Hugging Face generate",
+    )
     p.add_argument("--batch-size", type=int, help="prompts per generation call (default: vLLM 256, HF 4)")
     return p
 
@@ -136,8 +170,11 @@ def render_prompts(tasks: Sequence[Task], template: str, tokenizer) -> dict[tupl
 
     if template == "own" and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("--template own: the model's tokenizer has no chat template; use srft, qwen_math or none")
-    return {(t.bench.name, p.id): render_prompt(p.question, TEMPLATES[template], tokenizer)
-            for t in tasks for p in t.problems}
+    return {
+        (t.bench.name, p.id): render_prompt(p.question, TEMPLATES[template], tokenizer)
+        for t in tasks
+        for p in t.problems
+    }
 
 
 def check_resume(out: Path, settings: dict, records: Sequence[dict], prompts: dict[tuple[str, str], str]) -> None:
@@ -147,13 +184,17 @@ def check_resume(out: Path, settings: dict, records: Sequence[dict], prompts: di
         before = json.loads(run_file.read_text(encoding="utf-8"))
         changed = [k for k in RUN_KEYS if before.get(k) != settings[k]]
         if changed:
-            raise ConfigError(f"{out} holds samples made with other {', '.join(changed)} "
-                              f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); use a new --out")
+            raise ConfigError(
+                f"{out} holds samples made with other {', '.join(changed)} "
+                f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); use a new --out"
+            )
     for r in records:
         prompt = prompts.get((r["benchmark"], r["id"]))
         if prompt is not None and prompt != r["prompt"]:
-            raise ConfigError(f"{out / SAMPLES}: {r['benchmark']} problem {r['id']} was generated from a different "
-                              "prompt (other data file, template or tokenizer?); use a new --out")
+            raise ConfigError(
+                f"{out / SAMPLES}: {r['benchmark']} problem {r['id']} was generated from a different "
+                "prompt (other data file, template or tokenizer?); use a new --out"
+            )
 
 
 def missing_samples(tasks: Sequence[Task], records: Sequence[dict]) -> dict[str, list[tuple[Problem, list[int]]]]:
@@ -166,8 +207,13 @@ def missing_samples(tasks: Sequence[Task], records: Sequence[dict]) -> dict[str,
     return todo
 
 
-def generate_batch(task: Task, batch: Sequence[tuple[Problem, list[int]]], generator: EvalGenerator,
-                   prompts: dict[tuple[str, str], str], seed: int) -> list[dict]:
+def generate_batch(
+    task: Task,
+    batch: Sequence[tuple[Problem, list[int]]],
+    generator: EvalGenerator,
+    prompts: dict[tuple[str, str], str],
+    seed: int,
+) -> list[dict]:
     """Generate and grade one batch (all its problems miss the same number of samples)."""
     name = task.bench.name
     texts = [prompts[(name, p.id)] for p, _ in batch]
@@ -175,14 +221,33 @@ def generate_batch(task: Task, batch: Sequence[tuple[Problem, list[int]]], gener
     completions = generator.generate(texts, len(batch[0][1]), seeds)
     flat = [(p, s, c, text) for (p, missing), cs, text in zip(batch, completions, texts) for s, c in zip(missing, cs)]
     verdicts = grade_responses(task.bench.kind, [c.text for _, _, c, _ in flat], [p.answer for p, _, _, _ in flat])
-    return [{"benchmark": name, "id": p.id, "sample": s, "kind": task.bench.kind, "prompt": text,
-             "response": c.text, "answer": p.answer, **asdict(v), "n_tokens": c.n_tokens, "truncated": c.truncated}
-            for (p, s, c, text), v in zip(flat, verdicts)]
+    return [
+        {
+            "benchmark": name,
+            "id": p.id,
+            "sample": s,
+            "kind": task.bench.kind,
+            "prompt": text,
+            "response": c.text,
+            "answer": p.answer,
+            **asdict(v),
+            "n_tokens": c.n_tokens,
+            "truncated": c.truncated,
+        }
+        for (p, s, c, text), v in zip(flat, verdicts)
+    ]
 
 
-def evaluate(tasks: Sequence[Task], prompts: dict[tuple[str, str], str], out: Path,
-             make_generator: Callable[[], EvalGenerator], *, seed: int, batch_size: int | None,
-             settings: dict) -> list[dict]:
+def evaluate(
+    tasks: Sequence[Task],
+    prompts: dict[tuple[str, str], str],
+    out: Path,
+    make_generator: Callable[[], EvalGenerator],
+    *,
+    seed: int,
+    batch_size: int | None,
+    settings: dict,
+) -> list[dict]:
     """Generate the missing samples (appended to ``out/samples.jsonl`` after every batch) and
     return the records of the requested problems and sample indices."""
     from tqdm import tqdm
@@ -203,7 +268,7 @@ def evaluate(tasks: Sequence[Task], prompts: dict[tuple[str, str], str], out: Pa
                 same = [item for item in pending if len(item[1]) == n]
                 for i in range(0, len(same), size):
                     assert generator is not None  # there is pending work, so make_generator() ran
-                    new = generate_batch(t, same[i:i + size], generator, prompts, seed)
+                    new = generate_batch(t, same[i : i + size], generator, prompts, seed)
                     append_samples(f, new)
                     records.extend(new)
                     bar.update(len(new))
@@ -222,17 +287,27 @@ def run(args: argparse.Namespace) -> int:
     prompts = render_prompts(tasks, args.template, tokenizer)
     sampling = Sampling(args.temperature, args.top_p, args.max_tokens)
     kind = resolve_generator(args.generator)
-    settings = {"model": model, "template": args.template, **asdict(sampling), "seed": args.seed,
-                "generator": kind, "tensor_parallel_size": args.tensor_parallel_size, "limit": args.limit,
-                "samples": {t.bench.name: t.k for t in tasks}, "data": {t.bench.name: t.source for t in tasks}}
+    settings = {
+        "model": model,
+        "template": args.template,
+        **asdict(sampling),
+        "seed": args.seed,
+        "generator": kind,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "limit": args.limit,
+        "samples": {t.bench.name: t.k for t in tasks},
+        "data": {t.bench.name: t.source for t in tasks},
+    }
     args.out.mkdir(parents=True, exist_ok=True)
 
     def make_generator() -> EvalGenerator:
-        return build_generator(kind, model, tokenizer, sampling, seed=args.seed,
-                               tensor_parallel_size=args.tensor_parallel_size)
+        return build_generator(
+            kind, model, tokenizer, sampling, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size
+        )
 
-    records = evaluate(tasks, prompts, args.out, make_generator, seed=args.seed, batch_size=args.batch_size,
-                       settings=settings)
+    records = evaluate(
+        tasks, prompts, args.out, make_generator, seed=args.seed, batch_size=args.batch_size, settings=settings
+    )
     summary = summarize(records, model=model, settings=settings)
     write_outputs(args.out, summary)
     print(results_markdown(summary))

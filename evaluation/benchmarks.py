@@ -36,10 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evaluation.metrics import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 from srft_openrlhf.data.loading import read_rows
 from srft_openrlhf.errors import ConfigError, DataError
-
-from evaluation.metrics import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 
 logger = logging.getLogger(__name__)
 
@@ -64,36 +63,95 @@ class Benchmark:
     aliases: tuple[str, ...]  # ``data_source`` values that mean this benchmark
 
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("aime24", "AIME24", "math", HubSource("HuggingFaceH4/aime_2024", None, "train"), 32,
-              ("aime24", "aime", "aime_2024", "aime2024")),
-    # 83 problems of AMC 2022 + 2023, the set LUFFY / SRFT report as "AMC" (math-ai/amc23 and
-    # the Unify-Post-Training AMC23.json hold the 40 problems of 2023 only).
-    Benchmark("amc", "AMC", "math", HubSource("AI-MO/aimo-validation-amc", None, "train"), 32,
-              ("amc", "amc23", "amc22", "amc2023")),
-    Benchmark("math500", "MATH500", "math", HubSource("HuggingFaceH4/MATH-500", None, "test"), 1,
-              ("math500", "math", "math-500", "math_500")),
-    Benchmark("minerva", "Minerva", "math", HubSource("math-ai/minervamath", None, "test"), 1,
-              ("minerva", "minervamath", "minerva_math")),
-    Benchmark("olympiad", "Olympiad", "math", HubSource("math-ai/olympiadbench", None, "test"), 1,
-              ("olympiad", "olympiad_bench", "olympiadbench")),
-    Benchmark("arc_c", "ARC-C", "choice", HubSource("allenai/ai2_arc", "ARC-Challenge", "test"), 1,
-              ("arc_c", "arc", "arc_challenge", "ai2_arc")),
-    Benchmark("gpqa_diamond", "GPQA-D", "choice",
-              HubSource("Idavidrein/gpqa", "gpqa_diamond", "train",
-                        note="gated: accept its terms on the hub and log in (huggingface-cli login)"), 1,
-              ("gpqa_diamond", "gpqa", "gpqa-diamond")),
-    Benchmark("mmlu_pro", "MMLU-Pro", "choice", HubSource("TIGER-Lab/MMLU-Pro", None, "test"), 1,
-              ("mmlu_pro", "mmlu-pro", "mmlupro")),
-    Benchmark("aime25", "AIME25", "math", HubSource("math-ai/aime25", None, "test"), 32,
-              ("aime25", "aime_2025", "aime2025")),
-)}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark(
+            "aime24",
+            "AIME24",
+            "math",
+            HubSource("HuggingFaceH4/aime_2024", None, "train"),
+            32,
+            ("aime24", "aime", "aime_2024", "aime2024"),
+        ),
+        # 83 problems of AMC 2022 + 2023, the set LUFFY / SRFT report as "AMC" (math-ai/amc23 and
+        # the Unify-Post-Training AMC23.json hold the 40 problems of 2023 only).
+        Benchmark(
+            "amc",
+            "AMC",
+            "math",
+            HubSource("AI-MO/aimo-validation-amc", None, "train"),
+            32,
+            ("amc", "amc23", "amc22", "amc2023"),
+        ),
+        Benchmark(
+            "math500",
+            "MATH500",
+            "math",
+            HubSource("HuggingFaceH4/MATH-500", None, "test"),
+            1,
+            ("math500", "math", "math-500", "math_500"),
+        ),
+        Benchmark(
+            "minerva",
+            "Minerva",
+            "math",
+            HubSource("math-ai/minervamath", None, "test"),
+            1,
+            ("minerva", "minervamath", "minerva_math"),
+        ),
+        Benchmark(
+            "olympiad",
+            "Olympiad",
+            "math",
+            HubSource("math-ai/olympiadbench", None, "test"),
+            1,
+            ("olympiad", "olympiad_bench", "olympiadbench"),
+        ),
+        Benchmark(
+            "arc_c",
+            "ARC-C",
+            "choice",
+            HubSource("allenai/ai2_arc", "ARC-Challenge", "test"),
+            1,
+            ("arc_c", "arc", "arc_challenge", "ai2_arc"),
+        ),
+        Benchmark(
+            "gpqa_diamond",
+            "GPQA-D",
+            "choice",
+            HubSource(
+                "Idavidrein/gpqa",
+                "gpqa_diamond",
+                "train",
+                note="gated: accept its terms on the hub and log in (huggingface-cli login)",
+            ),
+            1,
+            ("gpqa_diamond", "gpqa", "gpqa-diamond"),
+        ),
+        Benchmark(
+            "mmlu_pro",
+            "MMLU-Pro",
+            "choice",
+            HubSource("TIGER-Lab/MMLU-Pro", None, "test"),
+            1,
+            ("mmlu_pro", "mmlu-pro", "mmlupro"),
+        ),
+        Benchmark(
+            "aime25",
+            "AIME25",
+            "math",
+            HubSource("math-ai/aime25", None, "test"),
+            32,
+            ("aime25", "aime_2025", "aime2025"),
+        ),
+    )
+}
 PAPER_BENCHMARKS = IN_DISTRIBUTION + OUT_OF_DISTRIBUTION
 
 # Auto-detected fields, first match wins.
 QUESTION_KEYS = ("prompt", "problem", "question", "Question", "input")
-ANSWER_KEYS = ("answer", "reward_model.ground_truth", "final_answer", "ground_truth", "answerKey",
-               "gold", "target")
+ANSWER_KEYS = ("answer", "reward_model.ground_truth", "final_answer", "ground_truth", "answerKey", "gold", "target")
 ID_KEYS = ("id", "unique_id", "question_id", "Record ID", "extra_info.index", "idx")
 SOURCE_KEYS = ("data_source", "source")
 GPQA_KEYS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
@@ -127,6 +185,7 @@ def benchmark_for_source(source: str) -> Benchmark | None:
 
 
 # ----------------------------------------------------------------------------- rows
+
 
 def _get(row: Mapping[str, Any], key: str) -> Any:
     """``row[key]``, else the dotted path ``a.b`` through nested mappings; None when absent."""
@@ -162,8 +221,10 @@ def hub_rows(bench: Benchmark) -> list[dict]:
     except Exception as e:  # offline, gated, renamed: all fixable by pointing to a local file
         note = f" ({src.note})" if src.note else ""
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DataError(f"cannot load {bench.name} from the hub ({src.path}{note}): {type(e).__name__}: "
-                        f"{first}; or give a local file with --data {bench.name}=PATH") from None
+        raise DataError(
+            f"cannot load {bench.name} from the hub ({src.path}{note}): {type(e).__name__}: "
+            f"{first}; or give a local file with --data {bench.name}=PATH"
+        ) from None
 
 
 def select_source(rows: list[dict], bench: Benchmark, origin: str) -> list[dict]:
@@ -177,8 +238,10 @@ def select_source(rows: list[dict], bench: Benchmark, origin: str) -> list[dict]
         return mine
     if len(values) == 1:  # a single-benchmark file under its own name: the user chose it for this one
         return rows
-    raise DataError(f"{origin}: none of its {key} values ({', '.join(values)}) is {bench.name} "
-                    f"(accepted: {', '.join(bench.aliases)})")
+    raise DataError(
+        f"{origin}: none of its {key} values ({', '.join(values)}) is {bench.name} "
+        f"(accepted: {', '.join(bench.aliases)})"
+    )
 
 
 def detect_fields(rows: list[dict], bench: Benchmark, origin: str, fields: Fields | None) -> Fields:
@@ -187,18 +250,22 @@ def detect_fields(rows: list[dict], bench: Benchmark, origin: str, fields: Field
     if fields is not None:
         missing = [k for k in (fields.question, fields.answer) if _get(first, k) is None]
         if missing:
-            raise DataError(f"{origin}: missing field(s) {', '.join(missing)} "
-                            f"(columns: {', '.join(map(str, first))})")
+            raise DataError(f"{origin}: missing field(s) {', '.join(missing)} (columns: {', '.join(map(str, first))})")
         return fields
     question = next((k for k in QUESTION_KEYS if _get(first, k) is not None), None)
     answer = next((k for k in ANSWER_KEYS if _get(first, k) is not None), None)
     if answer is None and bench.kind == "choice" and all(k in first for k in GPQA_KEYS):
         answer = GPQA_KEYS[0]
-    missing = [f"{what} (one of {', '.join(keys)})" for what, key, keys in
-               (("question", question, QUESTION_KEYS), ("answer", answer, ANSWER_KEYS)) if key is None]
-    if missing:
-        raise DataError(f"{origin}: no {' and no '.join(missing)} field; columns: "
-                        f"{', '.join(map(str, first))}; name them with --fields {bench.name}=QUESTION_KEY,ANSWER_KEY")
+    missing = [
+        f"{what} (one of {', '.join(keys)})"
+        for what, key, keys in (("question", question, QUESTION_KEYS), ("answer", answer, ANSWER_KEYS))
+        if key is None
+    ]
+    if question is None or answer is None:
+        raise DataError(
+            f"{origin}: no {' and no '.join(missing)} field; columns: "
+            f"{', '.join(map(str, first))}; name them with --fields {bench.name}=QUESTION_KEY,ANSWER_KEY"
+        )
     return Fields(question, answer)
 
 
@@ -223,6 +290,7 @@ def _scalar_text(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- math answers
 
+
 def _strip_box(text: str) -> str:
     """``\\boxed{X}`` -> ``X`` when the whole text is one box (Unify-Post-Training writes AIME golds so)."""
     m = re.fullmatch(r"\\(?:boxed|fbox)\s*\{(.*)\}", text, flags=re.S)
@@ -245,10 +313,10 @@ def clean_math_answer(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- multiple choice
 
+
 def choice_instruction(n_options: int) -> str:
     letters = LETTERS[:n_options]
-    return (f"Answer with the letter of the correct option ({', '.join(letters[:-1])} or {letters[-1]}) "
-            "in \\boxed{}.")
+    return f"Answer with the letter of the correct option ({', '.join(letters[:-1])} or {letters[-1]}) in \\boxed{{}}."
 
 
 def shuffle_options(options: Sequence[str], gold: int, seed: str) -> tuple[list[str], int]:
@@ -274,7 +342,7 @@ def structured_options(row: Mapping[str, Any], gold: Any, where: str) -> tuple[l
     text = _scalar_text(gold)
     if isinstance(gold, int) and not isinstance(gold, bool) and 0 <= gold < len(options):
         return options, gold
-    for candidates in (labels, list(LETTERS[:len(options)]), options):
+    for candidates in (labels, list(LETTERS[: len(options)]), options):
         if text in candidates:
             return options, candidates.index(text)
     raise DataError(f"{where}: gold answer {text!r:.40} is neither an option label, letter, index nor option text")
@@ -291,8 +359,12 @@ def embedded_question(question: str, gold: str, where: str) -> tuple[str, str]:
     if gold.isdigit():  # ARC rows numbered 1)..4): relabel to letters so the letter grader applies
         if not re.search(rf"^\s*{gold}[).]", question, flags=re.M):
             raise DataError(f"{where}: gold '{gold}' is a number but no option is labelled '{gold})'")
-        question = re.sub(r"^(\s*)([1-9])([).])", lambda m: m.group(1) + LETTERS[int(m.group(2)) - 1] + m.group(3),
-                          question, flags=re.M)
+        question = re.sub(
+            r"^(\s*)([1-9])([).])",
+            lambda m: m.group(1) + LETTERS[int(m.group(2)) - 1] + m.group(3),
+            question,
+            flags=re.M,
+        )
         gold = LETTERS[int(gold) - 1]
     if len(gold) != 1 or gold not in LETTERS:
         raise DataError(f"{where}: gold answer '{gold}' is not an option letter A-J")
@@ -304,8 +376,8 @@ def embedded_question(question: str, gold: str, where: str) -> tuple[str, str]:
 
 # ----------------------------------------------------------------------------- problems
 
-def build_problem(row: Mapping[str, Any], bench: Benchmark, fields: Fields, pid: str, seed: int,
-                  where: str) -> Problem:
+
+def build_problem(row: Mapping[str, Any], bench: Benchmark, fields: Fields, pid: str, seed: int, where: str) -> Problem:
     question = _question_text(_get(row, fields.question), where)
     gold = _get(row, fields.answer)
     if gold is None or _scalar_text(gold) == "":
@@ -325,8 +397,14 @@ def _explicit_id(row: Mapping[str, Any]) -> str | None:
     return _scalar_text(value) if value is not None else None
 
 
-def load_benchmark(bench: Benchmark, path: str | Path | None = None, *, fields: Fields | None = None,
-                   seed: int = 0, limit: int | None = None) -> list[Problem]:
+def load_benchmark(
+    bench: Benchmark,
+    path: str | Path | None = None,
+    *,
+    fields: Fields | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+) -> list[Problem]:
     """The benchmark's problems from ``path`` (or the hub), repeated rows dropped, first ``limit`` kept.
 
     ``seed`` fixes the option order of structured multiple-choice rows.
@@ -342,14 +420,26 @@ def load_benchmark(bench: Benchmark, path: str | Path | None = None, *, fields: 
     for i, row in enumerate(rows):
         # The same problem again: same id (if the file has ids), question, answer and options.
         # Not the whole row: LUFFY's repeats differ in a leftover pandas index column.
-        key = json.dumps([_explicit_id(row), *(_get(row, k) for k in (fields.question, fields.answer)),
-                          row.get("options"), row.get("choices")], default=str)
+        key = json.dumps(
+            [
+                _explicit_id(row),
+                *(_get(row, k) for k in (fields.question, fields.answer)),
+                row.get("options"),
+                row.get("choices"),
+            ],
+            default=str,
+        )
         if key not in seen:
             seen.add(key)
             kept.append((_explicit_id(row) or str(i), row))
     if len(kept) < len(rows):
-        logger.warning("%s: %d repeated %s rows dropped (use --samples %s=K for k samples per problem)",
-                       origin, len(rows) - len(kept), bench.name, bench.name)
+        logger.warning(
+            "%s: %d repeated %s rows dropped (use --samples %s=K for k samples per problem)",
+            origin,
+            len(rows) - len(kept),
+            bench.name,
+            bench.name,
+        )
     if len({pid for pid, _ in kept}) < len(kept):  # ids not unique: number the problems instead
         kept = [(str(i), row) for i, (_, row) in enumerate(kept)]
     kept = kept[:limit] if limit is not None else kept

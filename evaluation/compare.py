@@ -12,9 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from srft_openrlhf.errors import ConfigError, DataError, UserError
-
 from evaluation.report import TABLE2, table2, table2_values, title
+from srft_openrlhf.errors import ConfigError, DataError, UserError
 
 
 def load_summary(run: Path) -> dict:

@@ -62,8 +62,7 @@ class VLLMEvalGenerator:
 
     default_batch_size = 256  # prompts per call; vLLM schedules inside, results are flushed per call
 
-    def __init__(self, model: str, tokenizer: Any, sampling: Sampling, *, seed: int = 0,
-                 tensor_parallel_size: int = 1):
+    def __init__(self, model: str, tokenizer: Any, sampling: Sampling, *, seed: int = 0, tensor_parallel_size: int = 1):
         from vllm import LLM
 
         self.tokenizer = tokenizer
@@ -74,12 +73,25 @@ class VLLMEvalGenerator:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(n=n, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                                 max_tokens=self.sampling.max_tokens, seed=s) for s in seeds]
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                max_tokens=self.sampling.max_tokens,
+                seed=s,
+            )
+            for s in seeds
+        ]
         inputs = [TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [[EvalCompletion(o.text, len(o.token_ids), o.finish_reason == "length")
-                 for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
+        return [
+            [
+                EvalCompletion(o.text, len(o.token_ids), o.finish_reason == "length")
+                for o in sorted(out.outputs, key=lambda o: o.index)
+            ]
+            for out in outputs
+        ]
 
 
 class HFEvalGenerator:
@@ -128,11 +140,15 @@ class HFEvalGenerator:
         greedy = self.sampling.temperature <= 0
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention, max_new_tokens=self.sampling.max_tokens,
-                do_sample=not greedy, temperature=None if greedy else self.sampling.temperature,
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=self.sampling.max_tokens,
+                do_sample=not greedy,
+                temperature=None if greedy else self.sampling.temperature,
                 top_p=None if greedy else self.sampling.top_p,
                 top_k=0,  # no top-k cut, as in vLLM (the generation config may default to 50)
-                num_return_sequences=n, pad_token_id=pad,
+                num_return_sequences=n,
+                pad_token_id=pad,
             )
         new = out[:, width:].tolist()
         return [[self._completion(new[i * n + j]) for j in range(n)] for i in range(len(prompts))]
@@ -147,8 +163,9 @@ def resolve_generator(kind: str) -> str:
     return kind
 
 
-def build_generator(kind: str, model: str, tokenizer: Any, sampling: Sampling, *, seed: int,
-                    tensor_parallel_size: int = 1) -> EvalGenerator:
+def build_generator(
+    kind: str, model: str, tokenizer: Any, sampling: Sampling, *, seed: int, tensor_parallel_size: int = 1
+) -> EvalGenerator:
     """``kind``: vllm | hf (see ``resolve_generator``)."""
     if kind == "vllm":
         return VLLMEvalGenerator(model, tokenizer, sampling, seed=seed, tensor_parallel_size=tensor_parallel_size)

@@ -21,9 +21,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from srft_openrlhf.errors import DataError, UserError
-
 from evaluation.benchmarks import BENCHMARKS, benchmark_for_source
+from srft_openrlhf.errors import DataError, UserError
 
 KINDS = ("math", "choice")
 
@@ -38,8 +37,9 @@ class Verdict:
     grading: str  # "ok", or "timeout" / "error": the sample could not be graded and counts as wrong
 
 
-def grade_responses(kind: str, responses: Sequence[str], answers: Sequence[str],
-                    timeout_s: float = 5.0) -> list[Verdict]:
+def grade_responses(
+    kind: str, responses: Sequence[str], answers: Sequence[str], timeout_s: float = 5.0
+) -> list[Verdict]:
     """Verdicts for responses of one kind against their gold answers; math is graded in worker
     processes, each sample within ``timeout_s`` (the reward module's default)."""
     from srft_openrlhf.reward import batch_rewards
@@ -52,14 +52,17 @@ def grade_responses(kind: str, responses: Sequence[str], answers: Sequence[str],
 
 # ----------------------------------------------------------------------------- re-grading CLI
 
+
 def _kind(line: dict, where: str) -> str:
     bench = benchmark_for_source(str(line["benchmark"]))
     if bench is not None:
         return bench.kind
     if line.get("kind") in KINDS:
         return line["kind"]
-    raise DataError(f"{where}: unknown benchmark '{line['benchmark']}' (known: {', '.join(BENCHMARKS)}); "
-                    "add a field \"kind\": \"math\" or \"choice\" to grade it anyway")
+    raise DataError(
+        f"{where}: unknown benchmark '{line['benchmark']}' (known: {', '.join(BENCHMARKS)}); "
+        'add a field "kind": "math" or "choice" to grade it anyway'
+    )
 
 
 def read_generations(path: Path) -> list[dict]:
@@ -75,15 +78,19 @@ def read_generations(path: Path) -> list[dict]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the "
-                            "line); expected JSON Lines: UTF-8 text, one JSON object per line") from None
+            raise DataError(
+                f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the "
+                "line); expected JSON Lines: UTF-8 text, one JSON object per line"
+            ) from None
         if not text.strip():
             continue
         try:
             line = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg}); expected JSON Lines, one object with "
-                            "benchmark, answer, response per line") from None
+            raise DataError(
+                f"{where}: not valid JSON ({e.msg}); expected JSON Lines, one object with "
+                "benchmark, answer, response per line"
+            ) from None
         missing = [k for k in ("benchmark", "answer", "response") if not isinstance(line, dict) or line.get(k) is None]
         if missing:
             raise DataError(f"{where}: missing field(s) {', '.join(missing)} (needs benchmark, answer, response)")

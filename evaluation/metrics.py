@@ -55,7 +55,7 @@ def mean_pass_at_k(correct: Sequence[Sequence[bool]], k: int) -> float:
 
 def report_ks(n_min: int) -> list[int]:
     """The k of the reported pass@k: powers of two up to the smallest sample count, and it."""
-    ks = [k for k in (2 ** i for i in range(n_min.bit_length())) if k <= n_min]
+    ks = [k for k in (2**i for i in range(n_min.bit_length())) if k <= n_min]
     return ks + ([n_min] if n_min not in ks else [])
 
 

@@ -13,10 +13,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-from srft_openrlhf.errors import DataError
-
 from evaluation.benchmarks import BENCHMARKS
 from evaluation.metrics import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION, Sample, benchmark_metrics, group_average
+from srft_openrlhf.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +73,9 @@ def summarize(records: Iterable[dict], *, model: str, settings: dict) -> dict:
     order = [b for b in BENCHMARKS if b in problems] + sorted(set(problems) - set(BENCHMARKS))
     benchmarks = {}
     for name in order:
-        groups = {pid: [_sample(r) for r in sorted(rs, key=lambda r: r["sample"])] for pid, rs in problems[name].items()}
+        groups = {
+            pid: [_sample(r) for r in sorted(rs, key=lambda r: r["sample"])] for pid, rs in problems[name].items()
+        }
         math = all(r.get("kind", "math") == "math" for rs in problems[name].values() for r in rs)
         benchmarks[name] = benchmark_metrics(groups, math=math)
     scores = {name: m["score"] for name, m in benchmarks.items()}
@@ -82,8 +83,10 @@ def summarize(records: Iterable[dict], *, model: str, settings: dict) -> dict:
         "model": model,
         "settings": settings,
         "benchmarks": benchmarks,
-        "averages": {"in_distribution": group_average(scores, IN_DISTRIBUTION),
-                     "out_of_distribution": group_average(scores, OUT_OF_DISTRIBUTION)},
+        "averages": {
+            "in_distribution": group_average(scores, IN_DISTRIBUTION),
+            "out_of_distribution": group_average(scores, OUT_OF_DISTRIBUTION),
+        },
     }
 
 
@@ -111,14 +114,34 @@ def table2(rows: Sequence[tuple[str, dict]]) -> str:
 
 
 def details_table(summary: dict) -> str:
-    header = ["Benchmark", "Problems", "Samples/problem", "Metric", "Score", "pass@k",
-              "math-verify", "OAT", "Mean tokens", "Truncated %"]
+    header = [
+        "Benchmark",
+        "Problems",
+        "Samples/problem",
+        "Metric",
+        "Score",
+        "pass@k",
+        "math-verify",
+        "OAT",
+        "Mean tokens",
+        "Truncated %",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in summary["benchmarks"].items():
         pass_k = ", ".join(f"@{k} {_pct(v)}" for k, v in m["pass_at_k"].items())
         tokens = MISSING if m["mean_tokens"] is None else f"{m['mean_tokens']:.0f}"
-        cells = [title(name), str(m["problems"]), str(m["samples_per_problem"]), m["metric"], _pct(m["score"]),
-                 pass_k, _pct(m["math_verify"]), _pct(m["oat"]), tokens, _pct(m["truncation_rate"])]
+        cells = [
+            title(name),
+            str(m["problems"]),
+            str(m["samples_per_problem"]),
+            m["metric"],
+            _pct(m["score"]),
+            pass_k,
+            _pct(m["math_verify"]),
+            _pct(m["oat"]),
+            tokens,
+            _pct(m["truncation_rate"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -129,16 +152,26 @@ def model_name(summary: dict) -> str:
 
 def results_markdown(summary: dict) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in summary["settings"].items() if not isinstance(v, (dict, list)))
-    return "\n".join([
-        f"# Evaluation of {summary['model']}", "",
-        "Accuracy in %: avg@k over k samples per problem where k > 1 (the paper: avg@32 on AIME24 and AMC), "
-        "else pass@1; Avg. is shown only when all of its benchmarks were run.", "",
-        table2([(model_name(summary), summary)]), "",
-        "## Per benchmark", "",
-        "math-verify / OAT: the accuracy either grader alone gives (a sample counts as correct when either accepts it).",
-        "", details_table(summary), "",
-        f"Settings: {settings}", "",
-    ])
+    return "\n".join(
+        [
+            f"# Evaluation of {summary['model']}",
+            "",
+            "Accuracy in %: avg@k over k samples per problem where k > 1 (the paper: avg@32 on AIME24 and AMC), "
+            "else pass@1; Avg. is shown only when all of its benchmarks were run.",
+            "",
+            table2([(model_name(summary), summary)]),
+            "",
+            "## Per benchmark",
+            "",
+            "math-verify / OAT: the accuracy either grader alone gives "
+            "(a sample counts as correct when either accepts it).",
+            "",
+            details_table(summary),
+            "",
+            f"Settings: {settings}",
+            "",
+        ]
+    )
 
 
 def write_outputs(out: Path, summary: dict) -> None:

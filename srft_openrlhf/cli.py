@@ -16,11 +16,17 @@ from srft_openrlhf.errors import ConfigError, UserError
 # subcommand -> (module, function taking argv, one-line help); each owns its argparse.
 _DELEGATED = {
     "eval": ("evaluation.__main__", "main", "evaluate a model on the paper's benchmarks"),
-    "analyze": ("srft_openrlhf.analysis.__main__", "main",
-                "the paper's analyses: token-shift (Fig. 2) and trajectory (Fig. 3)"),
+    "analyze": (
+        "srft_openrlhf.analysis.__main__",
+        "main",
+        "the paper's analyses: token-shift (Fig. 2) and trajectory (Fig. 3)",
+    ),
     "plot": ("srft_openrlhf.local.plot", "main", "plot reward / length / entropy curves of runs"),
-    "prepare-model": ("srft_openrlhf.data.prepare_model", "main",
-                      "copy a model folder with an edited rope_theta / max_position_embeddings"),
+    "prepare-model": (
+        "srft_openrlhf.data.prepare_model",
+        "main",
+        "copy a model folder with an edited rope_theta / max_position_embeddings",
+    ),
 }
 
 
@@ -28,18 +34,28 @@ def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="srft train",
         description="Train with SRFT or a baseline preset (local backend: one machine, CPU or one "
-                    "GPU; openrlhf backend: Ray cluster).",
+        "GPU; openrlhf backend: Ray cluster).",
     )
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.lr=1e-5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=1e-5 (repeatable)",
+    )
     p.add_argument("--algo", help="shorthand for --set loss.preset=NAME (srft, grpo, luffy, sft, ...)")
     p.add_argument("--backend", choices=["local", "openrlhf"], default="local")
     p.add_argument("--output-dir", help="run folder (shorthand for --set logging.output_dir=DIR)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a run from its latest checkpoint (uses the run's saved config)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config (and, for openrlhf, the launch command); start nothing")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint (uses the run's saved config)"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config (and, for openrlhf, the launch command); start nothing",
+    )
     return p
 
 

@@ -27,7 +27,9 @@ def greedy(gen, prompts=PROMPTS) -> list[list[int]]:
 
 
 @torch.no_grad()
-def teacher_forced_logprobs(model, prompt: list[int], tokens: list[int], temperature: float, top_p: float) -> list[float]:
+def teacher_forced_logprobs(
+    model, prompt: list[int], tokens: list[int], temperature: float, top_p: float
+) -> list[float]:
     """HF log-probs of ``tokens`` after ``prompt`` under the sampling distribution, in fp64 logits."""
     ids = torch.tensor([prompt + tokens])
     logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].double()
@@ -97,9 +99,14 @@ def main(model_dir: str, out_path: str) -> None:
 
         rows = vllm_gen.generate(PROMPTS, 8, temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW, seed=3)
         result["finish"] = [
-            {"reason": c.finish_reason, "ends_with_eos": bool(c.token_ids) and c.token_ids[-1] in eos,
-             "eos_inside": any(t in eos for t in c.token_ids[:-1]), "n_tokens": len(c.token_ids)}
-            for row in rows for c in row
+            {
+                "reason": c.finish_reason,
+                "ends_with_eos": bool(c.token_ids) and c.token_ids[-1] in eos,
+                "eos_inside": any(t in eos for t in c.token_ids[:-1]),
+                "n_tokens": len(c.token_ids),
+            }
+            for row in rows
+            for c in row
         ]
     finally:
         vllm_gen.close()

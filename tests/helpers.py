@@ -85,12 +85,16 @@ def build_tiny_tokenizer(chat_template: bool = True):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"],
     )
     if chat_template:
@@ -104,10 +108,16 @@ def build_tiny_model(tokenizer, seed: int = 0, layers: int = 2):
 
     torch.manual_seed(seed)
     cfg = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-        max_position_embeddings=512, tie_word_embeddings=False,
-        bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     return Qwen2ForCausalLM(cfg)
@@ -131,13 +141,21 @@ def tiny_run_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
     """A config for the conftest tiny model: 2 steps of 2 prompts × 2 rollouts, seconds on CPU."""
     values = {
         "model": {"path": str(model_dir), "dtype": "fp32"},
-        "data": {"train": str(write_toy_rows(tmp_path / "train.jsonl", "train", 12)),
-                 "eval": str(write_toy_rows(tmp_path / "eval.jsonl", "heldout", 4, demo=False)),
-                 "template": "none", "max_prompt_len": 32, "max_response_len": 24},
-        "rollout": {"n_samples_per_prompt": 2, "max_new_tokens": 10, "generator": "hf", "reward_mode": "oat",
-                    "reward_workers": 0},
-        "train": {"steps": 2, "prompts_per_step": 2, "lr": 1e-3, "micro_batch_size": 4, "save_every": 1,
-                  "seed": 0},
+        "data": {
+            "train": str(write_toy_rows(tmp_path / "train.jsonl", "train", 12)),
+            "eval": str(write_toy_rows(tmp_path / "eval.jsonl", "heldout", 4, demo=False)),
+            "template": "none",
+            "max_prompt_len": 32,
+            "max_response_len": 24,
+        },
+        "rollout": {
+            "n_samples_per_prompt": 2,
+            "max_new_tokens": 10,
+            "generator": "hf",
+            "reward_mode": "oat",
+            "reward_workers": 0,
+        },
+        "train": {"steps": 2, "prompts_per_step": 2, "lr": 1e-3, "micro_batch_size": 4, "save_every": 1, "seed": 0},
         "logging": {"output_dir": str(tmp_path / "run")},
     }
     for section, keys in sections.items():
@@ -166,8 +184,13 @@ _DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_R
 
 def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
-    return {**env, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **env,
+        "PYTHONPATH": str(ROOT),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -220,6 +243,7 @@ def run_both(hidden, weight, targets, temperature, entropy_grad):
 
 # ----------------------------------------------------------------------------- srft analyze
 
+
 def save_model(path: Path, tokenizer, seed: int = 0, model=None) -> Path:
     model = model if model is not None else build_tiny_model(tokenizer, seed=seed)
     model.save_pretrained(path)
@@ -244,8 +268,8 @@ def naive_logprobs(model_dir: Path, response: scoring.Response) -> np.ndarray:
     with torch.no_grad():
         logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
     start = len(response.prompt_ids) - 1
-    targets = ids[0, start + 1:]
-    return logp[start:start + len(targets)].gather(1, targets[:, None])[:, 0].double().numpy()
+    targets = ids[0, start + 1 :]
+    return logp[start : start + len(targets)].gather(1, targets[:, None])[:, 0].double().numpy()
 
 
 def mixed_responses(tokenizer, n: int = 6) -> list[scoring.Response]:

@@ -71,14 +71,15 @@ def reference(batch: dict, cfg: LossConfig, logp_rl: list | None = None) -> dict
         out["loss_rl_demo"] = reduce((b, -adv[b] * (p if g is None else p / (p + g))) for b, p in shaped)
     clipped = 0
     if cfg.rl_rollout and cfg.rollout_objective == "paper":
+
         def is_weight(b, t):
             if cfg.rollout_is_cap is None:
                 return 1.0
             return min(math.exp(lp_weight[b][t] - old[b][t]), cfg.rollout_is_cap)
 
-        out["loss_rl_rollout"] = reduce((b, -is_weight(b, t) * w_rl(b, t) * logp_rl[b][t]) for b, t in pos_toks) + reduce(
-            (b, is_weight(b, t) * logp_rl[b][t]) for b, t in neg_toks
-        )
+        out["loss_rl_rollout"] = reduce(
+            (b, -is_weight(b, t) * w_rl(b, t) * logp_rl[b][t]) for b, t in pos_toks
+        ) + reduce((b, is_weight(b, t) * logp_rl[b][t]) for b, t in neg_toks)
         if cfg.rollout_is_cap is not None:
             clipped = sum(math.exp(lp_weight[b][t] - old[b][t]) > cfg.rollout_is_cap for b, t in roll_toks)
     elif cfg.rl_rollout:
@@ -153,8 +154,15 @@ def as_lists(batch: dict[str, torch.Tensor]) -> dict[str, list]:
 def run(batch: dict[str, torch.Tensor], cfg: LossConfig, **replace):
     args = dict(batch, **replace)
     return srft_loss(
-        args["log_probs"], args["old_log_probs"], args["entropy"], args["mask"], args["advantages"],
-        args["rewards"], args["is_demo"], cfg, ref_log_probs=args.get("ref_log_probs"),
+        args["log_probs"],
+        args["old_log_probs"],
+        args["entropy"],
+        args["mask"],
+        args["advantages"],
+        args["rewards"],
+        args["is_demo"],
+        cfg,
+        ref_log_probs=args.get("ref_log_probs"),
     )
 
 
@@ -196,9 +204,22 @@ KNOBS: list[tuple[str, dict]] = [(name, {}) for name in PRESETS] + [
     ("luffy", dict(clip_low=0.2, clip_high=0.2, loss_agg_constant=3.0)),
 ]
 METRICS = [
-    "loss", "loss_sft_demo", "loss_rl_demo", "loss_rl_rollout", "loss_kl", "loss_entropy_bonus", "kl", "w_sft",
-    "w_rl", "entropy_demo", "entropy_rollout", "clip_frac", "low_entropy_drop_frac", "n_demo_tokens",
-    "n_pos_tokens", "n_neg_tokens",
+    "loss",
+    "loss_sft_demo",
+    "loss_rl_demo",
+    "loss_rl_rollout",
+    "loss_kl",
+    "loss_entropy_bonus",
+    "kl",
+    "w_sft",
+    "w_rl",
+    "entropy_demo",
+    "entropy_rollout",
+    "clip_frac",
+    "low_entropy_drop_frac",
+    "n_demo_tokens",
+    "n_pos_tokens",
+    "n_neg_tokens",
 ]
 
 
@@ -236,8 +257,9 @@ def test_gradient_matches_reference_finite_differences(preset, overrides):
     frozen = [[False] * len(row) for row in x0]
     if cfg.low_entropy_clip_quantile is not None:
         ent, mask = lists["entropy"], lists["mask"]
-        threshold = np.quantile([e for er, mr in zip(ent, mask) for e, m in zip(er, mr) if m],
-                                cfg.low_entropy_clip_quantile)
+        threshold = np.quantile(
+            [e for er, mr in zip(ent, mask) for e, m in zip(er, mr) if m], cfg.low_entropy_clip_quantile
+        )
         frozen = [[m and e < threshold for e, m in zip(er, mr)] for er, mr in zip(ent, mask)]
         assert any(any(row) for row in frozen)
 
@@ -251,8 +273,13 @@ def test_gradient_matches_reference_finite_differences(preset, overrides):
 
 @pytest.mark.parametrize(
     "preset,overrides",
-    [("srft", {}), ("srft_official", {}), ("grpo", {}), ("srft", dict(entropy_scope="sequence", kl_coef=0.2)),
-     ("luffy", dict(loss_agg="seq_mean_token_mean", kl_coef=0.1, kl_estimator="k1"))],
+    [
+        ("srft", {}),
+        ("srft_official", {}),
+        ("grpo", {}),
+        ("srft", dict(entropy_scope="sequence", kl_coef=0.2)),
+        ("luffy", dict(loss_agg="seq_mean_token_mean", kl_coef=0.1, kl_estimator="k1")),
+    ],
 )
 def test_gradcheck_log_probs(preset, overrides):
     # the importance weight of stale rollouts is a stop-gradient factor, which numerical
@@ -312,7 +339,9 @@ def test_stale_rollouts_importance_weighted_by_hand():
     # seq 1 (positive): ratio e^(−0.5+0.7) = e^0.2 = 1.221403; seq 2 (negative): e^0 = 1, e^-0.25 = 0.778801
     # w_RL · 1.221403 · 0.5 + mean(−0.25 · 1, −0.75 · 0.778801) = 0.166005 − 0.417050 = −0.251045
     _, m = run(tiny_batch(), LossConfig())
-    assert m["loss_rl_rollout"] == pytest.approx(0.1 * math.e * math.exp(0.2) * 0.5 - (0.25 + 0.75 * math.exp(-0.25)) / 2)
+    assert m["loss_rl_rollout"] == pytest.approx(
+        0.1 * math.e * math.exp(0.2) * 0.5 - (0.25 + 0.75 * math.exp(-0.25)) / 2
+    )
     assert m["loss_rl_rollout"] == pytest.approx(-0.251045, abs=1e-6) and m["clip_frac"] == 0.0
     # cap 1.1: the positive token's weight is truncated to 1.1 (one of three rollout tokens)
     _, m = run(tiny_batch(), LossConfig(rollout_is_cap=1.1))
@@ -335,10 +364,16 @@ def test_stale_negative_rollouts_are_unbiased():
         logp = logits.log_softmax(-1)
         per_token = []
         for y in range(4):  # every token as a one-token negative rollout, weighted by π_old(y)
-            loss, _ = srft_loss(logp[y].reshape(1, 1), old[y].reshape(1, 1), torch.zeros(1, 1, dtype=torch.float64),
-                                torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, dtype=torch.float64),
-                                torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.bool),
-                                LossConfig(rollout_is_cap=cap))
+            loss, _ = srft_loss(
+                logp[y].reshape(1, 1),
+                old[y].reshape(1, 1),
+                torch.zeros(1, 1, dtype=torch.float64),
+                torch.ones(1, 1, dtype=torch.bool),
+                torch.zeros(1, dtype=torch.float64),
+                torch.zeros(1, dtype=torch.float64),
+                torch.zeros(1, dtype=torch.bool),
+                LossConfig(rollout_is_cap=cap),
+            )
             per_token.append(p_old[y] * loss)
         (grad,) = torch.autograd.grad(sum(per_token), logits)
         return grad
@@ -511,8 +546,15 @@ def test_shape_errors():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("loss_agg", "sum"), ("entropy_scope", "global"), ("rollout_objective", "ppo"), ("kl_estimator", "k2"),
-     ("low_entropy_clip_quantile", 1.5), ("clip_low", -0.1), ("demo_mode", "prepend")],
+    [
+        ("loss_agg", "sum"),
+        ("entropy_scope", "global"),
+        ("rollout_objective", "ppo"),
+        ("kl_estimator", "k2"),
+        ("low_entropy_clip_quantile", 1.5),
+        ("clip_low", -0.1),
+        ("demo_mode", "prepend"),
+    ],
 )
 def test_invalid_config_is_a_config_error(field, value):
     with pytest.raises(ConfigError, match=f"loss.{field}"):

@@ -34,8 +34,15 @@ def test_preset_terms_and_properties(name):
     cfg = LossConfig.from_preset(name)
     cfg.validate()
     assert cfg.preset == name
-    got = (cfg.sft_demo, cfg.rl_demo, cfg.rl_rollout, cfg.rollout_objective, cfg.needs_demos, cfg.needs_rollouts,
-           cfg.demos_in_group)
+    got = (
+        cfg.sft_demo,
+        cfg.rl_demo,
+        cfg.rl_rollout,
+        cfg.rollout_objective,
+        cfg.needs_demos,
+        cfg.needs_rollouts,
+        cfg.demos_in_group,
+    )
     assert got == EXPECTED[name]
 
 
@@ -45,9 +52,19 @@ def test_default_is_the_paper():
     assert (cfg.w_sft_coef, cfg.w_sft_sign, cfg.w_sft_fixed) == (0.5, -1.0, None)
     assert (cfg.w_rl_coef, cfg.w_rl_sign, cfg.w_rl_fixed) == (0.1, 1.0, None)
     assert (cfg.entropy_scope, cfg.loss_agg, cfg.demo_shaping_gamma, cfg.clip_low, cfg.clip_high) == (
-        "batch", "token_mean", None, None, None)
+        "batch",
+        "token_mean",
+        None,
+        None,
+        None,
+    )
     assert (cfg.normalize_std, cfg.demo_mode, cfg.demos_per_group, cfg.kl_coef, cfg.entropy_bonus) == (
-        True, "append", 1, 0.0, 0.0)
+        True,
+        "append",
+        1,
+        0.0,
+        0.0,
+    )
     assert cfg.low_entropy_clip_quantile is None
 
 
@@ -96,17 +113,30 @@ def batch():
     g = torch.Generator().manual_seed(0)
     lp = -torch.rand(4, 3, generator=g, dtype=torch.float64)
     return dict(
-        log_probs=lp, old_log_probs=lp.clone(), entropy=torch.rand(4, 3, generator=g, dtype=torch.float64),
-        mask=torch.ones(4, 3, dtype=torch.bool), advantages=torch.tensor([0.5, -0.5, -0.5, 1.5], dtype=torch.float64),
+        log_probs=lp,
+        old_log_probs=lp.clone(),
+        entropy=torch.rand(4, 3, generator=g, dtype=torch.float64),
+        mask=torch.ones(4, 3, dtype=torch.bool),
+        advantages=torch.tensor([0.5, -0.5, -0.5, 1.5], dtype=torch.float64),
         rewards=torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64),
-        is_demo=torch.tensor([False, False, False, True]), ref_log_probs=lp - 0.1,
+        is_demo=torch.tensor([False, False, False, True]),
+        ref_log_probs=lp - 0.1,
     )
 
 
 def loss_of(name: str, **replace) -> float:
     b = dict(batch(), **replace)
-    return srft_loss(b["log_probs"], b["old_log_probs"], b["entropy"], b["mask"], b["advantages"], b["rewards"],
-                     b["is_demo"], LossConfig.from_preset(name), ref_log_probs=b["ref_log_probs"])[0].item()
+    return srft_loss(
+        b["log_probs"],
+        b["old_log_probs"],
+        b["entropy"],
+        b["mask"],
+        b["advantages"],
+        b["rewards"],
+        b["is_demo"],
+        LossConfig.from_preset(name),
+        ref_log_probs=b["ref_log_probs"],
+    )[0].item()
 
 
 def test_sft_preset_is_plain_negative_log_likelihood_of_demos():
@@ -123,6 +153,6 @@ def test_grpo_preset_ignores_demonstrations():
 
 def test_sft_kl_adds_the_kl_term():
     b = batch()
-    d = (b["ref_log_probs"] - b["log_probs"])  # = −0.1 everywhere: k3 = e^-0.1 + 0.1 − 1 = 0.0048374
+    d = b["ref_log_probs"] - b["log_probs"]  # = −0.1 everywhere: k3 = e^-0.1 + 0.1 − 1 = 0.0048374
     k3 = (d.exp() - d - 1).mean().item()
     assert loss_of("sft_kl") == pytest.approx(loss_of("sft") + 0.2 * k3)

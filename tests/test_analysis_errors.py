@@ -12,6 +12,7 @@ from helpers import analyze
 @pytest.fixture(autouse=True)
 def no_toy_base_build(monkeypatch, tmp_path):
     """Errors come before any expensive work: building the toy base model is one."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("the toy base model must not be built")
 
@@ -38,8 +39,18 @@ def error(capsys, *args) -> str:
 
 
 def test_missing_checkpoint_names_the_run_and_the_steps_there(tmp_path, toy_models, run_dir, capsys):
-    err = error(capsys, "token-shift", "--base", toy_models["base"], "--models", f"{run_dir}@150",
-                "--data", "toy", "--out", tmp_path / "out")
+    err = error(
+        capsys,
+        "token-shift",
+        "--base",
+        toy_models["base"],
+        "--models",
+        f"{run_dir}@150",
+        "--data",
+        "toy",
+        "--out",
+        tmp_path / "out",
+    )
     assert str(run_dir) in err and "no checkpoint for step 150" in err and "100, 200" in err
 
 
@@ -55,8 +66,18 @@ def test_not_a_run_folder_nor_a_model(tmp_path, toy_models, capsys):
     (tmp_path / "plain").mkdir()
     err = error(capsys, "trajectory", "--runs", tmp_path / "plain", "--data", "toy", "--out", tmp_path / "out")
     assert "not a run folder" in err and "plain" in err
-    err = error(capsys, "token-shift", "--base", toy_models["base"], "--models", tmp_path / "nowhere",
-                "--data", "toy", "--out", tmp_path / "out")
+    err = error(
+        capsys,
+        "token-shift",
+        "--base",
+        toy_models["base"],
+        "--models",
+        tmp_path / "nowhere",
+        "--data",
+        "toy",
+        "--out",
+        tmp_path / "out",
+    )
     assert "nowhere" in err and "does not exist" in err
 
 
@@ -69,15 +90,48 @@ def test_incomplete_checkpoint_is_named(tmp_path, run_dir, capsys):
 def test_tokenizer_mismatch(tmp_path, toy_models, tiny_model_dir, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"prompt": "What is 12 + 35?", "answer": "47"}) + "\n")
-    err = error(capsys, "token-shift", "--base", f"toybase={toy_models['base']}", "--models", f"bpe={tiny_model_dir}",
-                "--data", data, "--template", "none", "--out", tmp_path / "out")
+    err = error(
+        capsys,
+        "token-shift",
+        "--base",
+        f"toybase={toy_models['base']}",
+        "--models",
+        f"bpe={tiny_model_dir}",
+        "--data",
+        data,
+        "--template",
+        "none",
+        "--out",
+        tmp_path / "out",
+    )
     assert "tokenizer mismatch between toybase" in err and "bpe" in err
-    err = error(capsys, "token-shift", "--base", toy_models["base"], "--models", f"bpe={tiny_model_dir}",
-                "--data", "toy", "--out", tmp_path / "out")
+    err = error(
+        capsys,
+        "token-shift",
+        "--base",
+        toy_models["base"],
+        "--models",
+        f"bpe={tiny_model_dir}",
+        "--data",
+        "toy",
+        "--out",
+        tmp_path / "out",
+    )
     assert "tokenizer mismatch between the toy task's tokenizer and bpe" in err
 
 
 def test_duplicate_names(tmp_path, toy_models, capsys):
-    err = error(capsys, "token-shift", "--base", toy_models["base"], "--models", f"x={toy_models['copy']}",
-                f"x={toy_models['other']}", "--data", "toy", "--out", tmp_path / "out")
+    err = error(
+        capsys,
+        "token-shift",
+        "--base",
+        toy_models["base"],
+        "--models",
+        f"x={toy_models['copy']}",
+        f"x={toy_models['other']}",
+        "--data",
+        "toy",
+        "--out",
+        tmp_path / "out",
+    )
     assert "two models are named 'x'" in err

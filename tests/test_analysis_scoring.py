@@ -17,11 +17,13 @@ from srft_openrlhf.analysis import scoring, sources
 
 # ----------------------------------------------------------------------------- tests
 
+
 def test_scores_match_an_independent_forward(tmp_path, toy_models, toy_tokenizer):
     responses = mixed_responses(toy_tokenizer)
     assert len({len(r.token_ids) for r in responses}) == len(responses)
-    got = scoring.score_responses(ref(toy_models["other"]), responses, pad_id=toy_tokenizer.pad_token_id,
-                                  cache_dir=tmp_path, max_batch_tokens=60)  # several padded batches
+    got = scoring.score_responses(
+        ref(toy_models["other"]), responses, pad_id=toy_tokenizer.pad_token_id, cache_dir=tmp_path, max_batch_tokens=60
+    )  # several padded batches
     assert len(scoring.length_batches([len(r.prompt_ids) + len(r.token_ids) for r in responses], 60)) > 1
     for r, lp in zip(responses, got):
         assert lp.shape == (len(r.token_ids),)
@@ -80,7 +82,7 @@ def test_generated_responses_are_greedy_cached_and_reused(tmp_path, toy_models, 
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0]
     start = len(r.prompt_ids) - 1
-    assert logits[start:start + len(r.token_ids)].argmax(-1).tolist() == list(r.token_ids)
+    assert logits[start : start + len(r.token_ids)].argmax(-1).tolist() == list(r.token_ids)
 
     monkeypatch.setattr(scoring, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     assert scoring.generate_responses(ref(toy_models["base"]), toy_tokenizer, prompts, **kwargs) == responses
@@ -88,9 +90,20 @@ def test_generated_responses_are_greedy_cached_and_reused(tmp_path, toy_models, 
 
 def test_samples_file_of_the_evaluation_harness(tmp_path, toy_tokenizer):
     path = tmp_path / "samples.jsonl"
-    records = [{"benchmark": b, "id": str(i), "sample": s, "prompt": f"{100 + i}+{200 + i}=?",
-                "response": "<think>\n1+2=3\n</think> \\boxed{3}", "truncated": i == 1, "correct": False}
-               for b in ("math500", "amc") for i in range(3) for s in range(2)]
+    records = [
+        {
+            "benchmark": b,
+            "id": str(i),
+            "sample": s,
+            "prompt": f"{100 + i}+{200 + i}=?",
+            "response": "<think>\n1+2=3\n</think> \\boxed{3}",
+            "truncated": i == 1,
+            "correct": False,
+        }
+        for b in ("math500", "amc")
+        for i in range(3)
+        for s in range(2)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     prompts, responses = scoring.samples_file_responses(path, toy_tokenizer, limit=2)
     assert [(p.benchmark, p.id) for p in prompts] == [("math500", "0"), ("math500", "1"), ("amc", "0"), ("amc", "1")]

@@ -54,12 +54,29 @@ def test_report_per_benchmark_adds_up():
     assert "benchmarks" not in token_shift.shift_report(deltas, ["a", "a", "a"])
 
 
-
 def test_token_shift_command_end_to_end(tmp_path, toy_models, toy_tokenizer, capsys):
     out = tmp_path / "out"
-    assert analyze("token-shift", "--base", toy_models["base"], "--models", f"same={toy_models['copy']}",
-                   f"other={toy_models['other']}", "--data", "toy", "--limit", 5, "--max-new-tokens", 10,
-                   "--heatmap", 2, "--out", out) == 0
+    assert (
+        analyze(
+            "token-shift",
+            "--base",
+            toy_models["base"],
+            "--models",
+            f"same={toy_models['copy']}",
+            f"other={toy_models['other']}",
+            "--data",
+            "toy",
+            "--limit",
+            5,
+            "--max-new-tokens",
+            10,
+            "--heatmap",
+            2,
+            "--out",
+            out,
+        )
+        == 0
+    )
     report = json.loads((out / "token_shift.json").read_text())
     for name in ("token_shift.png", "token_shift_heatmap.png", "token_shift_heatmap.html"):
         assert (out / name).stat().st_size > 1000, name
@@ -77,9 +94,13 @@ def test_token_shift_command_end_to_end(tmp_path, toy_models, toy_tokenizer, cap
     questions = {str(ex.row): ex.prompt for ex in toy.examples("heldout")[:5]}
     deltas = []
     for r in generated:
-        resp = scoring.Response("toy", r["prompt_id"], 0,
-                                tuple(toy_tokenizer(questions[r["prompt_id"]], add_special_tokens=False)["input_ids"]),
-                                tuple(r["token_ids"]))
+        resp = scoring.Response(
+            "toy",
+            r["prompt_id"],
+            0,
+            tuple(toy_tokenizer(questions[r["prompt_id"]], add_special_tokens=False)["input_ids"]),
+            tuple(r["token_ids"]),
+        )
         p_other = np.exp(naive_logprobs(toy_models["other"], resp))
         deltas.append(p_other - np.exp(naive_logprobs(toy_models["base"], resp)))
     flat = np.concatenate(deltas)
@@ -99,12 +120,34 @@ def test_per_benchmark_files_and_text_responses(tmp_path, toy_models):
     files = []
     for name, rows in (("first", toy.examples("heldout")[:3]), ("second", toy.examples("heldout")[3:5])):
         path = tmp_path / f"{name}.jsonl"
-        path.write_text("".join(json.dumps({"prompt": ex.prompt, "answer": ex.answer,
-                                            "demonstration": ex.demonstration}) + "\n" for ex in rows))
+        path.write_text(
+            "".join(
+                json.dumps({"prompt": ex.prompt, "answer": ex.answer, "demonstration": ex.demonstration}) + "\n"
+                for ex in rows
+            )
+        )
         files.append(path)
     out = tmp_path / "out"
-    assert analyze("token-shift", "--base", toy_models["base"], "--models", toy_models["other"], "--data", *files,
-                   "--tokenizer", "toy", "--template", "none", "--responses-from", "demos", "--out", out) == 0
+    assert (
+        analyze(
+            "token-shift",
+            "--base",
+            toy_models["base"],
+            "--models",
+            toy_models["other"],
+            "--data",
+            *files,
+            "--tokenizer",
+            "toy",
+            "--template",
+            "none",
+            "--responses-from",
+            "demos",
+            "--out",
+            out,
+        )
+        == 0
+    )
     report = json.loads((out / "token_shift.json").read_text())
     per = report["models"]["other"]["benchmarks"]
     assert set(per) == {"first", "second"} and per["first"]["responses"] == 3 and per["second"]["responses"] == 2
@@ -117,14 +160,39 @@ def test_responses_from_an_evaluation_samples_file(tmp_path, toy_models):
 
     samples = tmp_path / "eval" / "samples.jsonl"
     samples.parent.mkdir()
-    samples.write_text("".join(
-        json.dumps({"benchmark": bench, "id": str(ex.row), "sample": 0, "prompt": ex.prompt,
-                    "response": ex.demonstration, "answer": ex.answer, "correct": True, "truncated": False}) + "\n"
-        for bench, rows in (("math500", toy.examples("heldout")[:2]), ("amc", toy.examples("heldout")[2:5]))
-        for ex in rows))
+    samples.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "benchmark": bench,
+                    "id": str(ex.row),
+                    "sample": 0,
+                    "prompt": ex.prompt,
+                    "response": ex.demonstration,
+                    "answer": ex.answer,
+                    "correct": True,
+                    "truncated": False,
+                }
+            )
+            + "\n"
+            for bench, rows in (("math500", toy.examples("heldout")[:2]), ("amc", toy.examples("heldout")[2:5]))
+            for ex in rows
+        )
+    )
     out = tmp_path / "out"
-    args = ["token-shift", "--base", toy_models["base"], "--models", f"same={toy_models['copy']}",
-            "--responses-from", samples, "--tokenizer", "toy", "--out", out]
+    args = [
+        "token-shift",
+        "--base",
+        toy_models["base"],
+        "--models",
+        f"same={toy_models['copy']}",
+        "--responses-from",
+        samples,
+        "--tokenizer",
+        "toy",
+        "--out",
+        out,
+    ]
     assert analyze(*args, "--data", "toy") == 2  # the samples bring their own prompts
     assert analyze(*args) == 0
     report = json.loads((out / "token_shift.json").read_text())

@@ -36,8 +36,9 @@ def distances_along(tmp_path, tokenizer, start, end, alphas, responses, referenc
 def test_distance_is_zero_to_itself_and_grows_as_weights_move_away(tmp_path, toy_tokenizer):
     reference = build_tiny_model(toy_tokenizer, seed=3)
     ref_dir = save_model(tmp_path / "reference", toy_tokenizer, model=reference)
-    responses = scoring.generate_responses(ref(ref_dir), toy_tokenizer, toy_prompts(6), cache_dir=tmp_path,
-                                           temperature=0.0, max_new_tokens=8)
+    responses = scoring.generate_responses(
+        ref(ref_dir), toy_tokenizer, toy_prompts(6), cache_dir=tmp_path, temperature=0.0, max_new_tokens=8
+    )
     own = scoring.score_responses(ref(ref_dir), responses, pad_id=toy_tokenizer.pad_token_id, cache_dir=tmp_path)
     assert trajectory.reference_distance(own, own) == 0.0
     alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -64,8 +65,9 @@ def test_text_reference_distance_against_a_direct_computation(tmp_path, toy_mode
     prompts = toy_prompts(4, split="train")
     texts = sources.reference_texts(sources.DEMOS, prompts)
     responses = scoring.text_responses(toy_tokenizer, prompts, texts)
-    lp = scoring.score_responses(ref(toy_models["other"]), responses, pad_id=toy_tokenizer.pad_token_id,
-                                 cache_dir=tmp_path)
+    lp = scoring.score_responses(
+        ref(toy_models["other"]), responses, pad_id=toy_tokenizer.pad_token_id, cache_dir=tmp_path
+    )
     by_hand = np.mean([np.mean(1.0 - np.exp(naive_logprobs(toy_models["other"], r))) for r in responses])
     assert trajectory.reference_distance(lp, None) == pytest.approx(by_hand, abs=1e-6)
     groups = ["x", "y", "x", "y"]
@@ -74,16 +76,18 @@ def test_text_reference_distance_against_a_direct_computation(tmp_path, toy_mode
 
 
 def test_toy_references_differ_where_the_teacher_errs():
-    prompts = sources.load_prompts(["toy"], template="none", tokenizer=None, limit=40, toy_split="train",
-                                   toy_balanced=True)
+    prompts = sources.load_prompts(
+        ["toy"], template="none", tokenizer=None, limit=40, toy_split="train", toy_balanced=True
+    )
     groups = [toy.problem_group(p.question) for p in prompts]
     assert groups.count("chained_carry") == 20
     teacher = sources.reference_texts(sources.DEMOS, prompts)
     solver = sources.reference_texts(sources.TOY_SOLVER, prompts)
     differ = [g for t, s, g in zip(teacher, solver, groups) if t != s]
     assert differ and differ.count("chained_carry") > 0
-    assert all(s == toy.solution_text(*toy._correct(*map(int, p.question[:-2].split("+"))))
-               for s, p in zip(solver, prompts))
+    assert all(
+        s == toy.solution_text(*toy._correct(*map(int, p.question[:-2].split("+")))) for s, p in zip(solver, prompts)
+    )
 
 
 def test_trajectory_of_a_real_run(tmp_path, tiny_model_dir, monkeypatch):
@@ -92,9 +96,24 @@ def test_trajectory_of_a_real_run(tmp_path, tiny_model_dir, monkeypatch):
     config = tiny_run_config(tmp_path, tiny_model_dir)
     assert srft_train("--config", config) == 0
     run_dir, out = tmp_path / "run", tmp_path / "traj"
-    args = ["trajectory", "--refs", f"base={tiny_model_dir}", "teacher=demos", "--runs", f"srft={run_dir}",
-            "--data", tmp_path / "train.jsonl", "--template", "none", "--limit", 4, "--max-new-tokens", 6,
-            "--out", out]
+    args = [
+        "trajectory",
+        "--refs",
+        f"base={tiny_model_dir}",
+        "teacher=demos",
+        "--runs",
+        f"srft={run_dir}",
+        "--data",
+        tmp_path / "train.jsonl",
+        "--template",
+        "none",
+        "--limit",
+        4,
+        "--max-new-tokens",
+        6,
+        "--out",
+        out,
+    ]
     assert analyze(*args) == 0
     report = json.loads((out / "trajectory.json").read_text())
     assert (out / "trajectory.png").stat().st_size > 1000
@@ -133,10 +152,27 @@ def test_toy_default_references(tmp_path, toy_tokenizer, monkeypatch):
     (run_dir / "eval").mkdir()
     for step, correct in ((0, [1, 0, 0, 0]), (200, [1, 1, 1, 0])):
         (run_dir / "eval" / f"step-{step:06d}.jsonl").write_text(
-            "".join(json.dumps({"correct": bool(c)}) + "\n" for c in correct))
+            "".join(json.dumps({"correct": bool(c)}) + "\n" for c in correct)
+        )
     out = tmp_path / "out"
-    assert analyze("trajectory", "--runs", run_dir, "--models", f"final={run_dir}", "--data", "toy", "--limit", 4,
-                   "--max-new-tokens", 6, "--out", out) == 0
+    assert (
+        analyze(
+            "trajectory",
+            "--runs",
+            run_dir,
+            "--models",
+            f"final={run_dir}",
+            "--data",
+            "toy",
+            "--limit",
+            4,
+            "--max-new-tokens",
+            6,
+            "--out",
+            out,
+        )
+        == 0
+    )
     report = json.loads((out / "trajectory.json").read_text())
     assert list(report["references"]) == ["base", "teacher", "solver"]
     points = report["runs"]["run"]["points"]

@@ -18,8 +18,15 @@ def test_defaults_are_the_paper():
 
 
 def test_overrides_are_typed_and_nested():
-    nested = parse_overrides(["train.lr=3e-5", "train.adam_betas=[0.9,0.95]", "data.eval=null",
-                              "rollout.generator=hf", "train.async_enable=true"])
+    nested = parse_overrides(
+        [
+            "train.lr=3e-5",
+            "train.adam_betas=[0.9,0.95]",
+            "data.eval=null",
+            "rollout.generator=hf",
+            "train.async_enable=true",
+        ]
+    )
     cfg = build_config(nested)
     assert cfg.train.lr == pytest.approx(3e-5) and isinstance(cfg.train.lr, float)
     assert cfg.train.adam_betas == (0.9, 0.95)
@@ -35,16 +42,19 @@ def test_preset_applies_before_other_loss_keys():
     assert cfg.loss.needs_rollouts and not cfg.loss.needs_demos
 
 
-@pytest.mark.parametrize("values, fragment", [
-    ({"train": {"lrr": 1}}, "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
-    ({"trian": {"lr": 1}}, "unknown config key 'trian' (did you mean 'train'?)"),
-    ({"train": {"steps": "many"}}, "train.steps: expected an integer"),
-    ({"train": {"steps": 2.5}}, "train.steps: expected an integer"),
-    ({"train": {"async_enable": "maybe"}}, "train.async_enable: expected true/false"),
-    ({"train": 3}, "train: expected a mapping"),
-    ({"loss": {"preset": "nope"}}, "loss.preset"),
-    ({"loss": {"w_sftt": 1}}, "unknown config key 'loss.w_sftt'"),
-])
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"train": {"lrr": 1}}, "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
+        ({"trian": {"lr": 1}}, "unknown config key 'trian' (did you mean 'train'?)"),
+        ({"train": {"steps": "many"}}, "train.steps: expected an integer"),
+        ({"train": {"steps": 2.5}}, "train.steps: expected an integer"),
+        ({"train": {"async_enable": "maybe"}}, "train.async_enable: expected true/false"),
+        ({"train": 3}, "train: expected a mapping"),
+        ({"loss": {"preset": "nope"}}, "loss.preset"),
+        ({"loss": {"w_sftt": 1}}, "unknown config key 'loss.w_sftt'"),
+    ],
+)
 def test_bad_values_name_the_key(values, fragment):
     with pytest.raises(ConfigError) as e:
         build_config(values)
@@ -69,19 +79,24 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_cli_prints_one_line_error_for_unknown_key():
-    out = subprocess.run([sys.executable, "-m", "srft_openrlhf.cli", "train", "--set", "train.lrr=1",
-                          "--dry-run"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "srft_openrlhf.cli", "train", "--set", "train.lrr=1", "--dry-run"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
     assert "unknown config key 'train.lrr'" in out.stderr
     assert "Traceback" not in out.stderr
 
 
 def test_import_is_light():
-    code = ("import sys, srft_openrlhf, srft_openrlhf.config, srft_openrlhf.algorithm, "
-            "srft_openrlhf.reward, srft_openrlhf.data, srft_openrlhf.kernels, srft_openrlhf.cli, "
-            "srft_openrlhf.openrlhf, srft_openrlhf.local, evaluation\n"
-            "heavy = [m for m in ('ray', 'vllm', 'deepspeed', 'openrlhf') if m in sys.modules]\n"
-            "print(','.join(heavy))")
+    code = (
+        "import sys, srft_openrlhf, srft_openrlhf.config, srft_openrlhf.algorithm, "
+        "srft_openrlhf.reward, srft_openrlhf.data, srft_openrlhf.kernels, srft_openrlhf.cli, "
+        "srft_openrlhf.openrlhf, srft_openrlhf.local, evaluation\n"
+        "heavy = [m for m in ('ray', 'vllm', 'deepspeed', 'openrlhf') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""

@@ -8,10 +8,14 @@ from srft_openrlhf.data import SRFT_SYSTEM_PROMPT, encode_example, render_prompt
 from srft_openrlhf.data.encode import demo_continuation
 from srft_openrlhf.errors import ConfigError, DataError
 
-_CORPUS = ["What is 12 + 35? 12 + 35 = 47. The answer is \\boxed{47}.",
-           "Question: Answer: reason step by step, and put your final answer within"]
-_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+_CORPUS = [
+    "What is 12 + 35? 12 + 35 = 47. The answer is \\boxed{47}.",
+    "Question: Answer: reason step by step, and put your final answer within",
+]
+_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 DEMO = "<think>\n12 + 35 = 47</think>\nThe answer is \\boxed{47}."
 
 
@@ -24,14 +28,26 @@ def make_tokenizer(*, bos: bool = False, eos: bool = True, chat_template: bool =
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_CORPUS, trainer=trainers.BpeTrainer(
-        vocab_size=350, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"]))
+    tok.train_from_iterator(
+        _CORPUS,
+        trainer=trainers.BpeTrainer(
+            vocab_size=350,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"],
+        ),
+    )
     tok.add_tokens(["<think>", "</think>"])
     if bos:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>",
-                                 eos_token="<|im_end|>" if eos else None, bos_token="<s>" if bos else None)
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>" if eos else None,
+        bos_token="<s>" if bos else None,
+    )
     hf.chat_template = _TEMPLATE if chat_template else None
     return hf
 
@@ -55,7 +71,7 @@ def test_srft_demo_continues_the_prompt_without_a_second_think(chat_template):
     assert enc.demo_ids == _ids(tok, "12 + 35 = 47</think>\nThe answer is \\boxed{47}.") + [tok.eos_token_id]
     assert not enc.demo_truncated
     full = tok.decode(enc.prompt_ids + enc.demo_ids)
-    assert full == prompt + DEMO[len("<think>\n"):] + "<|im_end|>"
+    assert full == prompt + DEMO[len("<think>\n") :] + "<|im_end|>"
     assert full.count("<think>") == SRFT_SYSTEM_PROMPT.count("<think>") + 1  # the system text's, and one opening
 
 
@@ -93,9 +109,12 @@ def test_no_demo(tok):
 def test_prompt_too_long_names_length_and_limit(tok):
     n = len(_ids(tok, "What is 12 + 35?"))
     assert encode_example(tok, "What is 12 + 35?", None, max_prompt_len=n, max_response_len=8).prompt_ids
-    with pytest.raises(DataError, match=f"^train.jsonl row 4: prompt has {n} tokens, more than data.max_prompt_len={n - 1} "):
-        encode_example(tok, "What is 12 + 35?", None, max_prompt_len=n - 1, max_response_len=8,
-                       where="train.jsonl row 4")
+    with pytest.raises(
+        DataError, match=f"^train.jsonl row 4: prompt has {n} tokens, more than data.max_prompt_len={n - 1} "
+    ):
+        encode_example(
+            tok, "What is 12 + 35?", None, max_prompt_len=n - 1, max_response_len=8, where="train.jsonl row 4"
+        )
     with pytest.raises(DataError, match=f"^prompt has {n} tokens"):
         encode_example(tok, "What is 12 + 35?", None, max_prompt_len=n - 1, max_response_len=8)
 

@@ -18,10 +18,16 @@ from srft_openrlhf.errors import ConfigError, DataError
 BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 DEMO = "<think>\n12 + 35 = 47</think>\nThe answer is \\boxed{47}."
 OPENR1_ROWS = [
-    {"prompt": [{"role": "user", "content": "What is 12 + 35?"}], "answer": "47",
-     "target": [{"role": "assistant", "content": DEMO}]},
-    {"prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "What is 2 + 2?"}],
-     "answer": "4", "target": [{"role": "assistant", "content": "<think>\n2+2</think>\n4"}]},
+    {
+        "prompt": [{"role": "user", "content": "What is 12 + 35?"}],
+        "answer": "47",
+        "target": [{"role": "assistant", "content": DEMO}],
+    },
+    {
+        "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "What is 2 + 2?"}],
+        "answer": "4",
+        "target": [{"role": "assistant", "content": "<think>\n2+2</think>\n4"}],
+    },
 ]
 
 
@@ -47,6 +53,7 @@ def _write_jsonl(path: Path, rows: list) -> Path:
 
 # ----------------------------------------------------------------------------- real layouts
 
+
 def test_luffy_parquet_layout():
     path = _benchmark("luffy", "valid.parquet")
     loaded = load_examples(str(path), answer_key="reward_model.ground_truth", demo_key=None)
@@ -56,8 +63,7 @@ def test_luffy_parquet_layout():
     assert [m["role"] for m in first.prompt] == ["system", "user"]
     assert first.prompt[1]["content"].startswith("Every morning Aya goes for a $9$-kilometer-long walk")
     assert [e.row for e in loaded.examples[:5]] == [0, 1, 2, 3, 4]
-    assert len(load_examples(str(path), answer_key="reward_model.ground_truth", demo_key=None,
-                             limit=7).examples) == 7
+    assert len(load_examples(str(path), answer_key="reward_model.ground_truth", demo_key=None, limit=7).examples) == 7
 
 
 def test_hpt_json_layout():
@@ -65,12 +71,12 @@ def test_hpt_json_layout():
     loaded = load_examples(str(path), demo_key=None)
     assert len(loaded.examples) == 30
     first = loaded.examples[0]
-    assert first == Example(prompt=first.prompt, answer="\\boxed{204}", demonstration=None,
-                            source=str(path), row=0)
+    assert first == Example(prompt=first.prompt, answer="\\boxed{204}", demonstration=None, source=str(path), row=0)
     assert first.prompt.startswith("Every morning Aya goes for a $9$-kilometer-long walk")
 
 
 # ----------------------------------------------------------------------------- OpenR1 demos
+
 
 @pytest.mark.parametrize("demo_key", ["target", "target.0.content"])
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
@@ -88,8 +94,11 @@ def test_openr1_target_form(tmp_path, fmt, demo_key):
 
 def test_demo_takes_first_assistant_turn_or_first_entry(tmp_path):
     rows = [
-        {"prompt": "q0", "answer": "1", "target": [{"role": "user", "content": "no"},
-                                                   {"role": "assistant", "content": "yes"}]},
+        {
+            "prompt": "q0",
+            "answer": "1",
+            "target": [{"role": "user", "content": "no"}, {"role": "assistant", "content": "yes"}],
+        },
         {"prompt": "q1", "answer": "1", "target": [{"content": "first"}, {"content": "second"}]},
         {"prompt": "q2", "answer": "1", "target": ["plain string"]},
         {"prompt": "q3", "answer": "1", "target": "just text"},
@@ -97,8 +106,10 @@ def test_demo_takes_first_assistant_turn_or_first_entry(tmp_path):
         {"prompt": "q5", "answer": "1", "target": ""},
         {"prompt": "q6", "answer": "1"},
     ]
-    demos = [e.demonstration for e in load_examples(str(_write_jsonl(tmp_path / "d.jsonl", rows)),
-                                                    demo_key="target").examples]
+    demos = [
+        e.demonstration
+        for e in load_examples(str(_write_jsonl(tmp_path / "d.jsonl", rows)), demo_key="target").examples
+    ]
     assert demos == ["yes", "first", "plain string", "just text", None, None, None]
 
 
@@ -113,8 +124,7 @@ def test_json_object_forms_and_jsonl_named_json(tmp_path):
 
 
 def test_nested_answer_and_literal_dotted_column(tmp_path):
-    rows = [{"prompt": "q", "reward_model": {"ground_truth": "7"}},
-            {"prompt": "r", "reward_model.ground_truth": "8"}]
+    rows = [{"prompt": "q", "reward_model": {"ground_truth": "7"}}, {"prompt": "r", "reward_model.ground_truth": "8"}]
     loaded = load_examples(str(_write_jsonl(tmp_path / "n.jsonl", rows)), answer_key="reward_model.ground_truth")
     assert [e.answer for e in loaded.examples] == ["7", "8"]
 
@@ -138,10 +148,13 @@ def test_hub_dataset_via_datasets(monkeypatch):
 
 # ----------------------------------------------------------------------------- read_rows
 
+
 def test_read_rows_yields_the_stored_rows_of_every_format(tmp_path):
     """The reader the evaluation harness shares: whole row dicts, fields load_examples drops included."""
-    rows = [{"prompt": "q", "answer": "1", "options": ["a", "b"], "meta": {"id": 7}},
-            {"prompt": "r", "answer": "2", "options": ["c", "d"], "meta": {"id": 8}}]
+    rows = [
+        {"prompt": "q", "answer": "1", "options": ["a", "b"], "meta": {"id": 7}},
+        {"prompt": "r", "answer": "2", "options": ["c", "d"], "meta": {"id": 8}},
+    ]
     _write_jsonl(tmp_path / "a.jsonl", rows)
     _write_jsonl(tmp_path / "lines.json", rows)
     _write_parquet(tmp_path / "a.parquet", rows)
@@ -168,8 +181,9 @@ def test_read_rows_raises_bad_rows_or_yields_them(tmp_path):
     with pytest.raises(DataError, match="rows.csv: unknown data file extension '.csv'"):
         read_rows(tmp_path / "rows.csv")
     (tmp_path / "keyed.json").write_text('{"rows": []}')
-    with pytest.raises(DataError, match="keyed.json: expected a JSON array of rows, or an object holding one "
-                                        "under 'data'$"):
+    with pytest.raises(
+        DataError, match="keyed.json: expected a JSON array of rows, or an object holding one under 'data'$"
+    ):
         list(read_rows(tmp_path / "keyed.json"))
 
 
@@ -185,6 +199,7 @@ def test_jsonl_rows_end_at_newline_only(tmp_path, separator):
 
 # ----------------------------------------------------------------------------- errors
 
+
 def test_missing_file_and_unknown_extension(tmp_path):
     with pytest.raises(DataError, match="data file not found: .*nope.jsonl"):
         load_examples(str(tmp_path / "nope.jsonl"))
@@ -196,19 +211,25 @@ def test_missing_file_and_unknown_extension(tmp_path):
         load_examples(str(csv))
 
 
-@pytest.mark.parametrize("bad_row, field, problem", [
-    ({"answer": "1"}, "prompt", "has no field 'prompt' \\(row keys: answer\\)"),
-    ({"prompt": "q"}, "answer", "has no field 'answer'"),
-    ({"prompt": "  ", "answer": "1"}, "prompt", "field 'prompt' is empty"),
-    ({"prompt": 5, "answer": "1"}, "prompt", "field 'prompt' must be a string or a list of chat messages, got int"),
-    ({"prompt": "q", "answer": ["1"]}, "answer", "field 'answer' must be a string, got list"),
-    ({"prompt": "q", "answer": ""}, "answer", "field 'answer' is empty"),
-    ({"prompt": [{"role": "user"}], "answer": "1"}, "prompt", "field 'prompt' message 0 is not a"),
-    ({"prompt": [{"role": "system", "content": "s"}], "answer": "1"}, "prompt", "no non-empty user message"),
-    ({"prompt": "q", "answer": "1", "demonstration": 3}, "demonstration",
-     "field 'demonstration' must be a string or a list of messages"),
-    (["q", "1"], None, "is a list, not an object"),
-])
+@pytest.mark.parametrize(
+    "bad_row, field, problem",
+    [
+        ({"answer": "1"}, "prompt", "has no field 'prompt' \\(row keys: answer\\)"),
+        ({"prompt": "q"}, "answer", "has no field 'answer'"),
+        ({"prompt": "  ", "answer": "1"}, "prompt", "field 'prompt' is empty"),
+        ({"prompt": 5, "answer": "1"}, "prompt", "field 'prompt' must be a string or a list of chat messages, got int"),
+        ({"prompt": "q", "answer": ["1"]}, "answer", "field 'answer' must be a string, got list"),
+        ({"prompt": "q", "answer": ""}, "answer", "field 'answer' is empty"),
+        ({"prompt": [{"role": "user"}], "answer": "1"}, "prompt", "field 'prompt' message 0 is not a"),
+        ({"prompt": [{"role": "system", "content": "s"}], "answer": "1"}, "prompt", "no non-empty user message"),
+        (
+            {"prompt": "q", "answer": "1", "demonstration": 3},
+            "demonstration",
+            "field 'demonstration' must be a string or a list of messages",
+        ),
+        (["q", "1"], None, "is a list, not an object"),
+    ],
+)
 def test_malformed_row_names_file_row_and_field(tmp_path, bad_row, field, problem):
     path = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "answer": "1"}, bad_row])
     with pytest.raises(DataError) as err:
@@ -264,24 +285,29 @@ def test_corrupt_parquet(tmp_path):
     with pytest.raises(DataError, match="footer.parquet: not a readable parquet file") as err:
         load_examples(str(tmp_path / "footer.parquet"))
     assert "\n" not in str(err.value)  # pyarrow's message ends in a newline; the CLI prints one line
-    path = _write_parquet(tmp_path / "pages.parquet", [{"prompt": f"question {i} " * 20, "answer": str(i)}
-                                                       for i in range(2000)])
+    path = _write_parquet(
+        tmp_path / "pages.parquet", [{"prompt": f"question {i} " * 20, "answer": str(i)} for i in range(2000)]
+    )
     data = bytearray(path.read_bytes())
     for i in range(100, len(data) // 2):  # garble the column chunks, keep the footer intact
         data[i] = (data[i] * 7 + 13) % 256
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"pages.parquet: not a readable parquet file \(rows from 0 on: .*write it again"):
+    with pytest.raises(
+        DataError, match=r"pages.parquet: not a readable parquet file \(rows from 0 on: .*write it again"
+    ):
         load_examples(str(path))
 
 
 def test_require_demo(tmp_path):
-    path = _write_jsonl(tmp_path / "nodemo.jsonl", [{"prompt": "q", "answer": "1", "target": "d"},
-                                                    {"prompt": "r", "answer": "2"}])
+    path = _write_jsonl(
+        tmp_path / "nodemo.jsonl", [{"prompt": "q", "answer": "1", "target": "d"}, {"prompt": "r", "answer": "2"}]
+    )
     with pytest.raises(DataError) as err:
         load_examples(str(path), demo_key="target", require_demo=True)
     assert str(err.value) == (
         f"{path} row 1 has no demonstration field 'target' (the preset needs demonstrations; "
-        "set data.demo_key or choose a preset without demos)")
+        "set data.demo_key or choose a preset without demos)"
+    )
     with pytest.raises(ConfigError, match="data.demo_key"):
         load_examples(str(path), demo_key=None, require_demo=True)
     loaded = load_examples(str(path), demo_key="target", require_demo=True, skip_invalid_rows=True)
@@ -289,8 +315,13 @@ def test_require_demo(tmp_path):
 
 
 def test_skip_invalid_rows_counts_and_warns(tmp_path, caplog):
-    rows = [{"prompt": "a", "answer": "1"}, {"answer": "2"}, {"prompt": "", "answer": "3"},
-            {"prompt": "d", "answer": "4"}, {"prompt": "e", "answer": None}]
+    rows = [
+        {"prompt": "a", "answer": "1"},
+        {"answer": "2"},
+        {"prompt": "", "answer": "3"},
+        {"prompt": "d", "answer": "4"},
+        {"prompt": "e", "answer": None},
+    ]
     path = _write_parquet(tmp_path / "mixed.parquet", rows)
     with caplog.at_level(logging.WARNING, logger="srft_openrlhf.data.loading"):
         loaded = load_examples(str(path), skip_invalid_rows=True)

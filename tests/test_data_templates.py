@@ -12,8 +12,7 @@ from srft_openrlhf.errors import ConfigError, DataError
 
 BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 Q = "What is 12 + 35?"
-LUFFY_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
-                  {"role": "user", "content": Q}]
+LUFFY_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": Q}]
 
 
 @pytest.fixture
@@ -50,20 +49,21 @@ def test_plain_fallback_exact(use_tokenizer, plain_tokenizer):
     tok = plain_tokenizer if use_tokenizer else None
     assert render_prompt(Q, "srft", tok) == SRFT_SYSTEM_PROMPT + "\n\nQuestion: " + Q + "\nAnswer: <think>\n"
     assert render_prompt(Q, "qwen_math", tok) == (
-        "Please reason step by step, and put your final answer within \\boxed{}.\n\n"
-        "Question: What is 12 + 35?\nAnswer:")
+        "Please reason step by step, and put your final answer within \\boxed{}.\n\nQuestion: What is 12 + 35?\nAnswer:"
+    )
     assert render_prompt(Q, "none", tok) == Q
 
 
 def test_chat_template_exact(tiny_tokenizer):
     assert render_prompt(Q, "srft", tiny_tokenizer) == (
         f"<|im_start|>system\n{SRFT_SYSTEM_PROMPT}<|im_end|>\n"
-        f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n<think>\n")
+        f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    )
     assert render_prompt(Q, "qwen_math", tiny_tokenizer) == (
         f"<|im_start|>system\n{QWEN_MATH_SYSTEM_PROMPT}<|im_end|>\n"
-        f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n")
-    assert render_prompt(Q, "chat", tiny_tokenizer) == (
-        f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n")
+        f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert render_prompt(Q, "chat", tiny_tokenizer) == (f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n")
     assert render_prompt(Q, "none", tiny_tokenizer) == Q
 
 
@@ -74,7 +74,8 @@ def test_messages_keep_only_the_question_except_for_chat(tiny_tokenizer, plain_t
             assert "helpful assistant" not in render_prompt(LUFFY_MESSAGES, template, tok)
     assert render_prompt(LUFFY_MESSAGES, "chat", tiny_tokenizer) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n")
+        f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_srft_generation_prompt_opens_think_once(tiny_tokenizer):

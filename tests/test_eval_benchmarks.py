@@ -32,20 +32,35 @@ def write_json(path: Path, rows) -> Path:
 
 
 def luffy_rows(source: str, questions_answers, repeat: int = 1) -> list[dict]:
-    return [{"data_source": source,
-             "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-             "ability": "math", "reward_model": {"ground_truth": a, "style": "rule"},
-             "extra_info": {"index": i, "split": "default"}}
-            for i, (q, a) in enumerate(questions_answers) for _ in range(repeat)]
+    return [
+        {
+            "data_source": source,
+            "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+            "ability": "math",
+            "reward_model": {"ground_truth": a, "style": "rule"},
+            "extra_info": {"index": i, "split": "default"},
+        }
+        for i, (q, a) in enumerate(questions_answers)
+        for _ in range(repeat)
+    ]
 
 
 # ----------------------------------------------------------------------------- registry
+
 
 def test_registry_has_the_papers_benchmarks_with_their_defaults():
     assert PAPER_BENCHMARKS == ("aime24", "amc", "math500", "minerva", "olympiad", "arc_c", "gpqa_diamond", "mmlu_pro")
     assert set(PAPER_BENCHMARKS) | {"aime25"} == set(BENCHMARKS)
     assert {n: BENCHMARKS[n].samples for n in PAPER_BENCHMARKS} == {
-        "aime24": 32, "amc": 32, "math500": 1, "minerva": 1, "olympiad": 1, "arc_c": 1, "gpqa_diamond": 1, "mmlu_pro": 1}
+        "aime24": 32,
+        "amc": 32,
+        "math500": 1,
+        "minerva": 1,
+        "olympiad": 1,
+        "arc_c": 1,
+        "gpqa_diamond": 1,
+        "mmlu_pro": 1,
+    }
     assert {n for n, b in BENCHMARKS.items() if b.kind == "choice"} == {"arc_c", "gpqa_diamond", "mmlu_pro"}
     assert "gated" in BENCHMARKS["gpqa_diamond"].hub.note
 
@@ -55,8 +70,17 @@ def test_unknown_benchmark_lists_the_known_ones():
         get_benchmark("aime2024")
 
 
-@pytest.mark.parametrize("source,name", [("aime", "aime24"), ("math", "math500"), ("olympiad_bench", "olympiad"),
-                                         ("gpqa", "gpqa_diamond"), ("AMC", "amc"), ("aime25", "aime25")])
+@pytest.mark.parametrize(
+    "source,name",
+    [
+        ("aime", "aime24"),
+        ("math", "math500"),
+        ("olympiad_bench", "olympiad"),
+        ("gpqa", "gpqa_diamond"),
+        ("AMC", "amc"),
+        ("aime25", "aime25"),
+    ],
+)
 def test_luffy_data_sources_map_to_benchmarks(source, name):
     assert benchmark_for_source(source) is BENCHMARKS[name]
     assert benchmark_for_source("gsm8k") is None
@@ -77,34 +101,47 @@ def test_hub_failure_is_a_one_line_error_pointing_to_local_files(monkeypatch):
 
 # ----------------------------------------------------------------------------- math files
 
-@pytest.mark.parametrize("raw,clean", [
-    ("\\boxed{204}", "204"), ("27", "27"), (27.0, "27"), (0.5, "0.5"),
-    ("$69$,$84$", "69,84"), ("\\$5", "\\$5"),
-    ("\\boxed{a} + \\boxed{b}", "\\boxed{a} + \\boxed{b}"),  # not one box: kept
-    ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
-    (["2", "3"], "2, 3"),
-])
+
+@pytest.mark.parametrize(
+    "raw,clean",
+    [
+        ("\\boxed{204}", "204"),
+        ("27", "27"),
+        (27.0, "27"),
+        (0.5, "0.5"),
+        ("$69$,$84$", "69,84"),
+        ("\\$5", "\\$5"),
+        ("\\boxed{a} + \\boxed{b}", "\\boxed{a} + \\boxed{b}"),  # not one box: kept
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        (["2", "3"], "2, 3"),
+    ],
+)
 def test_clean_math_answer(raw, clean):
     assert clean_math_answer(raw) == clean
 
 
 def test_prompt_answer_json_layout(tmp_path):
-    path = write_json(tmp_path / "AIME24.json", [{"prompt": "What is 1+1?", "answer": "\\boxed{2}"},
-                                                 {"prompt": "What is 2+2?", "answer": "\\boxed{4}"}])
+    path = write_json(
+        tmp_path / "AIME24.json",
+        [{"prompt": "What is 1+1?", "answer": "\\boxed{2}"}, {"prompt": "What is 2+2?", "answer": "\\boxed{4}"}],
+    )
     problems = load_benchmark(BENCHMARKS["aime24"], path)
     assert [(p.id, p.question, p.answer) for p in problems] == [("0", "What is 1+1?", "2"), ("1", "What is 2+2?", "4")]
 
 
 def test_luffy_parquet_mixed_sources_are_selected_and_32x_rows_deduplicated(tmp_path):
-    rows = (luffy_rows("aime", [("A1?", "1"), ("A2?", "2")], repeat=32)
-            + luffy_rows("math", [("M1?", "\\frac12"), ("M2?", "3"), ("M3?", "4")]))
+    rows = luffy_rows("aime", [("A1?", "1"), ("A2?", "2")], repeat=32) + luffy_rows(
+        "math", [("M1?", "\\frac12"), ("M2?", "3"), ("M3?", "4")]
+    )
     path = tmp_path / "valid.all.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     aime = load_benchmark(BENCHMARKS["aime24"], path)
     assert [(p.id, p.question, p.answer) for p in aime] == [("0", "A1?", "1"), ("1", "A2?", "2")]
     math = load_benchmark(BENCHMARKS["math500"], path, limit=2)
     assert [p.question for p in math] == ["M1?", "M2?"]  # the system turn is the template's business
-    with pytest.raises(DataError, match="valid.all.parquet: none of its data_source values \\(aime, math\\) is minerva"):
+    with pytest.raises(
+        DataError, match="valid.all.parquet: none of its data_source values \\(aime, math\\) is minerva"
+    ):
         load_benchmark(BENCHMARKS["minerva"], path)
 
 
@@ -145,8 +182,9 @@ def test_bad_files(tmp_path):
     with pytest.raises(DataError, match="scalars.json row 1 is a str, not an object with fields"):
         load_benchmark(BENCHMARKS["math500"], tmp_path / "scalars.json")
     write_json(tmp_path / "keyed.json", {"rows": []})
-    with pytest.raises(DataError, match="keyed.json: expected a JSON array of rows, or an object holding one "
-                                        "under 'test' or 'data'"):
+    with pytest.raises(
+        DataError, match="keyed.json: expected a JSON array of rows, or an object holding one under 'test' or 'data'"
+    ):
         load_benchmark(BENCHMARKS["math500"], tmp_path / "keyed.json")
 
 
@@ -186,18 +224,34 @@ def test_importing_the_harness_loads_neither_torch_nor_vllm():
     import subprocess
     import sys
 
-    code = ("import sys, evaluation.benchmarks, evaluation.generate, evaluation.grade, evaluation.__main__\n"
-            "print([m for m in ('torch', 'vllm', 'transformers', 'datasets') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, evaluation.benchmarks, evaluation.generate, evaluation.grade, evaluation.__main__\n"
+        "print([m for m in ('torch', 'vllm', 'transformers', 'datasets') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "[]"
 
 
 # ----------------------------------------------------------------------------- multiple choice
 
+
 def mmlu_rows(n: int = 5) -> list[dict]:
-    return [{"question_id": 100 + i, "question": f"Q{i}?", "options": [f"opt{i}-{j}" for j in range(10)],
-             "answer": LETTERS[i % 10], "answer_index": i % 10} for i in range(n)]
+    return [
+        {
+            "question_id": 100 + i,
+            "question": f"Q{i}?",
+            "options": [f"opt{i}-{j}" for j in range(10)],
+            "answer": LETTERS[i % 10],
+            "answer_index": i % 10,
+        }
+        for i in range(n)
+    ]
 
 
 def option_text(question: str, letter: str) -> str:
@@ -212,7 +266,9 @@ def test_structured_options_are_shuffled_and_the_gold_letter_follows(tmp_path):
     for i, p in enumerate(problems):
         assert p.id == str(100 + i)
         assert option_text(p.question, p.answer) == f"opt{i}-{i % 10}"  # the gold option, wherever it went
-        assert p.question.endswith("Answer with the letter of the correct option (A, B, C, D, E, F, G, H, I or J) in \\boxed{}.")
+        assert p.question.endswith(
+            "Answer with the letter of the correct option (A, B, C, D, E, F, G, H, I or J) in \\boxed{}."
+        )
         listed = sorted(option_text(p.question, letter) for letter in LETTERS)
         assert listed == sorted(f"opt{i}-{j}" for j in range(10))
         moved += p.answer != LETTERS[i % 10]
@@ -236,10 +292,20 @@ def test_shuffle_options_is_a_permutation_keeping_the_gold():
 
 
 def test_arc_hub_layout_with_numeric_labels(tmp_path):
-    rows = [{"id": "Mercury_1", "question": "Which?", "choices": {"text": ["a", "b", "c", "d"], "label": ["1", "2", "3", "4"]},
-             "answerKey": "3"},
-            {"id": "Mercury_2", "question": "What?", "choices": {"text": ["p", "q", "r"], "label": ["A", "B", "C"]},
-             "answerKey": "A"}]
+    rows = [
+        {
+            "id": "Mercury_1",
+            "question": "Which?",
+            "choices": {"text": ["a", "b", "c", "d"], "label": ["1", "2", "3", "4"]},
+            "answerKey": "3",
+        },
+        {
+            "id": "Mercury_2",
+            "question": "What?",
+            "choices": {"text": ["p", "q", "r"], "label": ["A", "B", "C"]},
+            "answerKey": "A",
+        },
+    ]
     problems = load_benchmark(BENCHMARKS["arc_c"], write_json(tmp_path / "arc.json", rows))
     assert option_text(problems[0].question, problems[0].answer) == "c"
     assert option_text(problems[1].question, problems[1].answer) == "p"
@@ -247,20 +313,32 @@ def test_arc_hub_layout_with_numeric_labels(tmp_path):
 
 
 def test_gpqa_hub_layout(tmp_path):
-    rows = [{"Record ID": "rec1", "Question": "Which particle?", "Correct Answer": "muon",
-             "Incorrect Answer 1": "pion", "Incorrect Answer 2": "kaon", "Incorrect Answer 3": "eta"}]
+    rows = [
+        {
+            "Record ID": "rec1",
+            "Question": "Which particle?",
+            "Correct Answer": "muon",
+            "Incorrect Answer 1": "pion",
+            "Incorrect Answer 2": "kaon",
+            "Incorrect Answer 3": "eta",
+        }
+    ]
     p = load_benchmark(BENCHMARKS["gpqa_diamond"], write_json(tmp_path / "gpqa.json", rows))[0]
     assert p.id == "rec1" and option_text(p.question, p.answer) == "muon"
 
 
 def test_embedded_options_are_used_as_given(tmp_path):
     q = "Which one?\n\nA. red\nB. green\nC. blue\nD. black"
-    p = load_benchmark(BENCHMARKS["gpqa_diamond"], write_json(tmp_path / "GPQA.json", [{"prompt": q, "answer": "C"}]))[0]
+    p = load_benchmark(BENCHMARKS["gpqa_diamond"], write_json(tmp_path / "GPQA.json", [{"prompt": q, "answer": "C"}]))[
+        0
+    ]
     assert p.answer == "C" and p.question.startswith(q)
     assert p.question.endswith("(A, B, C or D) in \\boxed{}.")
     # a text that already says how to answer gets no second instruction (LUFFY's gpqa prompts)
     q2 = "Answer the following. The last line should be 'ANSWER: $LETTER'.\n\nA) 1\nB) 2"
-    p2 = load_benchmark(BENCHMARKS["gpqa_diamond"], write_json(tmp_path / "g2.json", [{"prompt": q2, "answer": "B"}]))[0]
+    p2 = load_benchmark(BENCHMARKS["gpqa_diamond"], write_json(tmp_path / "g2.json", [{"prompt": q2, "answer": "B"}]))[
+        0
+    ]
     assert p2.question == q2
 
 
@@ -278,13 +356,25 @@ def test_embedded_numbered_options_are_relabelled(tmp_path):
 
 # ----------------------------------------------------------------------------- the shared copies
 
-HPT = {"aime24": ("AIME24.json", 30), "aime25": ("AIME25.json", 30), "amc": ("AMC23.json", 40),
-       "math500": ("MATH-500.json", 500), "minerva": ("Minerva.json", 272), "olympiad": ("Olympiad-Bench.json", 674),
-       "gpqa_diamond": ("GPQA.json", 198)}
-LUFFY = {"aime24": ("valid.all.parquet", 30), "aime25": ("valid.all.parquet", 30), "amc": ("valid.all.parquet", 83),
-         "math500": ("valid.all.parquet", 500), "minerva": ("valid.all.parquet", 272),
-         "olympiad": ("valid.all.parquet", 675), "arc_c": ("valid.arc_c.parquet", 1172),
-         "gpqa_diamond": ("valid.gpqa.parquet", 198)}
+HPT = {
+    "aime24": ("AIME24.json", 30),
+    "aime25": ("AIME25.json", 30),
+    "amc": ("AMC23.json", 40),
+    "math500": ("MATH-500.json", 500),
+    "minerva": ("Minerva.json", 272),
+    "olympiad": ("Olympiad-Bench.json", 674),
+    "gpqa_diamond": ("GPQA.json", 198),
+}
+LUFFY = {
+    "aime24": ("valid.all.parquet", 30),
+    "aime25": ("valid.all.parquet", 30),
+    "amc": ("valid.all.parquet", 83),
+    "math500": ("valid.all.parquet", 500),
+    "minerva": ("valid.all.parquet", 272),
+    "olympiad": ("valid.all.parquet", 675),
+    "arc_c": ("valid.arc_c.parquet", 1172),
+    "gpqa_diamond": ("valid.gpqa.parquet", 198),
+}
 
 
 @pytest.mark.parametrize("folder,table", [("hpt", HPT), ("luffy", LUFFY)])

@@ -25,9 +25,20 @@ def data_files(tmp_path) -> dict[str, Path]:
     math = tmp_path / "math.json"
     math.write_text(json.dumps([{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(1, 4)]))
     arc = tmp_path / "arc.jsonl"
-    arc.write_text("\n".join(json.dumps({"id": f"q{i}", "question": "Which is 2?", "answerKey": "B",
-                                         "choices": {"text": ["1", "2", "3", "4"], "label": list("ABCD")}})
-                             for i in range(2)) + "\n")
+    arc.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "id": f"q{i}",
+                    "question": "Which is 2?",
+                    "answerKey": "B",
+                    "choices": {"text": ["1", "2", "3", "4"], "label": list("ABCD")},
+                }
+            )
+            for i in range(2)
+        )
+        + "\n"
+    )
     return {"math500": math, "arc_c": arc}
 
 
@@ -44,8 +55,22 @@ def check_outputs(out: Path, expected_samples: int, benchmarks: set[str]) -> lis
     records = [json.loads(line) for line in (out / SAMPLES).read_text().splitlines()]
     assert len(records) == expected_samples
     for r in records:
-        assert {"benchmark", "id", "sample", "prompt", "response", "answer", "extracted", "math_verify", "oat",
-                "choice", "correct", "grading", "n_tokens", "truncated"} <= set(r)
+        assert {
+            "benchmark",
+            "id",
+            "sample",
+            "prompt",
+            "response",
+            "answer",
+            "extracted",
+            "math_verify",
+            "oat",
+            "choice",
+            "correct",
+            "grading",
+            "n_tokens",
+            "truncated",
+        } <= set(r)
         assert isinstance(r["n_tokens"], int) and 1 <= r["n_tokens"] <= 8
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["benchmarks"]) == benchmarks
@@ -56,9 +81,26 @@ def check_outputs(out: Path, expected_samples: int, benchmarks: set[str]) -> lis
 
 def test_hf_generator_end_to_end_and_resume(tiny_model_dir, data_files, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--model", str(tiny_model_dir), "--benchmarks", "math500,arc_c", "--out", str(out),
-            "--data", f"math500={data_files['math500']}", "--data", f"arc_c={data_files['arc_c']}",
-            "--samples", "math500=2", "--max-tokens", "8", "--template", "qwen_math", "--generator", "hf"]
+    argv = [
+        "--model",
+        str(tiny_model_dir),
+        "--benchmarks",
+        "math500,arc_c",
+        "--out",
+        str(out),
+        "--data",
+        f"math500={data_files['math500']}",
+        "--data",
+        f"arc_c={data_files['arc_c']}",
+        "--samples",
+        "math500=2",
+        "--max-tokens",
+        "8",
+        "--template",
+        "qwen_math",
+        "--generator",
+        "hf",
+    ]
     assert main(argv) == 0
     records = check_outputs(out, 3 * 2 + 2, {"math500", "arc_c"})
     assert all("Please reason step by step" in r["prompt"] for r in records)
@@ -72,11 +114,14 @@ def test_hf_generator_end_to_end_and_resume(tiny_model_dir, data_files, tmp_path
     assert (out / SAMPLES).read_text() == before
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--benchmarks", "aime24,gsm8k"], "unknown benchmark 'gsm8k' (known: aime24, amc, math500"),
-    (["--benchmarks", "math500", "--samples", "aime24=4"], "'aime24' is not among --benchmarks"),
-    (["--benchmarks", "math500", "--samples", "math500=zero"], "K must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--benchmarks", "aime24,gsm8k"], "unknown benchmark 'gsm8k' (known: aime24, amc, math500"),
+        (["--benchmarks", "math500", "--samples", "aime24=4"], "'aime24' is not among --benchmarks"),
+        (["--benchmarks", "math500", "--samples", "math500=zero"], "K must be a positive integer"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(model_stub, tmp_path, capsys, extra, message):
     assert main(["--model", str(model_stub), "--out", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err
@@ -88,21 +133,60 @@ def test_missing_model_and_bad_data_file(tmp_path, capsys, model_stub):
     assert "no such model folder" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"text": "q", "solution": "s"}]))
-    assert main(["--model", str(model_stub), "--out", str(tmp_path / "o"), "--benchmarks", "math500",
-                 "--data", f"math500={bad}"]) == 2
+    assert (
+        main(
+            [
+                "--model",
+                str(model_stub),
+                "--out",
+                str(tmp_path / "o"),
+                "--benchmarks",
+                "math500",
+                "--data",
+                f"math500={bad}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "bad.json: no question" in err and "and no answer" in err and err.count("\n") == 1
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(b'{"prompt": "caf\xe9?", "answer": "1"}\n')
-    assert main(["--model", str(model_stub), "--out", str(tmp_path / "o"), "--benchmarks", "math500",
-                 "--data", f"math500={latin1}"]) == 2
+    assert (
+        main(
+            [
+                "--model",
+                str(model_stub),
+                "--out",
+                str(tmp_path / "o"),
+                "--benchmarks",
+                "math500",
+                "--data",
+                f"math500={latin1}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"{latin1} row 0 (line 1): not UTF-8 text (byte 0xe9" in err
     assert "Traceback" not in err and err.count("\n") == 1
     broken = tmp_path / "broken.json"
     broken.write_text('[{"prompt": "q", "answer": "1"},')
-    assert main(["--model", str(model_stub), "--out", str(tmp_path / "o"), "--benchmarks", "math500",
-                 "--data", f"math500={broken}"]) == 2
+    assert (
+        main(
+            [
+                "--model",
+                str(model_stub),
+                "--out",
+                str(tmp_path / "o"),
+                "--benchmarks",
+                "math500",
+                "--data",
+                f"math500={broken}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "broken.json: not valid JSON" in err and "Traceback" not in err and err.count("\n") == 1
 
@@ -117,9 +201,12 @@ def test_compare_prints_one_table_and_writes_a_chart(tmp_path, capsys):
     for name, score in (("srft", 0.5), ("grpo", 0.25)):
         run = tmp_path / name
         run.mkdir()
-        summary = {"model": f"/ckpt/{name}", "settings": {},
-                   "benchmarks": {"math500": {"score": score}, "arc_c": {"score": score / 2}},
-                   "averages": {"in_distribution": None, "out_of_distribution": None}}
+        summary = {
+            "model": f"/ckpt/{name}",
+            "settings": {},
+            "benchmarks": {"math500": {"score": score}, "arc_c": {"score": score / 2}},
+            "averages": {"in_distribution": None, "out_of_distribution": None},
+        }
         (run / "summary.json").write_text(json.dumps(summary))
     png = tmp_path / "chart.png"
     assert compare_main([str(tmp_path / "srft"), str(tmp_path / "grpo"), "--out", str(png)]) == 0
@@ -138,9 +225,27 @@ def test_compare_prints_one_table_and_writes_a_chart(tmp_path, capsys):
 def test_vllm_cpu_end_to_end(tiny_model_dir, data_files, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "evaluation", "--model", str(tiny_model_dir), "--benchmarks", "math500",
-           "--data", f"math500={data_files['math500']}", "--out", str(out), "--max-tokens", "8",
-           "--template", "qwen_math", "--generator", "vllm", "--samples", "math500=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "evaluation",
+        "--model",
+        str(tiny_model_dir),
+        "--benchmarks",
+        "math500",
+        "--data",
+        f"math500={data_files['math500']}",
+        "--out",
+        str(out),
+        "--max-tokens",
+        "8",
+        "--template",
+        "qwen_math",
+        "--generator",
+        "vllm",
+        "--samples",
+        "math500=2",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = check_outputs(out, 3 * 2, {"math500"})

@@ -20,15 +20,24 @@ from evaluation.grade import main as grade_main
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 KNOWN = json.loads((Path(__file__).parent / "fixtures" / "eval_grader_misses.json").read_text())
 
-MATH_SETS = [("hpt", "math500", "MATH-500.json"), ("hpt", "aime24", "AIME24.json"), ("hpt", "amc", "AMC23.json"),
-             ("hpt", "minerva", "Minerva.json"), ("hpt", "olympiad", "Olympiad-Bench.json")] + \
-            [("luffy", name, "valid.all.parquet") for name in ("math500", "aime24", "amc", "minerva", "olympiad")]
-CHOICE_SETS = [("hpt", "gpqa_diamond", "GPQA.json"), ("luffy", "gpqa_diamond", "valid.gpqa.parquet"),
-               ("luffy", "arc_c", "valid.arc_c.parquet")]
+MATH_SETS = [
+    ("hpt", "math500", "MATH-500.json"),
+    ("hpt", "aime24", "AIME24.json"),
+    ("hpt", "amc", "AMC23.json"),
+    ("hpt", "minerva", "Minerva.json"),
+    ("hpt", "olympiad", "Olympiad-Bench.json"),
+] + [("luffy", name, "valid.all.parquet") for name in ("math500", "aime24", "amc", "minerva", "olympiad")]
+CHOICE_SETS = [
+    ("hpt", "gpqa_diamond", "GPQA.json"),
+    ("luffy", "gpqa_diamond", "valid.gpqa.parquet"),
+    ("luffy", "arc_c", "valid.arc_c.parquet"),
+]
 
 
 def as_model_would(answer: str) -> str:
-    return f"<think>\nLet me work it out... maybe \\boxed{{0}}?\n</think>\nSo the final answer is $\\boxed{{{answer}}}$."
+    return (
+        f"<think>\nLet me work it out... maybe \\boxed{{0}}?\n</think>\nSo the final answer is $\\boxed{{{answer}}}$."
+    )
 
 
 def problems(folder: str, name: str, file: str):
@@ -86,10 +95,12 @@ def write_jsonl(path: Path, lines: list[dict]) -> Path:
 
 
 def test_regrade_generations_made_elsewhere(tmp_path, capsys):
-    lines = [{"benchmark": "aime", "answer": "204", "response": as_model_would("204")},   # LUFFY data_source name
-             {"benchmark": "aime", "answer": "204", "response": as_model_would("205")},
-             {"benchmark": "gpqa_diamond", "id": "q1", "answer": "C", "response": "ANSWER: C"},
-             {"benchmark": "my_quiz", "kind": "math", "answer": "\\frac12", "response": as_model_would("0.5")}]
+    lines = [
+        {"benchmark": "aime", "answer": "204", "response": as_model_would("204")},  # LUFFY data_source name
+        {"benchmark": "aime", "answer": "204", "response": as_model_would("205")},
+        {"benchmark": "gpqa_diamond", "id": "q1", "answer": "C", "response": "ANSWER: C"},
+        {"benchmark": "my_quiz", "kind": "math", "answer": "\\frac12", "response": as_model_would("0.5")},
+    ]
     src = write_jsonl(tmp_path / "gens.jsonl", lines)
     assert grade_main([str(src)]) == 0
     out = tmp_path / "gens_graded"
@@ -103,23 +114,32 @@ def test_regrade_generations_made_elsewhere(tmp_path, capsys):
     assert "| AIME24 |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("line,message", [
-    ({"benchmark": "aime", "response": "x"}, "line 1: missing field(s) answer"),
-    ({"benchmark": "quiz", "answer": "1", "response": "x"}, "unknown benchmark 'quiz'"),
-    ({"benchmark": "amc", "answer": "1", "response": "x", "sample": "first"}, "field 'sample' must be an integer"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ({"benchmark": "aime", "response": "x"}, "line 1: missing field(s) answer"),
+        ({"benchmark": "quiz", "answer": "1", "response": "x"}, "unknown benchmark 'quiz'"),
+        ({"benchmark": "amc", "answer": "1", "response": "x", "sample": "first"}, "field 'sample' must be an integer"),
+    ],
+)
 def test_regrade_bad_lines_are_one_line_errors(tmp_path, capsys, line, message):
     assert grade_main([str(write_jsonl(tmp_path / "g.jsonl", [line]))]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("content,message", [
-    (b'{"benchmark": "amc", "answer": "1", "response": "x"}\n' + '{"benchmark": "amc", "answer": "é"}\n'.encode("latin-1"),
-     "g.jsonl line 2: not UTF-8 text (byte 0xe9 "),
-    (bytes(range(128, 256)) * 4, "g.jsonl line 1: not UTF-8 text (byte 0x80 "),
-    (b"the model said 42\n", "g.jsonl line 1: not valid JSON (Expecting value); expected JSON Lines"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (
+            b'{"benchmark": "amc", "answer": "1", "response": "x"}\n'
+            + '{"benchmark": "amc", "answer": "é"}\n'.encode("latin-1"),
+            "g.jsonl line 2: not UTF-8 text (byte 0xe9 ",
+        ),
+        (bytes(range(128, 256)) * 4, "g.jsonl line 1: not UTF-8 text (byte 0x80 "),
+        (b"the model said 42\n", "g.jsonl line 1: not valid JSON (Expecting value); expected JSON Lines"),
+    ],
+)
 def test_regrade_a_file_that_is_not_jsonl_text(tmp_path, capsys, content, message):
     (tmp_path / "g.jsonl").write_bytes(content)
     assert grade_main([str(tmp_path / "g.jsonl")]) == 2
@@ -135,5 +155,7 @@ def test_regrade_keeps_unicode_line_separators_inside_a_response(tmp_path, capsy
     src = tmp_path / "g.jsonl"
     src.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     assert grade_main([str(src)]) == 0, capsys.readouterr().err
-    graded = [json.loads(x) for x in (tmp_path / "g_graded" / "samples.jsonl").read_text(encoding="utf-8").split("\n") if x]
+    graded = [
+        json.loads(x) for x in (tmp_path / "g_graded" / "samples.jsonl").read_text(encoding="utf-8").split("\n") if x
+    ]
     assert [g["response"] for g in graded] == [lines[0]["response"]] and graded[0]["correct"] is True

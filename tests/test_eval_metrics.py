@@ -33,15 +33,19 @@ def test_pass_at_k_equals_enumeration_over_subsets(n):
             assert pass_at_k(n, c, k) == pytest.approx(float(brute_force_pass_at_k(n, c, k)), abs=1e-12)
 
 
-@pytest.mark.parametrize("n,c,k,expected", [
-    (1, 1, 1, 1.0), (1, 0, 1, 0.0),
-    (2, 1, 1, 0.5),
-    (4, 1, 2, 0.5),        # 1 - C(3,2)/C(4,2) = 1 - 3/6
-    (5, 2, 3, 0.9),        # 1 - C(3,3)/C(5,3) = 1 - 1/10
-    (10, 3, 1, 0.3),       # pass@1 = c/n
-    (32, 0, 8, 0.0),
-    (32, 25, 8, 1.0),      # fewer than k wrong samples: every subset has a correct one
-])
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (1, 1, 1, 1.0),
+        (1, 0, 1, 0.0),
+        (2, 1, 1, 0.5),
+        (4, 1, 2, 0.5),  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+        (5, 2, 3, 0.9),  # 1 - C(3,3)/C(5,3) = 1 - 1/10
+        (10, 3, 1, 0.3),  # pass@1 = c/n
+        (32, 0, 8, 0.0),
+        (32, 25, 8, 1.0),  # fewer than k wrong samples: every subset has a correct one
+    ],
+)
 def test_pass_at_k_hand_computed(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 

@@ -27,8 +27,9 @@ class FakeGenerator:
 
     def generate(self, prompts, n, seeds):
         self.calls.append((list(prompts), n, list(seeds)))
-        return [[EvalCompletion(f"</think> so \\boxed{{{self.answers[p]}}}", 7, False) for _ in range(n)]
-                for p in prompts]
+        return [
+            [EvalCompletion(f"</think> so \\boxed{{{self.answers[p]}}}", 7, False) for _ in range(n)] for p in prompts
+        ]
 
     @property
     def samples(self) -> int:
@@ -95,8 +96,12 @@ def test_a_limit_or_smaller_k_reports_only_the_requested_samples(tmp_path):
     run(tmp_path, tasks())
     records, gen, _ = run(tmp_path, tasks(k_math=2, n_math=2))
     assert gen.calls == []
-    assert sorted((r["id"], r["sample"]) for r in records if r["benchmark"] == "math500") == \
-        [("m0", 0), ("m0", 1), ("m1", 0), ("m1", 1)]
+    assert sorted((r["id"], r["sample"]) for r in records if r["benchmark"] == "math500") == [
+        ("m0", 0),
+        ("m0", 1),
+        ("m1", 0),
+        ("m1", 1),
+    ]
 
 
 def test_other_settings_or_prompts_refuse_to_mix(tmp_path):

@@ -33,8 +33,9 @@ def fake_produce(log: list | None = None, hook=None):
             hook(step)
         if log is not None:
             log.append((step, generator.policy_version, generator.w))
-        return RolloutBatch(step=step, prompt_indices=[step], rollouts=[], demo_rewards=[],
-                            policy_version=generator.policy_version)
+        return RolloutBatch(
+            step=step, prompt_indices=[step], rollouts=[], demo_rewards=[], policy_version=generator.policy_version
+        )
 
     return produce
 

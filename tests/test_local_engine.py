@@ -15,10 +15,22 @@ from srft_openrlhf.local.engine import make_engine, make_reference
 INPUT_IDS = torch.tensor([[0, 0, 19, 358, 21, 40, 41, 0], [323, 333, 288, 28, 377, 284, 278, 373]])
 MASK = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
 
+
 def engine(model_dir, kind="torch", zero_stage=0, dtype="fp32", lr=1e-2, warmup_steps=0, **kw):
-    args = dict(engine=kind, zero_stage=zero_stage, dtype=dtype, lr=lr, weight_decay=0.01, betas=(0.9, 0.99),
-                grad_clip=1.0, warmup_steps=warmup_steps, total_steps=10, seed=0, gradient_checkpointing=False,
-                device="cpu")
+    args = dict(
+        engine=kind,
+        zero_stage=zero_stage,
+        dtype=dtype,
+        lr=lr,
+        weight_decay=0.01,
+        betas=(0.9, 0.99),
+        grad_clip=1.0,
+        warmup_steps=warmup_steps,
+        total_steps=10,
+        seed=0,
+        gradient_checkpointing=False,
+        device="cpu",
+    )
     args.update(kw)
     return make_engine(str(model_dir), **args)
 

@@ -39,8 +39,9 @@ def test_missing_model_path(tmp_path, tiny_model_dir, capsys):
 
 def test_model_folder_without_config(tmp_path, tiny_model_dir, capsys):
     (tmp_path / "empty").mkdir()
-    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set",
-                     f"model.path={tmp_path / 'empty'}")
+    err = error_line(
+        capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set", f"model.path={tmp_path / 'empty'}"
+    )
     assert "model.path" in err and "config.json" in err
 
 
@@ -55,8 +56,9 @@ def test_dataset_without_demonstrations_for_a_preset_that_needs_them(tmp_path, t
 
 def test_sequential_schedule_needs_demonstrations_too(tmp_path, tiny_model_dir, capsys):
     data = write_toy_rows(tmp_path / "no_demos.jsonl", "train", 5, demo=False)
-    config = tiny_run_config(tmp_path, tiny_model_dir, data={"train": str(data)},
-                             train={"schedule": "rl_then_sft", "switch_step": 1})
+    config = tiny_run_config(
+        tmp_path, tiny_model_dir, data={"train": str(data)}, train={"schedule": "rl_then_sft", "switch_step": 1}
+    )
     assert "'demonstration'" in error_line(capsys, "--config", config, "--algo", "grpo")
 
 
@@ -75,36 +77,53 @@ def test_prompt_longer_than_max_prompt_len(tmp_path, tiny_model_dir, capsys):
 
 
 def test_toy_prompt_too_long_is_caught_before_the_base_model_is_built(tmp_path, tiny_model_dir, capsys):
-    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set", "model.path=toy",
-                     "--set", "data.train=toy", "--set", "data.eval=null", "--set", "data.max_prompt_len=4")
+    err = error_line(
+        capsys,
+        "--config",
+        tiny_run_config(tmp_path, tiny_model_dir),
+        "--set",
+        "model.path=toy",
+        "--set",
+        "data.train=toy",
+        "--set",
+        "data.eval=null",
+        "--set",
+        "data.max_prompt_len=4",
+    )
     assert "toy row 0" in err and "max_prompt_len" in err
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize("setting,culprit", [
-    ("train.schedule=sft_first", "train.schedule"),
-    ("train.switch_step=0", "train.switch_step"),  # with schedule sft_then_rl below
-    ("rollout.generator=tgi", "rollout.generator"),
-    ("rollout.temperature=0", "rollout.temperature"),
-    ("loss.demo_mode=prepend", "loss.demo_mode"),
-    ("train.prompts_per_step=0", "train.prompts_per_step"),
-    ("train.lr_warmup_steps=5", "train.lr_warmup_steps"),  # more than train.steps
-])
+@pytest.mark.parametrize(
+    "setting,culprit",
+    [
+        ("train.schedule=sft_first", "train.schedule"),
+        ("train.switch_step=0", "train.switch_step"),  # with schedule sft_then_rl below
+        ("rollout.generator=tgi", "rollout.generator"),
+        ("rollout.temperature=0", "rollout.temperature"),
+        ("loss.demo_mode=prepend", "loss.demo_mode"),
+        ("train.prompts_per_step=0", "train.prompts_per_step"),
+        ("train.lr_warmup_steps=5", "train.lr_warmup_steps"),  # more than train.steps
+    ],
+)
 def test_bad_values_name_their_key(tmp_path, tiny_model_dir, capsys, setting, culprit):
     extra = ["--set", "train.schedule=sft_then_rl"] if culprit == "train.switch_step" else []
     err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), *extra, "--set", setting)
     assert culprit in err
 
 
-@pytest.mark.parametrize("setting,message", [
-    ("train.lr=-1", "train.lr must be > 0 and finite, got -1.0"),
-    ("train.lr=0", "train.lr must be > 0 and finite, got 0.0"),
-    ("train.lr=.nan", "train.lr must be > 0 and finite, got nan"),
-    ("train.weight_decay=-0.1", "train.weight_decay must be >= 0 and finite, got -0.1"),
-    ("train.grad_clip=-1", "train.grad_clip must be > 0, or 0 to turn clipping off, got -1.0"),
-    ("train.adam_betas=[0.9,1.0]", "train.adam_betas must be two numbers in [0, 1), got [0.9, 1.0]"),
-    ("train.adam_betas=[-0.1,0.999]", "train.adam_betas must be two numbers in [0, 1), got [-0.1, 0.999]"),
-])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("train.lr=-1", "train.lr must be > 0 and finite, got -1.0"),
+        ("train.lr=0", "train.lr must be > 0 and finite, got 0.0"),
+        ("train.lr=.nan", "train.lr must be > 0 and finite, got nan"),
+        ("train.weight_decay=-0.1", "train.weight_decay must be >= 0 and finite, got -0.1"),
+        ("train.grad_clip=-1", "train.grad_clip must be > 0, or 0 to turn clipping off, got -1.0"),
+        ("train.adam_betas=[0.9,1.0]", "train.adam_betas must be two numbers in [0, 1), got [0.9, 1.0]"),
+        ("train.adam_betas=[-0.1,0.999]", "train.adam_betas must be two numbers in [0, 1), got [-0.1, 0.999]"),
+    ],
+)
 def test_bad_optimizer_values_are_caught_before_the_model_is_built(tmp_path, tiny_model_dir, capsys, setting, message):
     """Not torch's ValueError from building AdamW: a ConfigError naming the key, before any start-up."""
     err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set", setting)
@@ -112,16 +131,19 @@ def test_bad_optimizer_values_are_caught_before_the_model_is_built(tmp_path, tin
 
 
 def test_grad_clip_zero_turns_clipping_off(tmp_path, tiny_model_dir):
-    assert srft_train("--config", tiny_run_config(tmp_path, tiny_model_dir), "--set", "train.grad_clip=0",
-                      "--dry-run") == 0
+    assert (
+        srft_train("--config", tiny_run_config(tmp_path, tiny_model_dir), "--set", "train.grad_clip=0", "--dry-run")
+        == 0
+    )
 
 
 def test_wandb_requested_but_not_installed(tmp_path, tiny_model_dir, capsys, monkeypatch):
     # wandb is pinned in the CPU install; None in sys.modules is how Python spells "not
     # installed" to both `import wandb` and importlib.util.find_spec
     monkeypatch.setitem(sys.modules, "wandb", None)
-    err = error_line(capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set",
-                     "logging.wandb_project=toy")
+    err = error_line(
+        capsys, "--config", tiny_run_config(tmp_path, tiny_model_dir), "--set", "logging.wandb_project=toy"
+    )
     assert "logging.wandb_project" in err and "wandb" in err
 
 
@@ -168,8 +190,9 @@ def test_model_folder_whose_tokenizer_drops_characters(tmp_path, tiny_model_dir,
     folder = tmp_path / "char-model"
     folder.mkdir()
     shutil.copy(tiny_model_dir / "config.json", folder / "config.json")
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>",
-                            unk_token="<unk>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    ).save_pretrained(folder)
     config = tiny_run_config(tmp_path, tiny_model_dir, data={"template": "none"})
     err = error_line(capsys, "--config", config, "--set", f"model.path={folder}")
     assert f"model.path {folder}" in err and "does not reproduce the training text" in err

@@ -199,8 +199,13 @@ def vllm_results(tiny_model_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("vllm") / "results.json"
     script = Path(__file__).with_name("_vllm_checks.py")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(out)], env=env,
-                          capture_output=True, text=True, timeout=850)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 

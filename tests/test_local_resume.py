@@ -108,8 +108,12 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, mode
 
     assert srft_train("--config", config_a) == 0
 
-    proc = subprocess.Popen([sys.executable, "-m", "srft_openrlhf.cli", "train", "--config", str(config_b)],
-                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "srft_openrlhf.cli", "train", "--config", str(config_b)],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     latest = run_b / "checkpoints" / "latest"
     deadline = time.monotonic() + 600
     while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -32,13 +32,32 @@ from srft_openrlhf.algorithm import LossConfig, Response, group_advantages, srft
 from srft_openrlhf.local.rollout import PromptItem, PromptSampler, RolloutBatch, build_train_batch
 
 STEP_KEYS = {
-    "reward_mean", "accuracy", "entropy_demo", "entropy_rollout", "w_sft", "w_rl", "loss", "loss_sft_demo",
-    "loss_rl_demo", "loss_rl_rollout", "response_length", "truncation_rate", "clip_frac", "grad_norm", "lr",
-    "staleness", "time_generate", "time_reward", "time_train", "time_sync", "time_step",
+    "reward_mean",
+    "accuracy",
+    "entropy_demo",
+    "entropy_rollout",
+    "w_sft",
+    "w_rl",
+    "loss",
+    "loss_sft_demo",
+    "loss_rl_demo",
+    "loss_rl_rollout",
+    "response_length",
+    "truncation_rate",
+    "clip_frac",
+    "grad_norm",
+    "lr",
+    "staleness",
+    "time_generate",
+    "time_reward",
+    "time_train",
+    "time_sync",
+    "time_step",
 }
 
 
 # ----------------------------------------------------------------------------- units
+
 
 def test_prompt_sampler_covers_each_prompt_once_per_epoch():
     sampler = PromptSampler(10, 3, seed=5)
@@ -51,8 +70,10 @@ def test_prompt_sampler_covers_each_prompt_once_per_epoch():
 
 
 def _items() -> list[PromptItem]:
-    return [PromptItem([5, 6, 7], "1", [20, 21], "d0", False, "p0"),
-            PromptItem([8, 9], "2", [30, 31, 32], "d1", False, "p1")]
+    return [
+        PromptItem([5, 6, 7], "1", [20, 21], "d0", False, "p0"),
+        PromptItem([8, 9], "2", [30, 31, 32], "d1", False, "p1"),
+    ]
 
 
 def _rollout_batch() -> RolloutBatch:
@@ -65,8 +86,14 @@ def _rollout_batch() -> RolloutBatch:
 
 def test_train_batch_layout_by_hand():
     batch = build_train_batch(_items(), _rollout_batch(), LossConfig())
-    assert batch.sequences == [[5, 6, 7, 11, 12, 13], [5, 6, 7, 14], [5, 6, 7, 20, 21],
-                               [8, 9, 15, 16], [8, 9, 17, 18], [8, 9, 30, 31, 32]]
+    assert batch.sequences == [
+        [5, 6, 7, 11, 12, 13],
+        [5, 6, 7, 14],
+        [5, 6, 7, 20, 21],
+        [8, 9, 15, 16],
+        [8, 9, 17, 18],
+        [8, 9, 30, 31, 32],
+    ]
     assert batch.is_demo.tolist() == [False, False, True, False, False, True]
     # group 0 rewards (1, 0, 1): mean 2/3, unbiased std 1/sqrt(3); group 1 rewards all 0
     s = 1 / math.sqrt(3)
@@ -121,8 +148,17 @@ def _reference_loss(model, batch, rows, loss_cfg, totals=None) -> float:
     logp = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     idx = torch.tensor(rows)
-    loss, _ = srft_loss(logp, old.double(), entropy, mask, batch.advantages[idx].double(), batch.rewards[idx],
-                        batch.is_demo[idx], loss_cfg, totals=totals)
+    loss, _ = srft_loss(
+        logp,
+        old.double(),
+        entropy,
+        mask,
+        batch.advantages[idx].double(),
+        batch.rewards[idx],
+        batch.is_demo[idx],
+        loss_cfg,
+        totals=totals,
+    )
     return float(loss)
 
 
@@ -134,9 +170,21 @@ def test_optimize_loss_matches_independent_computation(tiny_model_dir, micro_bat
     from srft_openrlhf.local.engine import make_engine
     from srft_openrlhf.local.trainer import optimize
 
-    engine = make_engine(str(tiny_model_dir), engine="torch", zero_stage=0, dtype="fp32", lr=0.0, weight_decay=0.0,
-                         betas=(0.9, 0.999), grad_clip=1.0, warmup_steps=0, total_steps=1, seed=0,
-                         gradient_checkpointing=False, device="cpu")
+    engine = make_engine(
+        str(tiny_model_dir),
+        engine="torch",
+        zero_stage=0,
+        dtype="fp32",
+        lr=0.0,
+        weight_decay=0.0,
+        betas=(0.9, 0.999),
+        grad_clip=1.0,
+        warmup_steps=0,
+        total_steps=1,
+        seed=0,
+        gradient_checkpointing=False,
+        device="cpu",
+    )
     loss_cfg = LossConfig(w_sft_fixed=0.5, w_rl_fixed=0.1)
     batch = build_train_batch(_items(), _rollout_batch(), loss_cfg)
     expected = _reference_loss(engine.model, batch, list(range(len(batch))), loss_cfg)
@@ -146,6 +194,7 @@ def test_optimize_loss_matches_independent_computation(tiny_model_dir, micro_bat
 
 
 # ----------------------------------------------------------------------------- end to end
+
 
 def test_two_steps_hf_end_to_end(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
@@ -190,11 +239,13 @@ def test_presets_run(tmp_path, tiny_model_dir, algo):
         assert records[0]["n_demo_tokens"] == 0
 
 
-@pytest.mark.parametrize("schedule,phases", [("sft_then_rl", ["sft", "grpo", "grpo"]),
-                                             ("rl_then_sft", ["grpo", "sft", "sft"])])
+@pytest.mark.parametrize(
+    "schedule,phases", [("sft_then_rl", ["sft", "grpo", "grpo"]), ("rl_then_sft", ["grpo", "sft", "sft"])]
+)
 def test_sequential_schedules(tmp_path, tiny_model_dir, schedule, phases):
-    config = tiny_run_config(tmp_path, tiny_model_dir, train={"steps": 3, "schedule": schedule, "switch_step": 1,
-                                                              "save_every": 0})
+    config = tiny_run_config(
+        tmp_path, tiny_model_dir, train={"steps": 3, "schedule": schedule, "switch_step": 1, "save_every": 0}
+    )
     assert srft_train("--config", config) == 0
     assert [r["phase"] for r in train_records(tmp_path / "run")] == phases
 

@@ -37,8 +37,12 @@ def offline_wandb(tmp_path, monkeypatch):
     ~/.cache/wandb), no host name resolved; afterwards the wandb service process is gone."""
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_BASE_URL", "WANDB_RUN_ID", "WANDB_RESUME"):
         monkeypatch.delenv(name, raising=False)
-    for name, folder in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
-                         ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+    for name, folder in (
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / folder))
     monkeypatch.setenv("SRFT_CACHE", str(tmp_path / "srft-cache"))
 
@@ -85,8 +89,13 @@ def wandb_records(run_file: Path) -> list[dict]:
     # WANDB_MODE=offline here only for the reader: without it `wandb leet` passes the server URL
     # to wandb-core for its own telemetry, which then resolves api.forge.coreweave.com
     env = {**os.environ, "WANDB_MODE": "offline"}
-    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_file)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
@@ -112,8 +121,14 @@ def jsonl_by_step(run_dir: Path) -> dict[int, dict]:
     (wandb gets the numbers; `phase` is a string, NaN is written as null and not sent)."""
     rows: dict[int, dict] = {}
     for r in metrics(run_dir):
-        numbers = {k: v for k, v in r.items() if k not in ("step", "time") and isinstance(v, (int, float))
-                   and not isinstance(v, bool) and math.isfinite(v)}
+        numbers = {
+            k: v
+            for k, v in r.items()
+            if k not in ("step", "time")
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+        }
         rows.setdefault(r["step"], {}).update(numbers)
     return rows
 

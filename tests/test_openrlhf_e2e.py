@@ -20,8 +20,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "toy_openrlhf_cpu.yaml"
-SMALL = ["train.steps=3", "train.prompts_per_step=8", "train.micro_batch_size=5", "train.save_every=2",
-         "data.max_eval_rows=16"]
+SMALL = [
+    "train.steps=3",
+    "train.prompts_per_step=8",
+    "train.micro_batch_size=5",
+    "train.save_every=2",
+    "data.max_eval_rows=16",
+]
 
 pytestmark = [pytest.mark.slow, pytest.mark.openrlhf]
 
@@ -29,8 +34,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.openrlhf]
 def srft_train(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONHASHSEED="0")
     env.pop("RAY_ADDRESS", None)
-    result = subprocess.run([sys.executable, "-m", "srft_openrlhf.cli", "train", "--backend", "openrlhf", *args],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "srft_openrlhf.cli", "train", "--backend", "openrlhf", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     (out.parent / f"{out.name}.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return result

@@ -85,17 +85,20 @@ def test_dry_run_prints_the_paper_settings_and_writes_nothing(capsys, tmp_path, 
 
 
 def test_dry_run_model_paths_follow_the_configs(capsys, tmp_path):
-    prepared = {"qwen2.5-math-7b": "Qwen2.5-Math-7B-rope40k-16k", "qwen2.5-math-1.5b": "Qwen2.5-Math-1.5B-rope40k-16k",
-                "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct"}
+    prepared = {
+        "qwen2.5-math-7b": "Qwen2.5-Math-7B-rope40k-16k",
+        "qwen2.5-math-1.5b": "Qwen2.5-Math-1.5B-rope40k-16k",
+        "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    }
     for name, path in prepared.items():
-        flags = command_flags(dry_run(capsys, "--config", str(ROOT / "configs" / f"{name}.yaml"),
-                                      "--output-dir", str(tmp_path)))
+        flags = command_flags(
+            dry_run(capsys, "--config", str(ROOT / "configs" / f"{name}.yaml"), "--output-dir", str(tmp_path))
+        )
         assert flags["--actor.model_name_or_path"][0].endswith(path)
 
 
 def config(tmp_path, *overrides: str):
-    return load_config(ROOT / "configs" / "qwen2.5-math-7b.yaml",
-                       [f"logging.output_dir={tmp_path}", *overrides])
+    return load_config(ROOT / "configs" / "qwen2.5-math-7b.yaml", [f"logging.output_dir={tmp_path}", *overrides])
 
 
 def test_presets_change_the_group_and_the_reference_model(tmp_path):
@@ -121,8 +124,17 @@ def test_group_layout():
 def test_extra_args_that_keep_the_srft_layout_pass():
     from srft_openrlhf.openrlhf.launcher import check_extra_args
 
-    check_extra_args(["--ds.ring_attn_size", "1", "--ds.adam_offload", "--actor.aux_loss_coef", "0.01",
-                      "--reward.overlong_buffer_len", "512"])
+    check_extra_args(
+        [
+            "--ds.ring_attn_size",
+            "1",
+            "--ds.adam_offload",
+            "--actor.aux_loss_coef",
+            "0.01",
+            "--reward.overlong_buffer_len",
+            "512",
+        ]
+    )
 
 
 def test_max_staleness_0_is_fine_in_sync_mode(tmp_path):
@@ -143,42 +155,51 @@ def test_warmup_ratio_gives_back_the_warmup_steps():
 
 def test_colocated_sync_and_async_layouts(tmp_path):
     files = run_files(tmp_path)
-    sync = flag_values(openrlhf_args(config(tmp_path, "train.async_enable=false", "cluster.colocate_all=true",
-                                            "cluster.vllm_num_engines=8"), files, resume=False))
+    sync = flag_values(
+        openrlhf_args(
+            config(tmp_path, "train.async_enable=false", "cluster.colocate_all=true", "cluster.vllm_num_engines=8"),
+            files,
+            resume=False,
+        )
+    )
     assert sync["--actor.num_gpus_per_node"] == ["8"] and sync["--vllm.num_engines"] == ["8"]
     assert {"--train.colocate_all", "--vllm.enable_sleep", "--ds.enable_sleep"} <= set(sync)
     assert "--train.async_enable" not in sync
-    two_nodes = flag_values(openrlhf_args(config(tmp_path, "cluster.nodes=2", "cluster.vllm_num_engines=8"),
-                                          files, resume=False))
+    two_nodes = flag_values(
+        openrlhf_args(config(tmp_path, "cluster.nodes=2", "cluster.vllm_num_engines=8"), files, resume=False)
+    )
     assert (two_nodes["--actor.num_nodes"], two_nodes["--actor.num_gpus_per_node"]) == (["1"], ["8"])
     extra = flag_values(openrlhf_args(config(tmp_path, "cluster.extra_args=[--ds.adam_offload]"), files, False))
     assert "--ds.adam_offload" in extra
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["cluster.colocate_all=true", "train.async_enable=false"], "vllm_num_engines × vllm_tensor_parallel_size"),
-    (["cluster.vllm_num_engines=8"], "do not fit"),
-    (["train.micro_batch_size=5"], "multiple of train.micro_batch_size"),
-    (["train.schedule=sft_then_rl"], "train.schedule"),
-    (["model.dtype=fp32"], "model.dtype"),
-    (["cluster.extra_args=[--train.batch_size, 64]"], "cluster.extra_args"),
-    (["loss.demos_per_group=2"], "loss.demos_per_group"),
-    (["loss.preset=grpo", "rollout.n_samples_per_prompt=1"], "n_samples_per_prompt"),
-    (["cluster.nodes=3", "cluster.actor_gpus=12"], "unevenly"),
-    (["train.max_staleness=0"], "train.max_staleness"),  # async with no queue: OpenRLHF fails after start-up
-    (["cluster.extra_args=[--ds.ring_attn_size, 2]"], "--ds.ring_attn_size 2 turns on OpenRLHF's packed"),
-    (["cluster.extra_args=[--ds.ring_attn_size=4]"], "--ds.ring_attn_size 4"),
-    (["cluster.extra_args=[--ds.tensor_parallel_size, 2]"], "--ds.tensor_parallel_size 2"),
-    (["cluster.extra_args=[--actor.eps_clip, 0.3]"], "use loss.clip_low / loss.clip_high"),
-    (["cluster.extra_args=[--actor.entropy_coef, 0.01]"], "use loss.entropy_bonus"),
-    (["cluster.extra_args=[--actor.loss_agg_mode, seq-mean-token-mean]"], "use loss.loss_agg"),
-    (["cluster.extra_args=[--algo.advantage.estimator, gae]"], "would also train a critic"),
-    (["cluster.extra_args=[--algo.kl.target, 0.1]"], "loss.kl_coef"),
-    (["cluster.extra_args=[--algo.advantage.no_std_norm]"], "use loss.normalize_std"),
-    (["cluster.extra_args=[--algo.advantage.is_correction_level, token]"], "loss.clip_low"),
-    (["cluster.extra_args=[--reward.clip_range, -1, 1]"], "--reward.clip_range"),
-    (["logging.output_dir=/tmp/a,b"], "logging.output_dir"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["cluster.colocate_all=true", "train.async_enable=false"], "vllm_num_engines × vllm_tensor_parallel_size"),
+        (["cluster.vllm_num_engines=8"], "do not fit"),
+        (["train.micro_batch_size=5"], "multiple of train.micro_batch_size"),
+        (["train.schedule=sft_then_rl"], "train.schedule"),
+        (["model.dtype=fp32"], "model.dtype"),
+        (["cluster.extra_args=[--train.batch_size, 64]"], "cluster.extra_args"),
+        (["loss.demos_per_group=2"], "loss.demos_per_group"),
+        (["loss.preset=grpo", "rollout.n_samples_per_prompt=1"], "n_samples_per_prompt"),
+        (["cluster.nodes=3", "cluster.actor_gpus=12"], "unevenly"),
+        (["train.max_staleness=0"], "train.max_staleness"),  # async with no queue: OpenRLHF fails after start-up
+        (["cluster.extra_args=[--ds.ring_attn_size, 2]"], "--ds.ring_attn_size 2 turns on OpenRLHF's packed"),
+        (["cluster.extra_args=[--ds.ring_attn_size=4]"], "--ds.ring_attn_size 4"),
+        (["cluster.extra_args=[--ds.tensor_parallel_size, 2]"], "--ds.tensor_parallel_size 2"),
+        (["cluster.extra_args=[--actor.eps_clip, 0.3]"], "use loss.clip_low / loss.clip_high"),
+        (["cluster.extra_args=[--actor.entropy_coef, 0.01]"], "use loss.entropy_bonus"),
+        (["cluster.extra_args=[--actor.loss_agg_mode, seq-mean-token-mean]"], "use loss.loss_agg"),
+        (["cluster.extra_args=[--algo.advantage.estimator, gae]"], "would also train a critic"),
+        (["cluster.extra_args=[--algo.kl.target, 0.1]"], "loss.kl_coef"),
+        (["cluster.extra_args=[--algo.advantage.no_std_norm]"], "use loss.normalize_std"),
+        (["cluster.extra_args=[--algo.advantage.is_correction_level, token]"], "loss.clip_low"),
+        (["cluster.extra_args=[--reward.clip_range, -1, 1]"], "--reward.clip_range"),
+        (["logging.output_dir=/tmp/a,b"], "logging.output_dir"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         check_config(config(tmp_path, *overrides))
@@ -200,13 +221,26 @@ EXAMPLES = [
 
 
 def small_config(tmp_path, data: Path, *overrides: str):
-    return load_config(None, [
-        f"model.path={tmp_path}", f"data.train={data}", "data.template=qwen_math",
-        "data.max_prompt_len=200", "data.max_response_len=64",
-        "rollout.n_samples_per_prompt=3", "rollout.max_new_tokens=32", "train.steps=2", "train.prompts_per_step=2",
-        "train.micro_batch_size=1", "cluster.nodes=1", "cluster.gpus_per_node=2", "cluster.vllm_num_engines=1",
-        f"logging.output_dir={tmp_path / 'run'}", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.path={tmp_path}",
+            f"data.train={data}",
+            "data.template=qwen_math",
+            "data.max_prompt_len=200",
+            "data.max_response_len=64",
+            "rollout.n_samples_per_prompt=3",
+            "rollout.max_new_tokens=32",
+            "train.steps=2",
+            "train.prompts_per_step=2",
+            "train.micro_batch_size=1",
+            "cluster.nodes=1",
+            "cluster.gpus_per_node=2",
+            "cluster.vllm_num_engines=1",
+            f"logging.output_dir={tmp_path / 'run'}",
+            *overrides,
+        ],
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -279,7 +313,8 @@ def test_prompt_text_carries_the_bos_our_rules_add(tiny_tokenizer):
     bos_id = tok.convert_tokens_to_ids("<|im_start|>")
     tok.bos_token = "<|im_start|>"
     tok._tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos_id)])
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos_id)]
+    )
     cfg = load_config(None, ["data.max_prompt_len=1000"])
     text = openrlhf_prompt(tok, "What is 2 + 3?", cfg, "row 0")
     ids = encode_example(tok, text, None, 1000, 64).prompt_ids
@@ -419,8 +454,14 @@ def test_scripts_prepare_the_model_once_and_split_the_gpus(tmp_path, fake_srft):
     assert sum(c.startswith("prepare-model") for c in calls) == 1
     first, second = calls[1], calls[2]
     assert first.startswith("train --backend openrlhf --config ") and "configs/qwen2.5-math-7b.yaml" in first
-    for part in (f"model.path={prepared}", "cluster.nodes=2", "cluster.vllm_num_engines=8",
-                 "cluster.ray_address=auto", "--algo srft", "train.steps=3"):
+    for part in (
+        f"model.path={prepared}",
+        "cluster.nodes=2",
+        "cluster.vllm_num_engines=8",
+        "cluster.ray_address=auto",
+        "--algo srft",
+        "train.steps=3",
+    ):
         assert part in first
     assert "cluster.vllm_num_engines=4" in second and "ray_address" not in second
 

@@ -98,8 +98,11 @@ def test_moved_hook_points_fail_naming_them(patches, monkeypatch):
     monkeypatch.delattr(RemoteExperienceMaker, "compute_advantages_and_returns")
     monkeypatch.setattr(ppo_actor.ActorPPOTrainer, "training_step", lambda self, batch, step: None)
     policy_actor = patches.unwrap(ppo_actor.PolicyModelActor)
-    monkeypatch.setattr(policy_actor, "init_model_from_pretrained",
-                        lambda self, strategy, pretrain, max_steps=None, vllm_engines=None: None)
+    monkeypatch.setattr(
+        policy_actor,
+        "init_model_from_pretrained",
+        lambda self, strategy, pretrain, max_steps=None, vllm_engines=None: None,
+    )
     with pytest.raises(patches.HookPointError) as error:
         patches.check_hook_points()
     message = str(error.value)
@@ -132,12 +135,18 @@ def test_install_assigns_the_subclasses_and_the_config(patches, monkeypatch):
 # ----------------------------------------------------------------------------- flags
 
 
-@pytest.mark.parametrize("name, overrides", [
-    ("qwen2.5-math-7b", []),
-    ("qwen2.5-math-1.5b", ["loss.preset=luffy"]),
-    ("llama-3.1-8b", ["loss.preset=sft_kl", "logging.wandb_project=p", "data.eval=e.parquet", "train.eval_every=5"]),
-    ("qwen2.5-math-7b", ["train.async_enable=false", "cluster.colocate_all=true", "cluster.vllm_num_engines=8"]),
-])
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("qwen2.5-math-7b", []),
+        ("qwen2.5-math-1.5b", ["loss.preset=luffy"]),
+        (
+            "llama-3.1-8b",
+            ["loss.preset=sft_kl", "logging.wandb_project=p", "data.eval=e.parquet", "train.eval_every=5"],
+        ),
+        ("qwen2.5-math-7b", ["train.async_enable=false", "cluster.colocate_all=true", "cluster.vllm_num_engines=8"]),
+    ],
+)
 def test_openrlhf_parser_accepts_the_launcher_flags(openrlhf_parser, tmp_path, name, overrides):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"logging.output_dir={tmp_path}", *overrides])
     args = openrlhf_namespace(openrlhf_parser, openrlhf_args(cfg, run_files(tmp_path), resume=True), cfg)
@@ -164,8 +173,9 @@ class FakeEngine:
         logprobs = None
         if sampling_params.logprobs is not None:
             logprobs = [{t: SimpleNamespace(logprob=-0.5)} for t in ids]
-        output = SimpleNamespace(token_ids=ids, text=self.tokenizer.decode(ids), finish_reason="stop",
-                                 logprobs=logprobs)
+        output = SimpleNamespace(
+            token_ids=ids, text=self.tokenizer.decode(ids), finish_reason="stop", logprobs=logprobs
+        )
         return SimpleNamespace(outputs=[output])
 
 
@@ -187,13 +197,27 @@ def small_run(tmp_path, tokenizer, parser, *overrides: str):
     """Config, OpenRLHF args and run files of a 4-prompt step of 3 rollouts + 1 demo each."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
-    cfg = load_config(None, [
-        f"model.path={tmp_path}", f"data.train={data}", "data.template=qwen_math", "data.max_prompt_len=200",
-        "data.max_response_len=64", "rollout.n_samples_per_prompt=3", "rollout.max_new_tokens=32",
-        "rollout.reward_workers=0", "train.steps=1", "train.prompts_per_step=4", "train.micro_batch_size=2",
-        "cluster.nodes=1", "cluster.gpus_per_node=2", "cluster.vllm_num_engines=1",
-        f"logging.output_dir={tmp_path / 'run'}", *overrides,
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tmp_path}",
+            f"data.train={data}",
+            "data.template=qwen_math",
+            "data.max_prompt_len=200",
+            "data.max_response_len=64",
+            "rollout.n_samples_per_prompt=3",
+            "rollout.max_new_tokens=32",
+            "rollout.reward_workers=0",
+            "train.steps=1",
+            "train.prompts_per_step=4",
+            "train.micro_batch_size=2",
+            "cluster.nodes=1",
+            "cluster.gpus_per_node=2",
+            "cluster.vllm_num_engines=1",
+            f"logging.output_dir={tmp_path / 'run'}",
+            *overrides,
+        ],
+    )
     files = run_files(cfg.logging.output_dir)
     write_data(cfg, files, tokenizer)
     r = cfg.rollout
@@ -228,8 +252,10 @@ def generate_step(patches, monkeypatch, cfg, args, files, tokenizer):
         generator._dispatch_prompts_to_vllm(prompts, labels, **kwargs)
         n = kwargs["n_samples_per_prompt"]
         asked.append(n)
-        params = SamplingParams(max_tokens=kwargs["max_new_tokens"],
-                                logprobs=1 if args.algo.advantage.is_correction_level != "off" else None)
+        params = SamplingParams(
+            max_tokens=kwargs["max_new_tokens"],
+            logprobs=1 if args.algo.advantage.is_correction_level != "off" else None,
+        )
         samples = []
         for i, (prompt, label) in enumerate(zip(prompts, labels)):
             engine = FakeEngine(tokenizer, rollout_texts(decode_label(label)[0], n, i))
@@ -240,7 +266,8 @@ def generate_step(patches, monkeypatch, cfg, args, files, tokenizer):
 
     monkeypatch.setattr(generator, "_generate_vllm", fake_vllm)
     samples, _, consumed, exhausted = generator.generate_samples(
-        max_len=args.data.max_len, max_new_tokens=args.rollout.max_new_tokens, temperature=1.0, top_p=1.0)
+        max_len=args.data.max_len, max_new_tokens=args.rollout.max_new_tokens, temperature=1.0, top_p=1.0
+    )
     return samples, asked, consumed, exhausted, demo_threads
 
 
@@ -268,7 +295,7 @@ def test_samples_append_each_prompts_demonstration_to_its_rollouts(run_step, tin
     assert sorted(rows) == [0, 1, 2, 3]
     for g, row in enumerate(rows):
         example = EXAMPLES[row]
-        group = samples[4 * g: 4 * g + 4]
+        group = samples[4 * g : 4 * g + 4]
         assert len({s.prompts[0] for s in group}) == 1
         assert [bool(s.info["is_demo"]) for s in group] == [False, False, False, True]
         rollout, demo = group[0], group[3]
@@ -288,8 +315,9 @@ def test_samples_append_each_prompts_demonstration_to_its_rollouts(run_step, tin
     assert batch.info["is_demo"].tolist() == [False, False, False, True] * 4
 
 
-def test_a_rollout_without_reward_is_reported_with_its_prompt(patches, openrlhf_parser, monkeypatch, tmp_path,
-                                                              tiny_tokenizer):
+def test_a_rollout_without_reward_is_reported_with_its_prompt(
+    patches, openrlhf_parser, monkeypatch, tmp_path, tiny_tokenizer
+):
     """OpenRLHF's executor logs and swallows a reward_func exception, leaving reward None."""
     cfg, args, files = small_run(tmp_path, tiny_tokenizer, openrlhf_parser)
     files.reward_func.write_text("def reward_func(queries, prompts, labels):\n    raise OSError('grader gone')\n")
@@ -315,7 +343,7 @@ def reference_advantages(rewards: list[float], group: int, eps: float) -> list[f
     """Eq. 7 in float64, group by group of consecutive samples (0 where a group's rewards are equal)."""
     out = []
     for g in range(0, len(rewards), group):
-        r = rewards[g: g + group]
+        r = rewards[g : g + group]
         if len(set(r)) == 1:
             out += [0.0] * len(r)
             continue
@@ -339,7 +367,9 @@ class FakeActorGroup:
             items = [dict(zip(batch, values)) for values in zip(*batch.values())]
             return [[getattr(self.policy, method_name)(**item) for item in items]]
         nan = torch.tensor(float("nan"), dtype=torch.float64)
-        return [[torch.where(rows, mask.sum(-1).double(), nan) for mask, rows in zip(batch["action_mask"], batch["rows"])]]
+        return [
+            [torch.where(rows, mask.sum(-1).double(), nan) for mask, rows in zip(batch["action_mask"], batch["rows"])]
+        ]
 
     def async_run_method(self, method_name, **kwargs):
         return []
@@ -351,8 +381,11 @@ def make_experiences(patches, monkeypatch, args, samples, tokenizer, policy=None
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
-    monkeypatch.setattr(RemoteExperienceMaker, "_flatten_results",
-                        lambda self, refs, duplicate: [r for chunk in refs[::duplicate] for r in chunk])
+    monkeypatch.setattr(
+        RemoteExperienceMaker,
+        "_flatten_results",
+        lambda self, refs, duplicate: [r for chunk in refs[::duplicate] for r in chunk],
+    )
     strategy = SimpleNamespace(args=args)
     group = FakeActorGroup(policy)
     maker = patches.SRFTExperienceMaker(group, None, None, None, FixedKLController(0.0), strategy, tokenizer)
@@ -361,7 +394,8 @@ def make_experiences(patches, monkeypatch, args, samples, tokenizer, policy=None
 
 @pytest.mark.parametrize("preset", ["srft", "sft_plus_rl"])
 def test_experience_zeroes_demo_old_logprobs_and_normalises_the_augmented_group(
-        patches, monkeypatch, run_step, tiny_tokenizer, preset):
+    patches, monkeypatch, run_step, tiny_tokenizer, preset
+):
     (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
     rewards = [float(s.rewards) for s in samples]
     experiences, _ = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
@@ -403,7 +437,7 @@ def test_rollout_stats_leave_the_demos_out(patches, run_step):
 
     for i, s in enumerate(samples):
         s.index = [i]
-    batch = [Experience.concat_experiences(samples[i: i + 2], 0) for i in range(0, len(samples), 2)]
+    batch = [Experience.concat_experiences(samples[i : i + 2], 0) for i in range(0, len(samples), 2)]
     trainer = object.__new__(patches.SRFTPPOTrainer)
     trainer.args = args
     stats = patches.SRFTPPOTrainer._compute_rollout_stats(trainer, batch)
@@ -478,9 +512,17 @@ def reference_loss(model, experience, cfg, totals=None):
     from srft_openrlhf.openrlhf.patches import demo_flags, sequence_advantages
 
     return srft_loss(
-        logp, experience.action_log_probs.double(), entropy, experience.action_mask,
-        sequence_advantages(experience).double(), experience.rewards.double(), demo_flags(experience), cfg.loss,
-        ref_log_probs=experience.base_action_log_probs.double() if cfg.loss.kl_coef > 0 else None, totals=totals)
+        logp,
+        experience.action_log_probs.double(),
+        entropy,
+        experience.action_mask,
+        sequence_advantages(experience).double(),
+        experience.rewards.double(),
+        demo_flags(experience),
+        cfg.loss,
+        ref_log_probs=experience.base_action_log_probs.double() if cfg.loss.kl_coef > 0 else None,
+        totals=totals,
+    )
 
 
 def cluster_trainer(patches, args, model_dir, gas):
@@ -512,7 +554,8 @@ def train_cluster_step(patches, trainer, micro_batches):
 
 @pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "sft_kl", "srft_no_wrl"])
 def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
-        patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset):
+    patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset
+):
     """Two groups (6 rollouts, 2 demos) in 4 micro-batches of 2, one DeepSpeed-style optimizer step:
     loss and update equal srft_loss of the 8 samples in one float64 batch, the batch-scope entropy
     weights included (the step's entropy comes from the experience maker's forward)."""
@@ -527,7 +570,7 @@ def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
     if cfg.loss.kl_coef > 0:
         for item in items:
             item.base_action_log_probs = item.action_log_probs - 0.05
-    micro_batches = [make_experience_batch(items[i: i + 2]) for i in range(0, 8, 2)]
+    micro_batches = [make_experience_batch(items[i : i + 2]) for i in range(0, 8, 2)]
     assert isinstance(micro_batches[0].info["is_demo"], list)  # the replay buffer's re-batching leaves a list
     assert not any(patches.demo_flags(micro_batches[0]))  # a micro-batch without demos
     whole = make_experience_batch(items)
@@ -576,10 +619,13 @@ def test_old_log_probs_are_the_rollout_engines(patches, monkeypatch, run_step, t
         assert torch.equal(s.rollout_log_probs, kept)
 
 
-@pytest.mark.parametrize("preset, demo_rows, rollout_rows", [
-    ("srft", True, True), ("srft_no_wsft", False, True), ("srft_no_wrl", True, False)])
-def test_entropy_forward_covers_only_rows_a_weight_needs(patches, monkeypatch, run_step, tiny_tokenizer,
-                                                        preset, demo_rows, rollout_rows):
+@pytest.mark.parametrize(
+    "preset, demo_rows, rollout_rows",
+    [("srft", True, True), ("srft_no_wsft", False, True), ("srft_no_wrl", True, False)],
+)
+def test_entropy_forward_covers_only_rows_a_weight_needs(
+    patches, monkeypatch, run_step, tiny_tokenizer, preset, demo_rows, rollout_rows
+):
     (_, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
     experiences, group = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
     [(method, batch)] = group.calls
@@ -601,7 +647,8 @@ def test_entropy_forward_covers_only_rows_a_weight_needs(patches, monkeypatch, r
 
 @pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "luffy"])
 def test_both_backends_give_the_same_loss_and_gradient(
-        patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset):
+    patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset
+):
     """The same step (4 groups of 3 rollouts + 1 demo, the engine's log-probs as π_old) through the
     local backend's optimize() in one micro-batch and through the cluster path (experience maker,
     replay buffer, 8 micro-batches of 2 under DeepSpeed-style accumulation): same loss and gradient."""
@@ -616,7 +663,7 @@ def test_both_backends_give_the_same_loss_and_gradient(
     local_model = copy.deepcopy(trainer.actor.model)
     experiences, _ = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer, policy)
     items = replay_items(experiences)
-    micro_batches = [make_experience_batch(items[i: i + 2]) for i in range(0, len(items), 2)]
+    micro_batches = [make_experience_batch(items[i : i + 2]) for i in range(0, len(items), 2)]
 
     # the local backend's batch of the same samples: unpadded sequences, π_old per response token
     whole = make_experience_batch(items)
@@ -624,22 +671,40 @@ def test_both_backends_give_the_same_loss_and_gradient(
     for b in range(len(items)):
         length = int(whole.attention_mask[b].sum())
         first = int(torch.nonzero(whole.action_mask[b])[0]) + 1  # the first response token
-        rows.append((whole.sequences[b, :length].tolist(), first, whole.action_log_probs[b, first - 1: length - 1]))
-    batch = TrainBatch(sequences=[r[0] for r in rows], prompt_lens=[r[1] for r in rows],
-                       old_logprobs=[r[2].tolist() for r in rows], advantages=patches.sequence_advantages(whole),
-                       rewards=whole.rewards.float(), is_demo=patches.demo_flags(whole))
+        rows.append((whole.sequences[b, :length].tolist(), first, whole.action_log_probs[b, first - 1 : length - 1]))
+    batch = TrainBatch(
+        sequences=[r[0] for r in rows],
+        prompt_lens=[r[1] for r in rows],
+        old_logprobs=[r[2].tolist() for r in rows],
+        advantages=patches.sequence_advantages(whole),
+        rewards=whole.rewards.float(),
+        is_demo=patches.demo_flags(whole),
+    )
     assert (batch.advantages != 0).any()
     engine = TorchEngine(local_model, lr=0.1, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=0.0, warmup_steps=0)
     grads = {}
-    monkeypatch.setattr(engine, "step", lambda: grads.update(
-        {n: p.grad.detach().clone() for n, p in local_model.named_parameters() if p.grad is not None}) or {})
-    local = optimize(engine, batch, cfg.loss, micro_batch_size=len(items), pad_id=tiny_tokenizer.pad_token_id,
-                     temperature=cfg.rollout.temperature)
+    monkeypatch.setattr(
+        engine,
+        "step",
+        lambda: (
+            grads.update({n: p.grad.detach().clone() for n, p in local_model.named_parameters() if p.grad is not None})
+            or {}
+        ),
+    )
+    local = optimize(
+        engine,
+        batch,
+        cfg.loss,
+        micro_batch_size=len(items),
+        pad_id=tiny_tokenizer.pad_token_id,
+        temperature=cfg.rollout.temperature,
+    )
 
     before = {n: p.detach().clone() for n, p in trainer.actor.model.named_parameters()}
     statuses = train_cluster_step(patches, trainer, micro_batches)
     assert statistics.fmean(float(s["metrics"]["policy_loss"]) for s in statuses) == pytest.approx(
-        local["loss"], rel=1e-4, abs=1e-6)
+        local["loss"], rel=1e-4, abs=1e-6
+    )
     assert grads
     for name, param in trainer.actor.model.named_parameters():
         expected = before[name] - 0.1 * grads.get(name, torch.zeros_like(param))
@@ -672,17 +737,22 @@ def test_ray_actor_processes_install_the_patches(patches):
             from openrlhf.trainer.ray import ppo_actor
 
             cls = type(self).__ray_actor_class__
-            return {"actor": f"{cls.__module__}.{cls.__qualname__}",
-                    "ActorPPOTrainer": ppo_actor.ActorPPOTrainer.__qualname__,
-                    "SamplesGenerator": ppo_trainer_async.SamplesGenerator.__qualname__,
-                    "RemoteExperienceMaker": ppo_trainer.RemoteExperienceMaker.__qualname__}
+            return {
+                "actor": f"{cls.__module__}.{cls.__qualname__}",
+                "ActorPPOTrainer": ppo_actor.ActorPPOTrainer.__qualname__,
+                "SamplesGenerator": ppo_trainer_async.SamplesGenerator.__qualname__,
+                "RemoteExperienceMaker": ppo_trainer.RemoteExperienceMaker.__qualname__,
+            }
 
         seen = ray.get(actor.__ray_call__.remote(probe), timeout=600)
     finally:
         ray.shutdown()
-    assert seen == {"actor": "srft_openrlhf.openrlhf.patches.SRFTPolicyModelActor",
-                    "ActorPPOTrainer": "SRFTActorPPOTrainer", "SamplesGenerator": "SRFTSamplesGenerator",
-                    "RemoteExperienceMaker": "SRFTExperienceMaker"}
+    assert seen == {
+        "actor": "srft_openrlhf.openrlhf.patches.SRFTPolicyModelActor",
+        "ActorPPOTrainer": "SRFTActorPPOTrainer",
+        "SamplesGenerator": "SRFTSamplesGenerator",
+        "RemoteExperienceMaker": "SRFTExperienceMaker",
+    }
 
 
 # ----------------------------------------------------------------------------- launch
@@ -709,17 +779,29 @@ def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypat
     def cli(name, run_name=None, alter_sys=False):
         args = SimpleNamespace()
         assert openrlhf.utils.get_strategy(args) == "strategy"  # what train_ppo_ray calls first
-        seen.update(run=(name, run_name, list(sys.argv)), srft=args.srft,
-                    policy=patches.ppo_actor.PolicyModelActor)
+        seen.update(run=(name, run_name, list(sys.argv)), srft=args.srft, policy=patches.ppo_actor.PolicyModelActor)
 
     monkeypatch.setattr(runpy_module, "run_module", cli)
     monkeypatch.setenv("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")  # run() sets it for `ray job submit`
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
-    cfg = load(None, [f"model.path={tiny_model_dir}", f"data.train={data}", "data.template=qwen_math",
-                      "data.max_prompt_len=200", "data.max_response_len=64", "rollout.n_samples_per_prompt=3",
-                      "train.steps=2", "train.prompts_per_step=2", "train.micro_batch_size=1",
-                      "cluster.gpus_per_node=2", "cluster.vllm_num_engines=1", "logging.output_dir=run"])
+    cfg = load(
+        None,
+        [
+            f"model.path={tiny_model_dir}",
+            f"data.train={data}",
+            "data.template=qwen_math",
+            "data.max_prompt_len=200",
+            "data.max_response_len=64",
+            "rollout.n_samples_per_prompt=3",
+            "train.steps=2",
+            "train.prompts_per_step=2",
+            "train.micro_batch_size=1",
+            "cluster.gpus_per_node=2",
+            "cluster.vllm_num_engines=1",
+            "logging.output_dir=run",
+        ],
+    )
     monkeypatch.chdir(tmp_path)
     argv = list(sys.argv)
     assert launcher.run(cfg) == 0

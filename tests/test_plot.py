@@ -66,9 +66,17 @@ def test_aggregate_table_mean_std_and_curves(tmp_path):
     accs = {"srft": [0.8, 0.9, 1.0], "grpo": [0.4, 0.5, 0.6], "sft": [0.7, 0.7, 0.7], "srft_no_wrl": [0.6, 0.8, 1.0]}
     for method, values in accs.items():
         for seed, acc in enumerate(values, 1):
-            fake_run(root / method / f"seed-{seed}", acc / 5, rollouts=method != "sft",
-                     summary={"accuracy_before": 0.2, "accuracy_after": acc,
-                              "accuracy_chained_carry_before": 0.1, "accuracy_chained_carry_after": acc - 0.1})
+            fake_run(
+                root / method / f"seed-{seed}",
+                acc / 5,
+                rollouts=method != "sft",
+                summary={
+                    "accuracy_before": 0.2,
+                    "accuracy_after": acc,
+                    "accuracy_chained_carry_before": 0.1,
+                    "accuracy_chained_carry_after": acc - 0.1,
+                },
+            )
     table_path = tmp_path / "results.md"
     assert plot.main(["--aggregate", str(root), "--table", str(table_path)]) == 0
     table = table_path.read_text()
@@ -77,12 +85,15 @@ def test_aggregate_table_mean_std_and_curves(tmp_path):
     assert "| SFT | 70.0 ± 0.0 | 60.0 ± 0.0 | 3 |" in table
     assert "| Base model | 20.0 ± 0.0 | 10.0 ± 0.0 | 12 |" in table
     assert "| w/o w_RL | 80.0 ± 20.0 | 70.0 ± 20.0 | 3 |" in table
-    assert table.index("*Supervised Fine-Tuning*") < table.index("*Reinforcement Learning*") < table.index("*SFT and RL*")
+    assert (
+        table.index("*Supervised Fine-Tuning*") < table.index("*Reinforcement Learning*") < table.index("*SFT and RL*")
+    )
     assert "Ablations" in table
     assert (root / "curves.png").read_bytes()[:8] == PNG
 
 
 # ----------------------------------------------------------------------------- lr sweep + final runs
+
 
 def sweep_root(tmp_path: Path) -> Path:
     """reproduce_toy.sh's layout: sweep/METHOD/lr-LR (seed 42) and final/METHOD/seed-N."""
@@ -90,13 +101,19 @@ def sweep_root(tmp_path: Path) -> Path:
     sweep = {"srft": {"1e-4": 0.70, "2e-4": 0.85, "5e-4": 0.85}, "grpo": {"1e-4": 0.40, "5e-4": 0.02}}
     for method, accs in sweep.items():
         for lr, acc in accs.items():
-            d = fake_run(root / "sweep" / method / f"lr-{lr}", acc / 5,
-                         summary={"accuracy_before": 0.3, "accuracy_after": acc, "seed": 42})
+            d = fake_run(
+                root / "sweep" / method / f"lr-{lr}",
+                acc / 5,
+                summary={"accuracy_before": 0.3, "accuracy_after": acc, "seed": 42},
+            )
             (d / "config.yaml").write_text(f"train:\n  lr: {float(lr)}\n")
     for method, lr, accs in (("srft", "2e-4", [0.85, 0.75, 0.80]), ("grpo", "1e-4", [0.40, 0.50, 0.60])):
         for seed, acc in zip((42, 1, 2), accs):
-            d = fake_run(root / "final" / method / f"seed-{seed}", acc / 5,
-                         summary={"accuracy_before": 0.3, "accuracy_after": acc, "seed": seed})
+            d = fake_run(
+                root / "final" / method / f"seed-{seed}",
+                acc / 5,
+                summary={"accuracy_before": 0.3, "accuracy_after": acc, "seed": seed},
+            )
             (d / "config.yaml").write_text(f"train:\n  lr: {float(lr)}\n")
     return root
 

@@ -15,8 +15,11 @@ EDIT = ["--rope-theta", "40000", "--max-position-embeddings", "16384"]
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -25,9 +28,16 @@ def src(tmp_path) -> Path:
     from transformers import Qwen2Config
 
     folder = tmp_path / "base"
-    Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=2,
-                num_hidden_layers=1, vocab_size=64, max_position_embeddings=4096,
-                rope_theta=10000.0).save_pretrained(folder)
+    Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_hidden_layers=1,
+        vocab_size=64,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+    ).save_pretrained(folder)
     (folder / "model.safetensors").write_bytes(b"\x00weights\x01" * 10)
     (folder / "tokenizer.json").write_text('{"version": "1.0"}')
     (folder / "sub").mkdir()
@@ -69,9 +79,18 @@ def test_legacy_top_level_rope_theta(tmp_path):
 
     folder = tmp_path / "legacy"
     folder.mkdir()
-    legacy = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
-              "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 64,
-              "max_position_embeddings": 4096, "rope_theta": 10000.0, "rope_scaling": None}
+    legacy = {
+        "model_type": "qwen2",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 1,
+        "vocab_size": 64,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+    }
     (folder / "config.json").write_text(json.dumps(legacy))
     assert main([str(folder), str(tmp_path / "new"), *EDIT]) == 0
     written = json.loads((tmp_path / "new" / "config.json").read_text())
@@ -80,16 +99,25 @@ def test_legacy_top_level_rope_theta(tmp_path):
 
 
 def test_edit_config_touches_every_rope_theta_present():
-    both = {"rope_theta": 1.0, "rope_parameters": {"rope_theta": 1.0, "rope_type": "default"},
-            "rope_scaling": {"rope_theta": 1.0, "rope_type": "default"}}
+    both = {
+        "rope_theta": 1.0,
+        "rope_parameters": {"rope_theta": 1.0, "rope_type": "default"},
+        "rope_scaling": {"rope_theta": 1.0, "rope_type": "default"},
+    }
     changes = edit_config(both, 40000.0, None)
-    assert both == {"rope_theta": 40000.0, "rope_parameters": {"rope_theta": 40000.0, "rope_type": "default"},
-                    "rope_scaling": {"rope_theta": 40000.0, "rope_type": "default"}}
+    assert both == {
+        "rope_theta": 40000.0,
+        "rope_parameters": {"rope_theta": 40000.0, "rope_type": "default"},
+        "rope_scaling": {"rope_theta": 40000.0, "rope_type": "default"},
+    }
     assert len(changes) == 3
     yarn = {"rope_scaling": {"type": "yarn", "factor": 4.0}}  # no base inside: set it at top level
     edit_config(yarn, 40000.0, 16384)
-    assert yarn == {"rope_scaling": {"type": "yarn", "factor": 4.0}, "rope_theta": 40000.0,
-                    "max_position_embeddings": 16384}
+    assert yarn == {
+        "rope_scaling": {"type": "yarn", "factor": 4.0},
+        "rope_theta": 40000.0,
+        "max_position_embeddings": 16384,
+    }
 
 
 def test_errors(src, tmp_path):

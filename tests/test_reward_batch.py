@@ -31,7 +31,11 @@ def test_pool_matches_single_sample_reward():
     assert result.rewards == [math_reward(r, g) for r, g in zip(RESPONSES, GOLDS)] == [1.0, 0.0, 1.0, 0.0, 1.0]
     assert (result.timeouts, result.errors) == (0, 0)
     assert result.details[0] == {
-        "status": "ok", "correct": True, "extracted": "\\frac{1}{2}", "math_verify": True, "oat": True,
+        "status": "ok",
+        "correct": True,
+        "extracted": "\\frac{1}{2}",
+        "math_verify": True,
+        "oat": True,
     }
     assert result.details[3]["extracted"] is None
 
@@ -105,9 +109,17 @@ def test_pool_failures_map_to_zero_rewards_and_counts(monkeypatch):
 
 
 GARBAGE = [
-    None, "", b"\xff\xfe\\boxed{1}", 12345, "x" * 1_000_000, "{" * 5000,
-    "\\boxed{" + "{" * 2000 + "1" + "}" * 2000 + "}", "\\boxed{\\frac{1}{", "\\boxed{" * 100_000,
-    "\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}", "\x00" * 1000 + "\\boxed{1}",
+    None,
+    "",
+    b"\xff\xfe\\boxed{1}",
+    12345,
+    "x" * 1_000_000,
+    "{" * 5000,
+    "\\boxed{" + "{" * 2000 + "1" + "}" * 2000 + "}",
+    "\\boxed{\\frac{1}{",
+    "\\boxed{" * 100_000,
+    "\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}",
+    "\x00" * 1000 + "\\boxed{1}",
 ]
 
 

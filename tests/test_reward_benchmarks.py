@@ -45,6 +45,7 @@ def math_rows() -> list[Row]:
     for name in MATH_FILES:
         rows += [(name, str(r["answer"])) for r in json.loads((BENCHMARKS / "hpt" / f"{name}.json").read_text())]
     import pandas
+
     frame = pandas.read_parquet(BENCHMARKS / "luffy" / "valid.all.parquet")
     seen = set()
     for source, reward_model in zip(frame["data_source"], frame["reward_model"]):
@@ -59,8 +60,9 @@ def _known(check: str, grader: str) -> set[tuple[str, str, str]]:
     entries = json.loads(KNOWN_MISSES.read_text())["misses"]
     for entry in entries:
         assert entry.get("reason"), f"known miss without a reason: {entry}"
-    return {(e["dataset"], e["gold"], e.get("other", "")) for e in entries
-            if e["check"] == check and e["grader"] == grader}
+    return {
+        (e["dataset"], e["gold"], e.get("other", "")) for e in entries if e["check"] == check and e["grader"] == grader
+    }
 
 
 def _as_model_would(gold: str) -> str:
@@ -141,6 +143,7 @@ def test_math_verify_grades_other_rows_answer_wrong(math_rows):
 def test_choice_golds_graded_correct_and_other_letters_wrong():
     _require_benchmarks()
     import pandas
+
     golds = [r["answer"] for r in json.loads((BENCHMARKS / "hpt" / "GPQA.json").read_text())]
     for name in ("valid.arc_c.parquet", "valid.gpqa.parquet"):
         frame = pandas.read_parquet(BENCHMARKS / "luffy" / name)

@@ -36,15 +36,15 @@ from srft_openrlhf.reward.extract import boxed_spans, last_boxed, solution_part
         ("\\boxed 5", "5"),
         ("so \\boxed 5.", "5."),
         ("\\fbox{3}", "3"),
-        ("\\boxed\n{5}", None),            # a line break is not how anyone boxes
-        ("\\boxedx{5}", None),             # another command, not a box
+        ("\\boxed\n{5}", None),  # a line break is not how anyone boxes
+        ("\\boxedx{5}", None),  # another command, not a box
         # fallbacks without a box
         ("The answer is $12$.", "12"),
         ("Final answer: 42", "42"),
         ("so the answer is 7. Done.", "7"),
         ("**Answer:** 3", "3"),
         ("The answer is \\(\\frac{1}{2}\\) as shown", "\\frac{1}{2}"),
-        ("I think it is 5, or 6", None),   # no last-number fallback (conservative)
+        ("I think it is 5, or 6", None),  # no last-number fallback (conservative)
         ("", None),
         # a box beats a later phrase
         ("\\boxed{5}. The answer is 6", "5"),
@@ -83,10 +83,10 @@ GARBAGE = [
     bytearray(b"\\boxed{2}"),
     12345,
     "x" * 1_000_000,
-    "\\boxed{" * 150_000,                    # a megabyte of unclosed boxes
+    "\\boxed{" * 150_000,  # a megabyte of unclosed boxes
     "{" * 500_000 + "}" * 10,
     "}" * 100_000 + "\\boxed{1}",
-    "answer" + " " * 1_000_000 + "is",       # long whitespace after an anchor
+    "answer" + " " * 1_000_000 + "is",  # long whitespace after an anchor
     "\\boxed{\\frac{1}{" + "\\sqrt{" * 2000,
     "\x00\x01\x02" * 1000,
     "</think>" * 10_000,

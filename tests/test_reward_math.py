@@ -59,10 +59,18 @@ EQUAL = [
     ("(3, 4]", "(3,4]", "both", "half-open interval"),
     ("(-\\infty, 0]", "(-\\infty,0]", "both", "infinite endpoint"),
     ("(0,9) \\cup (9,36)", "(0,9)\\cup(9,36)", "both", "union of intervals"),
-    ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}",
-     "\\begin{pmatrix} -\\frac13 \\\\ \\frac23 \\\\ \\frac53 \\end{pmatrix}", "both", "matrix entries"),
-    ("\\begin{bmatrix} -1 & 0 \\\\ 0 & -1 \\end{bmatrix}",
-     "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", "both", "bmatrix vs pmatrix"),
+    (
+        "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}",
+        "\\begin{pmatrix} -\\frac13 \\\\ \\frac23 \\\\ \\frac53 \\end{pmatrix}",
+        "both",
+        "matrix entries",
+    ),
+    (
+        "\\begin{bmatrix} -1 & 0 \\\\ 0 & -1 \\end{bmatrix}",
+        "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}",
+        "both",
+        "bmatrix vs pmatrix",
+    ),
     ("3, 5, 7", "3,5,7", "both", "list spacing"),
     ("7, 5, 3", "3, 5, 7", "mv", "solution set order (ours is ordered)"),
     ("2x+2", "2(x+1)", "both", "expanded polynomial"),
@@ -208,12 +216,12 @@ def test_unknown_mode_is_a_config_error():
 @pytest.mark.parametrize(
     "raw, clean",
     [
-        ("\\boxed{204}", "204"),                  # AIME24 in the hpt files
+        ("\\boxed{204}", "204"),  # AIME24 in the hpt files
         ("$\\frac{1}{2 n+2}$", "\\frac{1}{2 n+2}"),  # OlympiadBench keeps $...$
         ("$69$,$84$", "69,84"),
         ("$(-\\infty, 0) \\cup\\{1\\}$.", "(-\\infty, 0) \\cup\\{1\\}"),
-        ("\\$32,\\!348", "\\$32,\\!348"),          # an escaped dollar is content
-        (7, "7"),                                   # parquet golds may be numbers
+        ("\\$32,\\!348", "\\$32,\\!348"),  # an escaped dollar is content
+        (7, "7"),  # parquet golds may be numbers
         (None, ""),
     ],
 )

@@ -11,8 +11,9 @@ from srft_openrlhf.data import toy
 from srft_openrlhf.reward import math_reward
 
 # A fast variant for tests: same problems and demonstrations, a base model built in a second.
-TINY = dataclasses.replace(toy.TASK, hidden_size=64, intermediate_size=64, num_heads=2, num_layers=1,
-                           pretrain_steps=3, pretrain_batch=4)
+TINY = dataclasses.replace(
+    toy.TASK, hidden_size=64, intermediate_size=64, num_heads=2, num_layers=1, pretrain_steps=3, pretrain_batch=4
+)
 
 
 def operands(prompt: str) -> tuple[int, int]:
@@ -136,8 +137,14 @@ def test_saved_tokenizer_reloads_identically_by_path(tmp_path):
 
     tok = toy.build_tokenizer()
     tok.save_pretrained(tmp_path)
-    Qwen2Config(vocab_size=len(tok), hidden_size=64, num_attention_heads=2, num_key_value_heads=2,
-                intermediate_size=64, num_hidden_layers=1).save_pretrained(tmp_path)
+    Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=1,
+    ).save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     texts = [t for ex in toy.examples("train")[:50] for t in (ex.prompt, ex.demonstration)]
     for text in texts + ["<eos>", " \n\n 1 "]:

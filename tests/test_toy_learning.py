@@ -45,10 +45,32 @@ def test_asynchronous_training_at_a_large_lr_does_not_collapse(toy_cache, tmp_pa
     run_dir = tmp_path / "async"
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
     env.update(SRFT_CACHE=str(toy_cache), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "srft_openrlhf.cli", "train", "--config", str(ROOT / "configs" / "toy_cpu.yaml"),
-           "--output-dir", str(run_dir), "--set", "train.async_enable=true", "--set", "train.max_staleness=1", "--set", "train.lr=5e-4",
-           "--set", "train.steps=40", "--set", "train.lr_warmup_steps=20", "--set", "train.save_every=0",
-           "--set", "train.eval_every=0", "--set", "data.max_eval_rows=20"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "srft_openrlhf.cli",
+        "train",
+        "--config",
+        str(ROOT / "configs" / "toy_cpu.yaml"),
+        "--output-dir",
+        str(run_dir),
+        "--set",
+        "train.async_enable=true",
+        "--set",
+        "train.max_staleness=1",
+        "--set",
+        "train.lr=5e-4",
+        "--set",
+        "train.steps=40",
+        "--set",
+        "train.lr_warmup_steps=20",
+        "--set",
+        "train.save_every=0",
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        "data.max_eval_rows=20",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

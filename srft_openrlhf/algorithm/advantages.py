@@ -8,9 +8,7 @@ from torch import Tensor
 from srft_openrlhf.algorithm.config import LossConfig
 
 
-def group_advantages(
-    rewards: Tensor, group_ids: Tensor, normalize_std: bool = True, eps: float = 1e-6
-) -> Tensor:
+def group_advantages(rewards: Tensor, group_ids: Tensor, normalize_std: bool = True, eps: float = 1e-6) -> Tensor:
     """Eq. 2 / Eq. 7: Â_k = (r_k − mean_group) / (std_group + eps), std unbiased (torch.std).
 
     ``rewards`` [B] float, ``group_ids`` [B] integer labels; groups need be neither contiguous

@@ -379,8 +379,10 @@ def _check_totals(metrics: dict[str, float], totals: StepTotals | None) -> None:
     if totals is not None and any(
         metrics[f"n_{name}_tokens"] > getattr(totals, f"{name}_tokens") for name in ("demo", "pos", "neg")
     ):
-        raise ValueError("totals: this micro-batch has more demo / positive / negative tokens than its step's "
-                         "StepTotals; compute step_totals over all the micro-batches of the step")
+        raise ValueError(
+            "totals: this micro-batch has more demo / positive / negative tokens than its step's "
+            "StepTotals; compute step_totals over all the micro-batches of the step"
+        )
 
 
 def srft_loss(

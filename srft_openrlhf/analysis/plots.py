@@ -35,6 +35,7 @@ def _pyplot():
 
 # ----------------------------------------------------------------------------- Fig. 2(b)
 
+
 def plot_shift_distribution(report: dict, path: Path) -> None:
     """Left: share of tokens per Δp bin, one curve per model (log scale, so the tails show).
     Right: share of tokens with |Δp| above each threshold, one bar group per model."""
@@ -69,6 +70,7 @@ def plot_shift_distribution(report: dict, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- Fig. 2(a) / A1
+
 
 def delta_colour(delta: float) -> str:
     """Background colour of a token with change ``delta`` (hex, diverging, white at 0)."""
@@ -105,16 +107,20 @@ def heatmap_html(rows: list[dict], path: Path, base_name: str) -> None:
         f"|Δp| ≥ {HEATMAP_VMAX}. Hover a token for its numbers.</p>",
     ]
     for row in rows:
-        out.append(f"<div class='resp'><h3>{html.escape(row['title'])}</h3>"
-                   f"<div class='prompt'>{html.escape(row['prompt'])}</div>")
+        out.append(
+            f"<div class='resp'><h3>{html.escape(row['title'])}</h3>"
+            f"<div class='prompt'>{html.escape(row['prompt'])}</div>"
+        )
         for name, deltas in row["deltas"].items():
             out.append(f"<div class='model'><span class='name'>{html.escape(name)}</span>")
             for tok, p, d in zip(row["tokens"], row["p_base"], deltas):
                 shown, breaks = display_token(tok)
                 tip = f"p_base {p:.4f}, p_model {p + d:.4f}, Δp {d:+.4f}"
-                out.append(f"<span class='tok' style='background:{delta_colour(d)};color:{text_colour(d)}' "
-                           f"title='{tip}'>"
-                           f"{html.escape(shown)}</span>" + ("<br>" if breaks else ""))
+                out.append(
+                    f"<span class='tok' style='background:{delta_colour(d)};color:{text_colour(d)}' "
+                    f"title='{tip}'>"
+                    f"{html.escape(shown)}</span>" + ("<br>" if breaks else "")
+                )
             out.append("</div>")
         out.append("</div>")
     out.append("</body></html>")
@@ -171,26 +177,42 @@ def heatmap_png(rows: list[dict], path: Path) -> None:
             for line in content:
                 for col, shown, i in line:
                     ax.add_patch(Rectangle((col, y + 0.1), len(shown), 0.85, color=delta_colour(deltas[i]), lw=0))
-                    ax.text(col, y + 0.55, shown, family="DejaVu Sans Mono", fontsize=FONT_SIZE, va="center",
-                            color=text_colour(deltas[i]))
+                    ax.text(
+                        col,
+                        y + 0.55,
+                        shown,
+                        family="DejaVu Sans Mono",
+                        fontsize=FONT_SIZE,
+                        va="center",
+                        color=text_colour(deltas[i]),
+                    )
                 y += 1
         else:
             assert isinstance(content, str)
-            ax.text(-1.5, y + 0.55, content, fontsize=FONT_SIZE, va="center",
-                    weight="bold" if kind == "title" else "normal", color="black" if kind == "title" else "#333")
+            ax.text(
+                -1.5,
+                y + 0.55,
+                content,
+                fontsize=FONT_SIZE,
+                va="center",
+                weight="bold" if kind == "title" else "normal",
+                color="black" if kind == "title" else "#333",
+            )
             y += 1
     cax = fig.add_axes((0.25, 2.8 / n_lines, 0.5, 0.8 / n_lines))
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    bar = fig.colorbar(ScalarMappable(Normalize(-HEATMAP_VMAX, HEATMAP_VMAX), HEATMAP_CMAP), cax=cax,
-                       orientation="horizontal")
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(-HEATMAP_VMAX, HEATMAP_VMAX), HEATMAP_CMAP), cax=cax, orientation="horizontal"
+    )
     bar.set_label("Δp = p_model − p_base", fontsize=FONT_SIZE)
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- Fig. 3
+
 
 def plot_trajectory(report: dict, path: Path) -> None:
     """Every pair of reference distances as one panel; a run is a path (arrows from step to
@@ -212,17 +234,29 @@ def plot_trajectory(report: dict, path: Path) -> None:
             xs = [p["distances"][a] for p in pts]
             ys = [p["distances"][b] for p in pts]
             for i in range(len(pts) - 1):
-                ax.annotate("", xy=(xs[i + 1], ys[i + 1]), xytext=(xs[i], ys[i]),
-                            arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.2})
+                ax.annotate(
+                    "",
+                    xy=(xs[i + 1], ys[i + 1]),
+                    xytext=(xs[i], ys[i]),
+                    arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.2},
+                )
             for p, x, y in zip(pts, xs, ys):
                 acc = p["accuracy"]
                 any_accuracy |= acc is not None
                 face = cmap(norm(acc)) if acc is not None else "white"
                 ax.scatter([x], [y], s=46, c=[face], edgecolors=[colour], linewidths=1.5, zorder=3)
-                ax.annotate(str(p["step"]), (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6,
-                            color="#444")
-            ax.annotate(run_name, (xs[-1], ys[-1]), textcoords="offset points", xytext=(5, 4), fontsize=8,
-                        color=colour, weight="bold")
+                ax.annotate(
+                    str(p["step"]), (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6, color="#444"
+                )
+            ax.annotate(
+                run_name,
+                (xs[-1], ys[-1]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+                color=colour,
+                weight="bold",
+            )
             ax.plot([], [], color=colour, label=run_name)
         for ref, point in report.get("reference_points", {}).items():
             x, y = point["distances"][a], point["distances"][b]
@@ -236,14 +270,14 @@ def plot_trajectory(report: dict, path: Path) -> None:
         ax.set_xlabel(f"distance to {a}")
         ax.set_ylabel(f"distance to {b}")
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(pairs):]:
+    for ax in axes.flat[len(pairs) :]:
         ax.axis("off")
     if report["runs"]:
         axes.flat[0].legend(fontsize=8, loc="best")
     if any_accuracy:
-        fig.colorbar(plt.cm.ScalarMappable(norm, cmap), ax=axes.ravel().tolist(), label="held-out accuracy",
-                     shrink=0.8)
-    fig.suptitle("Learning dynamics in probability space (Appendix E): d_R(M) = mean |p_R(y_t) − p_M(y_t)|",
-                 fontsize=10)
+        fig.colorbar(plt.cm.ScalarMappable(norm, cmap), ax=axes.ravel().tolist(), label="held-out accuracy", shrink=0.8)
+    fig.suptitle(
+        "Learning dynamics in probability space (Appendix E): d_R(M) = mean |p_R(y_t) − p_M(y_t)|", fontsize=10
+    )
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

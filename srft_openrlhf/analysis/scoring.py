@@ -67,6 +67,7 @@ def safe_name(name: str) -> str:
 
 # ----------------------------------------------------------------------------- JSON Lines cache
 
+
 def read_jsonl(path: Path) -> list[dict]:
     """Records of a cache file; a torn last line (a kill mid-write) is cut off the file."""
     if not path.is_file():
@@ -79,8 +80,9 @@ def read_jsonl(path: Path) -> list[dict]:
                 records.append(json.loads(line))
         except (json.JSONDecodeError, UnicodeDecodeError):
             if offset + len(line) < len(raw):
-                raise DataError(f"{path}: a line in the middle is not valid JSON; "
-                                "delete the file to rebuild it") from None
+                raise DataError(
+                    f"{path}: a line in the middle is not valid JSON; delete the file to rebuild it"
+                ) from None
             with path.open("r+b") as f:
                 f.truncate(offset)
             break
@@ -99,6 +101,7 @@ def append_jsonl(f, records: Sequence[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- devices and models
+
 
 def resolve_device(device: str) -> str:
     import torch
@@ -141,8 +144,8 @@ def load_model(ref: ModelRef, dtype: str, device: str):
 
 # ----------------------------------------------------------------------------- responses
 
-def encode_text_response(tokenizer: Any, prompt: Prompt, text: str, sample: int = 0,
-                         ends: bool = True) -> Response:
+
+def encode_text_response(tokenizer: Any, prompt: Prompt, text: str, sample: int = 0, ends: bool = True) -> Response:
     """A fixed text as the response to ``prompt``, tokenised exactly as the trainer tokenises a
     demonstration (``data.encode_example``: the text on its own, then EOS); ``ends=False``
     leaves EOS out (a response that was cut at the length limit)."""
@@ -167,9 +170,20 @@ def prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
     return ids
 
 
-def generate_responses(ref: ModelRef, tokenizer: Any, prompts: Sequence[Prompt], *, cache_dir: Path,
-                       temperature: float, max_new_tokens: int, samples: int = 1, seed: int = 0,
-                       batch_size: int = 32, device: str = "auto", dtype: str = "auto") -> list[Response]:
+def generate_responses(
+    ref: ModelRef,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    *,
+    cache_dir: Path,
+    temperature: float,
+    max_new_tokens: int,
+    samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> list[Response]:
     """``samples`` responses of model ``ref`` to each prompt (Hugging Face generation; greedy at
     temperature 0), cached and resumed in batches of ``batch_size`` prompts."""
     from tqdm import tqdm
@@ -177,32 +191,60 @@ def generate_responses(ref: ModelRef, tokenizer: Any, prompts: Sequence[Prompt],
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    settings = {"model": model_fingerprint(ref, dtype), "prompts": digest(encoded), "temperature": temperature,
-                "max_new_tokens": max_new_tokens, "samples": samples, "seed": seed}
+    settings = {
+        "model": model_fingerprint(ref, dtype),
+        "prompts": digest(encoded),
+        "temperature": temperature,
+        "max_new_tokens": max_new_tokens,
+        "samples": samples,
+        "seed": seed,
+    }
     path = Path(cache_dir) / "responses" / f"{safe_name(ref.name)}-{digest(settings)}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["benchmark"], r["prompt_id"], r["sample"]): r for line in read_jsonl(path) for r in line["responses"]}
-    todo = [i for i in range(0, len(prompts), batch_size)
-            if any((p.benchmark, p.id, s) not in done for p in prompts[i:i + batch_size] for s in range(samples))]
+    todo = [
+        i
+        for i in range(0, len(prompts), batch_size)
+        if any((p.benchmark, p.id, s) not in done for p in prompts[i : i + batch_size] for s in range(samples))
+    ]
     if todo:
         from srft_openrlhf.local.generation import HFGenerator
 
         model = load_model(ref, dtype, device)
         generator = HFGenerator(model, tokenizer, shared=False, seed=seed, max_batch_size=batch_size * samples)
-        with path.open("a") as f, tqdm(total=len(prompts), initial=len(prompts) - sum(
-                len(prompts[i:i + batch_size]) for i in todo), desc=f"generate {ref.name}", unit="prompt") as bar:
+        with (
+            path.open("a") as f,
+            tqdm(
+                total=len(prompts),
+                initial=len(prompts) - sum(len(prompts[i : i + batch_size]) for i in todo),
+                desc=f"generate {ref.name}",
+                unit="prompt",
+            ) as bar,
+        ):
             for start in todo:
-                chunk = prompts[start:start + batch_size]
-                outs = generator.generate(encoded[start:start + batch_size], samples, temperature=temperature,
-                                          top_p=1.0, max_new_tokens=max_new_tokens, seed=seed * 1_000_003 + start)
-                records = [{"benchmark": p.benchmark, "prompt_id": p.id, "sample": s, "token_ids": c.token_ids,
-                            "text": c.text} for p, group in zip(chunk, outs) for s, c in enumerate(group)]
+                chunk = prompts[start : start + batch_size]
+                outs = generator.generate(
+                    encoded[start : start + batch_size],
+                    samples,
+                    temperature=temperature,
+                    top_p=1.0,
+                    max_new_tokens=max_new_tokens,
+                    seed=seed * 1_000_003 + start,
+                )
+                records = [
+                    {"benchmark": p.benchmark, "prompt_id": p.id, "sample": s, "token_ids": c.token_ids, "text": c.text}
+                    for p, group in zip(chunk, outs)
+                    for s, c in enumerate(group)
+                ]
                 append_jsonl(f, [{"responses": records}])
                 done.update({(r["benchmark"], r["prompt_id"], r["sample"]): r for r in records})
                 bar.update(len(chunk))
         del model, generator
-    return [Response(p.benchmark, p.id, s, tuple(ids), tuple(done[(p.benchmark, p.id, s)]["token_ids"]))
-            for p, ids in zip(prompts, encoded) for s in range(samples)]
+    return [
+        Response(p.benchmark, p.id, s, tuple(ids), tuple(done[(p.benchmark, p.id, s)]["token_ids"]))
+        for p, ids in zip(prompts, encoded)
+        for s in range(samples)
+    ]
 
 
 def samples_file_responses(path: Path, tokenizer: Any, limit: int) -> tuple[list[Prompt], list[Response]]:
@@ -225,12 +267,16 @@ def samples_file_responses(path: Path, tokenizer: Any, limit: int) -> tuple[list
                 continue
             per_bench[key[0]] = per_bench.get(key[0], 0) + 1
             prompts[key] = Prompt(key[0], key[1], r["prompt"], str(r.get("answer", "")), None, r["prompt"])
-        responses.append(encode_text_response(tokenizer, prompts[key], r["response"], int(r.get("sample", 0)),
-                                              ends=not r.get("truncated", False)))
+        responses.append(
+            encode_text_response(
+                tokenizer, prompts[key], r["response"], int(r.get("sample", 0)), ends=not r.get("truncated", False)
+            )
+        )
     return list(prompts.values()), responses
 
 
 # ----------------------------------------------------------------------------- scoring
+
 
 def length_batches(lengths: Sequence[int], max_tokens: int, max_rows: int = 256) -> list[list[int]]:
     """Indices grouped into batches of at most ``max_tokens`` padded tokens, longest first."""
@@ -264,12 +310,13 @@ def teacher_forced_logprobs(model, responses: Sequence[Response], pad_id: int) -
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
     with torch.no_grad():
-        logprobs, _ = causal_token_logprobs(model, ids.to(device), mask.to(device),
-                                            fused_head=fused_head_supported(model))
+        logprobs, _ = causal_token_logprobs(
+            model, ids.to(device), mask.to(device), fused_head=fused_head_supported(model)
+        )
     out = []
     for i, r in enumerate(responses):
         start = len(r.prompt_ids) - 1  # position t predicts token t + 1
-        out.append(logprobs[i, start:start + len(r.token_ids)].double().cpu().numpy())
+        out.append(logprobs[i, start : start + len(r.token_ids)].double().cpu().numpy())
     return out
 
 
@@ -277,13 +324,23 @@ def check_vocabulary(model, ref: ModelRef, responses: Sequence[Response]) -> Non
     size = model.get_input_embeddings().weight.shape[0]
     top = max(max(r.prompt_ids + r.token_ids) for r in responses)
     if top >= size:
-        raise ConfigError(f"tokenizer mismatch between the responses and {ref.name} ({ref.path}): token id {top} "
-                          f"is outside the model's vocabulary of {size}")
+        raise ConfigError(
+            f"tokenizer mismatch between the responses and {ref.name} ({ref.path}): token id {top} "
+            f"is outside the model's vocabulary of {size}"
+        )
 
 
-def score_responses(ref: ModelRef, responses: Sequence[Response], *, pad_id: int, cache_dir: Path,
-                    device: str = "auto", dtype: str = "auto", max_batch_tokens: int = 16384,
-                    model=None) -> list[np.ndarray]:
+def score_responses(
+    ref: ModelRef,
+    responses: Sequence[Response],
+    *,
+    pad_id: int,
+    cache_dir: Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_batch_tokens: int = 16384,
+    model=None,
+) -> list[np.ndarray]:
     """Token log-probs of model ``ref`` on every response (one array per response, in order),
     from the cache where present; the rest is computed in batches and appended to the cache.
     ``model``: an already loaded module for ``ref`` (else it is loaded when needed)."""
@@ -304,8 +361,10 @@ def score_responses(ref: ModelRef, responses: Sequence[Response], *, pad_id: int
         model = model if model is not None else load_model(ref, dtype, device)
         check_vocabulary(model, ref, todo)
         lengths = [len(r.prompt_ids) + len(r.token_ids) for r in todo]
-        with path.open("a") as f, tqdm(total=len(unique), initial=len(unique) - len(todo),
-                                       desc=f"score {ref.name}", unit="response") as bar:
+        with (
+            path.open("a") as f,
+            tqdm(total=len(unique), initial=len(unique) - len(todo), desc=f"score {ref.name}", unit="response") as bar,
+        ):
             for batch in length_batches(lengths, max_batch_tokens):
                 chunk = [todo[i] for i in batch]
                 values = teacher_forced_logprobs(model, chunk, pad_id)

@@ -40,6 +40,7 @@ TEXT_SOURCES = (DEMOS, TOY_SOLVER)
 
 # ----------------------------------------------------------------------------- models
 
+
 @dataclass(frozen=True)
 class ModelRef:
     """A model to load: a display name, the Hugging Face folder, and what the user wrote."""
@@ -88,8 +89,10 @@ def resolve_model(value: str, what: str = "model") -> ModelRef:
         ckpt = checkpoint_at(path, int(step_text)) if at else final_checkpoint(path)
         default = f"{path.name}@{ckpt.step}" if at else path.name
         return ModelRef(name or default, ckpt.path, value)
-    raise ConfigError(f"{what} {value!r}: {describe_missing(path)} (expected a Hugging Face model folder with "
-                      "config.json, a run folder with config.yaml, or 'toy')")
+    raise ConfigError(
+        f"{what} {value!r}: {describe_missing(path)} (expected a Hugging Face model folder with "
+        "config.json, a run folder with config.yaml, or 'toy')"
+    )
 
 
 def describe_missing(path: Path) -> str:
@@ -104,12 +107,14 @@ def unique_names(refs: list[ModelRef], what: str) -> None:
     seen: dict[str, str] = {}
     for r in refs:
         if r.name in seen:
-            raise ConfigError(f"{what}: two models are named {r.name!r} ({seen[r.name]} and {r.spec}); "
-                              "name them with NAME=PATH")
+            raise ConfigError(
+                f"{what}: two models are named {r.name!r} ({seen[r.name]} and {r.spec}); name them with NAME=PATH"
+            )
         seen[r.name] = r.spec
 
 
 # ----------------------------------------------------------------------------- run folders
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -122,8 +127,9 @@ def run_checkpoints(run_dir: Path) -> list[Checkpoint]:
     """The saved checkpoints of a run folder, by step (either backend's layout)."""
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
-        raise ConfigError(f"{run_dir}: not a run folder ({describe_missing(run_dir)}; "
-                          "expected config.yaml as `srft train` writes it)")
+        raise ConfigError(
+            f"{run_dir}: not a run folder ({describe_missing(run_dir)}; expected config.yaml as `srft train` writes it)"
+        )
     root = run_dir / "checkpoints"
     found: dict[int, Path] = {}
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
@@ -131,8 +137,10 @@ def run_checkpoints(run_dir: Path) -> list[Checkpoint]:
         if not match or not folder.is_dir():
             continue
         if not is_model_dir(folder):
-            raise ConfigError(f"{folder}: checkpoint without config.json (an incomplete or foreign checkpoint; "
-                              "delete it or train with the current code)")
+            raise ConfigError(
+                f"{folder}: checkpoint without config.json (an incomplete or foreign checkpoint; "
+                "delete it or train with the current code)"
+            )
         found[int(match.group(1))] = folder
     return [Checkpoint(step, found[step]) for step in sorted(found)]
 
@@ -147,8 +155,10 @@ def initial_model(run_dir: Path) -> Checkpoint:
         return Checkpoint(0, toy_base_path(), initial=True)
     path = Path(model_path).expanduser()
     if not is_model_dir(path):
-        raise ConfigError(f"{run_dir}/config.yaml: model.path {model_path!r} (the run's step 0): "
-                          f"{describe_missing(path)}; pass --no-initial to leave step 0 out")
+        raise ConfigError(
+            f"{run_dir}/config.yaml: model.path {model_path!r} (the run's step 0): "
+            f"{describe_missing(path)}; pass --no-initial to leave step 0 out"
+        )
     return Checkpoint(0, path, initial=True)
 
 
@@ -161,8 +171,10 @@ def checkpoint_at(run_dir: Path, step: int) -> Checkpoint:
         if c.step == step:
             return c
     have = ", ".join(str(c.step) for c in ckpts) or "none"
-    raise ConfigError(f"{run_dir}: no checkpoint for step {step} (checkpoints there: {have}; "
-                      "train.keep_checkpoints decides how many a run keeps)")
+    raise ConfigError(
+        f"{run_dir}: no checkpoint for step {step} (checkpoints there: {have}; "
+        "train.keep_checkpoints decides how many a run keeps)"
+    )
 
 
 def final_checkpoint(run_dir: Path) -> Checkpoint:
@@ -172,8 +184,10 @@ def final_checkpoint(run_dir: Path) -> Checkpoint:
     if is_model_dir(final_model):
         return Checkpoint(max((c.step for c in ckpts), default=0), final_model)
     if not ckpts:
-        raise ConfigError(f"{run_dir}: no checkpoint under {Path(run_dir) / 'checkpoints'} "
-                          "(set train.save_every > 0; keep more with train.keep_checkpoints)")
+        raise ConfigError(
+            f"{run_dir}: no checkpoint under {Path(run_dir) / 'checkpoints'} "
+            "(set train.save_every > 0; keep more with train.keep_checkpoints)"
+        )
     return ckpts[-1]
 
 
@@ -202,6 +216,7 @@ def run_accuracy(run_dir: Path) -> dict[int, float]:
 
 
 # ----------------------------------------------------------------------------- prompts
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -234,9 +249,18 @@ def toy_examples(split: str, limit: int, balanced: bool) -> list:
     return kept
 
 
-def load_prompts(data: list[str], *, template: str, tokenizer: Any, limit: int, toy_split: str = "heldout",
-                 toy_balanced: bool = False, prompt_key: str = "prompt", answer_key: str = "answer",
-                 demo_key: str | None = "demonstration") -> list[Prompt]:
+def load_prompts(
+    data: list[str],
+    *,
+    template: str,
+    tokenizer: Any,
+    limit: int,
+    toy_split: str = "heldout",
+    toy_balanced: bool = False,
+    prompt_key: str = "prompt",
+    answer_key: str = "answer",
+    demo_key: str | None = "demonstration",
+) -> list[Prompt]:
     """The first ``limit`` problems of each ``--data`` entry, rendered with ``template``.
 
     An entry is ``toy`` (the toy task, ``toy_split``), a local ``.json``/``.jsonl``/``.parquet``
@@ -253,12 +277,19 @@ def load_prompts(data: list[str], *, template: str, tokenizer: Any, limit: int, 
         name, source = split_name(entry)
         if source == TOY:
             name = name or TOY
-            rows = [(str(ex.row), ex.prompt, ex.answer, ex.demonstration)
-                    for ex in toy_examples(toy_split, limit, toy_balanced)]
+            rows = [
+                (str(ex.row), ex.prompt, ex.answer, ex.demonstration)
+                for ex in toy_examples(toy_split, limit, toy_balanced)
+            ]
         elif Path(source).expanduser().is_file():
             name = name or Path(source).stem
-            loaded = load_examples(str(Path(source).expanduser()), prompt_key=prompt_key, answer_key=answer_key,
-                                   demo_key=demo_key, limit=limit)
+            loaded = load_examples(
+                str(Path(source).expanduser()),
+                prompt_key=prompt_key,
+                answer_key=answer_key,
+                demo_key=demo_key,
+                limit=limit,
+            )
             rows = [(str(ex.row), ex.prompt, ex.answer, ex.demonstration) for ex in loaded.examples]
         else:
             name = name or source
@@ -278,8 +309,9 @@ def benchmark_rows(name: str, limit: int) -> list[tuple[str, Any, str, str | Non
     from evaluation.benchmarks import BENCHMARKS, get_benchmark, load_benchmark
 
     if name not in BENCHMARKS:
-        raise ConfigError(f"--data {name!r}: not a file, not 'toy' and not a known benchmark "
-                          f"(known: {', '.join(BENCHMARKS)})")
+        raise ConfigError(
+            f"--data {name!r}: not a file, not 'toy' and not a known benchmark (known: {', '.join(BENCHMARKS)})"
+        )
     return [(p.id, p.question, p.answer, None) for p in load_benchmark(get_benchmark(name), limit=limit)]
 
 
@@ -296,8 +328,10 @@ def reference_texts(source: str, prompts: list[Prompt]) -> list[str]:
     if source == DEMOS:
         missing = [f"{p.benchmark} row {p.id}" for p in prompts if not p.demonstration]
         if missing:
-            raise DataError(f"reference 'demos': {len(missing)} problems have no demonstration "
-                            f"(first: {missing[0]}); set --demo-key to the field that holds them")
+            raise DataError(
+                f"reference 'demos': {len(missing)} problems have no demonstration "
+                f"(first: {missing[0]}); set --demo-key to the field that holds them"
+            )
         return [p.demonstration for p in prompts if p.demonstration]  # all of them: none is missing
     if source == TOY_SOLVER:
         wrong = [p for p in prompts if p.benchmark != TOY]
@@ -318,6 +352,7 @@ def fill_task_defaults(args: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- tokenizers
+
 
 def toy_tokenizer() -> Any:
     from srft_openrlhf.data import toy
@@ -349,8 +384,10 @@ def shared_tokenizer(refs: list[ModelRef], probe_texts: list[str], toy_task: boo
             theirs = load_tokenizer(ref).get_vocab()
             if theirs != vocab:
                 diff = sorted(set(vocab.items()) ^ set(theirs.items()))[:3]
-                raise ConfigError(f"tokenizer mismatch between the toy task's tokenizer and {ref.name} "
-                                  f"({ref.path}): vocabularies differ (e.g. {diff})")
+                raise ConfigError(
+                    f"tokenizer mismatch between the toy task's tokenizer and {ref.name} "
+                    f"({ref.path}): vocabularies differ (e.g. {diff})"
+                )
         return tokenizer
     first, tokenizer = refs[0], load_tokenizer(refs[0])
     expected = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in probe_texts]
@@ -359,11 +396,15 @@ def shared_tokenizer(refs: list[ModelRef], probe_texts: list[str], toy_task: boo
         for text, ids in zip(probe_texts, expected):
             theirs = other(text, add_special_tokens=False)["input_ids"]
             if theirs != ids:
-                raise ConfigError(f"tokenizer mismatch between {first.name} ({first.path}) and {ref.name} "
-                                  f"({ref.path}): {text[:60]!r} encodes as {ids[:12]}... and {theirs[:12]}...; "
-                                  "token probabilities are comparable only on the same tokens")
+                raise ConfigError(
+                    f"tokenizer mismatch between {first.name} ({first.path}) and {ref.name} "
+                    f"({ref.path}): {text[:60]!r} encodes as {ids[:12]}... and {theirs[:12]}...; "
+                    "token probabilities are comparable only on the same tokens"
+                )
         for attr in ("eos_token_id", "pad_token_id"):
             if getattr(other, attr) != getattr(tokenizer, attr):
-                raise ConfigError(f"tokenizer mismatch between {first.name} ({first.path}) and {ref.name} "
-                                  f"({ref.path}): {attr} {getattr(tokenizer, attr)} vs {getattr(other, attr)}")
+                raise ConfigError(
+                    f"tokenizer mismatch between {first.name} ({first.path}) and {ref.name} "
+                    f"({ref.path}): {attr} {getattr(tokenizer, attr)} vs {getattr(other, attr)}"
+                )
     return tokenizer

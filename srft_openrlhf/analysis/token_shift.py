@@ -38,8 +38,10 @@ HISTOGRAM_EDGES = np.round(np.linspace(-1.025, 1.025, 42), 3)
 
 # ----------------------------------------------------------------------------- quantities
 
-def token_probability_shift(model_logprobs: Sequence[np.ndarray],
-                            base_logprobs: Sequence[np.ndarray]) -> list[np.ndarray]:
+
+def token_probability_shift(
+    model_logprobs: Sequence[np.ndarray], base_logprobs: Sequence[np.ndarray]
+) -> list[np.ndarray]:
     """Δp_t = exp(log p_model(y_t)) − exp(log p_base(y_t)) for every token of every response
     (paper Fig. 2 / A1). Identical log-probs give exactly 0."""
     return [np.exp(m) - np.exp(b) for m, b in zip(model_logprobs, base_logprobs)]
@@ -78,14 +80,24 @@ def shift_report(deltas: Sequence[np.ndarray], benchmarks: Sequence[str]) -> dic
 
 # ----------------------------------------------------------------------------- the command
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="the model before fine-tuning (model folder, run folder, 'toy')")
-    p.add_argument("--models", nargs="+", required=True, metavar="[NAME=]MODEL",
-                   help="fine-tuned models: model folders, run folders (their last checkpoint), RUN_DIR@STEP")
-    p.add_argument("--responses-from", default="base", metavar="SOURCE",
-                   help="who writes the responses every model scores: 'base' (default), a name of --models, "
-                        "another model, 'demos' (the data's demonstrations), 'toy:solver', or the "
-                        "samples.jsonl of `srft eval` (then --data is not used)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="[NAME=]MODEL",
+        help="fine-tuned models: model folders, run folders (their last checkpoint), RUN_DIR@STEP",
+    )
+    p.add_argument(
+        "--responses-from",
+        default="base",
+        metavar="SOURCE",
+        help="who writes the responses every model scores: 'base' (default), a name of --models, "
+        "another model, 'demos' (the data's demonstrations), 'toy:solver', or the "
+        "samples.jsonl of `srft eval` (then --data is not used)",
+    )
     p.add_argument("--heatmap", type=int, default=4, metavar="K", help="responses shown in the heatmap (default 4)")
 
 
@@ -122,14 +134,16 @@ def run(args: argparse.Namespace) -> dict:
         everyone.append(source)
     tokenizer, prompts, responses = prepare(args, source, everyone, toy_task, cache)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    score = dict(pad_id=pad_id, cache_dir=cache, device=args.device, dtype=args.dtype,
-                 max_batch_tokens=args.max_batch_tokens)
+    score = dict(
+        pad_id=pad_id, cache_dir=cache, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens
+    )
     base_lp = scoring.score_responses(base, responses, **score)
     benchmarks = [r.benchmark for r in responses]
     report: dict = {
         "base": {"name": base.name, "path": str(base.path)},
         "responses_from": source.name if isinstance(source, sources.ModelRef) else str(source),
-        "responses": len(responses), "tokens": int(sum(len(r.token_ids) for r in responses)),
+        "responses": len(responses),
+        "tokens": int(sum(len(r.token_ids) for r in responses)),
         "settings": settings(args, toy_task),
         "histogram_edges": HISTOGRAM_EDGES.tolist(),
         "share_thresholds": list(SHARE_THRESHOLDS),
@@ -153,26 +167,41 @@ def run(args: argparse.Namespace) -> dict:
 def prepare(args, source, everyone: list[sources.ModelRef], toy_task: bool, cache: Path):
     """The shared tokenizer (checked across models), the prompts and the responses."""
     if isinstance(source, Path):
-        tokenizer = (sources.shared_tokenizer(everyone, [], toy_task) if toy_task
-                     else sources.load_tokenizer(everyone[0]))
+        tokenizer = (
+            sources.shared_tokenizer(everyone, [], toy_task) if toy_task else sources.load_tokenizer(everyone[0])
+        )
         prompts, responses = scoring.samples_file_responses(source, tokenizer, args.limit)
         probes = [p.text for p in prompts[:16]]
         if not toy_task:
             sources.shared_tokenizer(everyone, probes + [tokenizer.decode(r.token_ids) for r in responses[:16]], False)
         return tokenizer, prompts, responses
     first = sources.toy_tokenizer() if toy_task else sources.load_tokenizer(everyone[0])
-    prompts = sources.load_prompts(args.data, template=args.template,
-                                   tokenizer=first, limit=args.limit, prompt_key=args.prompt_key,
-                                   answer_key=args.answer_key, demo_key=args.demo_key)
+    prompts = sources.load_prompts(
+        args.data,
+        template=args.template,
+        tokenizer=first,
+        limit=args.limit,
+        prompt_key=args.prompt_key,
+        answer_key=args.answer_key,
+        demo_key=args.demo_key,
+    )
     texts = sources.reference_texts(source, prompts) if isinstance(source, str) else []
     tokenizer = sources.shared_tokenizer(everyone, [p.text for p in prompts[:16]] + texts[:16], toy_task)
     if isinstance(source, str):
         responses = scoring.text_responses(tokenizer, prompts, texts)
     else:
         responses = scoring.generate_responses(
-            source, tokenizer, prompts, cache_dir=cache, temperature=args.temperature,
-            max_new_tokens=args.max_new_tokens, seed=args.seed,
-            batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+            source,
+            tokenizer,
+            prompts,
+            cache_dir=cache,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+        )
     return tokenizer, prompts, responses
 
 
@@ -190,20 +219,24 @@ def heatmap_rows(tokenizer, prompts, responses: Sequence[Response], base_lp, del
     """The first ``k`` responses with, per model, each token's p_base and Δp (Fig. 2a / A1)."""
     by_key = {(p.benchmark, p.id): p for p in prompts}
     rows = []
-    for i, r in enumerate(responses[:max(k, 0)]):
-        rows.append({
-            "title": f"{r.benchmark} #{r.prompt_id}" + (f" sample {r.sample}" if r.sample else ""),
-            "prompt": by_key[(r.benchmark, r.prompt_id)].text,
-            "tokens": token_texts(tokenizer, r.token_ids),
-            "p_base": np.exp(base_lp[i]).tolist(),
-            "deltas": {name: d[i].tolist() for name, d in deltas.items()},
-        })
+    for i, r in enumerate(responses[: max(k, 0)]):
+        rows.append(
+            {
+                "title": f"{r.benchmark} #{r.prompt_id}" + (f" sample {r.sample}" if r.sample else ""),
+                "prompt": by_key[(r.benchmark, r.prompt_id)].text,
+                "tokens": token_texts(tokenizer, r.token_ids),
+                "p_base": np.exp(base_lp[i]).tolist(),
+                "deltas": {name: d[i].tolist() for name, d in deltas.items()},
+            }
+        )
     return rows
 
 
 def print_summary(report: dict, out: Path) -> None:
-    print(f"token shift vs {report['base']['name']} on {report['tokens']} tokens of {report['responses']} responses "
-          f"(from {report['responses_from']}):")
+    print(
+        f"token shift vs {report['base']['name']} on {report['tokens']} tokens of {report['responses']} responses "
+        f"(from {report['responses_from']}):"
+    )
     for name, m in report["models"].items():
         s = m["all"]
         shares = ", ".join(f"|Δp|>{t}: {v:.1%}" for t, v in s["share_abs_delta_gt"].items())

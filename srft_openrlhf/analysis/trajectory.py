@@ -37,6 +37,7 @@ TOY_REFERENCES = ("base=toy", f"teacher={sources.DEMOS}", f"solver={sources.TOY_
 
 # ----------------------------------------------------------------------------- the distance
 
+
 def reference_distance(model_logprobs: Sequence[np.ndarray], reference_logprobs: Sequence[np.ndarray] | None) -> float:
     """d_R(M) of Appendix E (Eq. A11): how far M's probabilities of R's response tokens are from R's.
 
@@ -74,6 +75,7 @@ def grouped_distances(model_logprobs, reference_logprobs, groups: Sequence[str])
 
 
 # ----------------------------------------------------------------------------- references and points
+
 
 @dataclass
 class Reference:
@@ -122,8 +124,10 @@ def run_folders(values: Sequence[str]) -> dict[str, tuple[Path, list[sources.Che
             raise ConfigError(f"--runs: two runs are named {name!r}; write NAME=RUN_DIR")
         ckpts = sources.run_checkpoints(run_dir)
         if not ckpts:
-            raise ConfigError(f"--runs {value}: no checkpoints under {run_dir / 'checkpoints'} (a trajectory needs "
-                              "them: train with train.save_every > 0 and keep them with train.keep_checkpoints)")
+            raise ConfigError(
+                f"--runs {value}: no checkpoints under {run_dir / 'checkpoints'} (a trajectory needs "
+                "them: train with train.save_every > 0 and keep them with train.keep_checkpoints)"
+            )
         runs[name] = (run_dir, ckpts)
     return runs
 
@@ -136,8 +140,16 @@ def run_points(runs: dict[str, tuple[Path, list[sources.Checkpoint]]], include_i
         if include_initial:
             ckpts = [sources.initial_model(run_dir), *ckpts]
         accuracy = sources.run_accuracy(run_dir)
-        points[name] = [Point(name, c.step, sources.ModelRef(f"{name}@{c.step}", c.path, f"{run_dir}@{c.step}"),
-                              accuracy.get(c.step), c.initial) for c in ckpts]
+        points[name] = [
+            Point(
+                name,
+                c.step,
+                sources.ModelRef(f"{name}@{c.step}", c.path, f"{run_dir}@{c.step}"),
+                accuracy.get(c.step),
+                c.initial,
+            )
+            for c in ckpts
+        ]
     return points
 
 
@@ -153,17 +165,31 @@ def response_groups(prompts: Sequence[sources.Prompt], responses: Sequence[Respo
 
 # ----------------------------------------------------------------------------- the command
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--refs", nargs="+", metavar="NAME=SOURCE",
-                   help="references: NAME=MODEL (model folder, run folder, RUN_DIR@STEP, 'toy'), NAME=demos (the "
-                        "data's demonstrations) or NAME=toy:solver; default with --data toy: "
-                        + " ".join(TOY_REFERENCES))
-    p.add_argument("--runs", nargs="+", default=[], metavar="[NAME=]RUN_DIR",
-                   help="run folders: each checkpoint is a point, each run a path")
-    p.add_argument("--models", nargs="+", default=[], metavar="[NAME=]MODEL",
-                   help="single models to place as points as well")
-    p.add_argument("--no-initial", dest="initial", action="store_false",
-                   help="leave out each run's step 0 (the model.path it started from)")
+    p.add_argument(
+        "--refs",
+        nargs="+",
+        metavar="NAME=SOURCE",
+        help="references: NAME=MODEL (model folder, run folder, RUN_DIR@STEP, 'toy'), NAME=demos (the "
+        "data's demonstrations) or NAME=toy:solver; default with --data toy: " + " ".join(TOY_REFERENCES),
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=[],
+        metavar="[NAME=]RUN_DIR",
+        help="run folders: each checkpoint is a point, each run a path",
+    )
+    p.add_argument(
+        "--models", nargs="+", default=[], metavar="[NAME=]MODEL", help="single models to place as points as well"
+    )
+    p.add_argument(
+        "--no-initial",
+        dest="initial",
+        action="store_false",
+        help="leave out each run's step 0 (the model.path it started from)",
+    )
     p.add_argument("--samples", type=int, default=1, help="responses per prompt of each model reference (default 1)")
 
 
@@ -185,24 +211,42 @@ def run(args: argparse.Namespace) -> dict:
     ref_models = [r.model for r in refs if r.model is not None]
     everyone = list({m.path: m for m in ref_models + [p.model for p in points]}.values())
     first = sources.toy_tokenizer() if toy_task else sources.load_tokenizer(everyone[0])
-    prompts = sources.load_prompts(args.data, template=args.template,
-                                   tokenizer=first, limit=args.limit, toy_split="train", toy_balanced=toy_task,
-                                   prompt_key=args.prompt_key, answer_key=args.answer_key, demo_key=args.demo_key)
+    prompts = sources.load_prompts(
+        args.data,
+        template=args.template,
+        tokenizer=first,
+        limit=args.limit,
+        toy_split="train",
+        toy_balanced=toy_task,
+        prompt_key=args.prompt_key,
+        answer_key=args.answer_key,
+        demo_key=args.demo_key,
+    )
     texts = {r.name: sources.reference_texts(r.source, prompts) for r in refs if r.model is None}
     probes = [p.text for p in prompts[:16]] + [t for ts in texts.values() for t in ts[:8]]
     tokenizer = sources.shared_tokenizer(everyone, probes, toy_task)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    score = dict(pad_id=pad_id, cache_dir=cache, device=args.device, dtype=args.dtype,
-                 max_batch_tokens=args.max_batch_tokens)
+    score = dict(
+        pad_id=pad_id, cache_dir=cache, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens
+    )
 
     for r in refs:  # reference responses, made once and cached
         if r.model is None:
             r.responses = scoring.text_responses(tokenizer, prompts, texts[r.name])
         else:
             r.responses = scoring.generate_responses(
-                r.model, tokenizer, prompts, cache_dir=cache, temperature=args.temperature,
-                max_new_tokens=args.max_new_tokens, samples=args.samples,
-                seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+                r.model,
+                tokenizer,
+                prompts,
+                cache_dir=cache,
+                temperature=args.temperature,
+                max_new_tokens=args.max_new_tokens,
+                samples=args.samples,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                device=args.device,
+                dtype=args.dtype,
+            )
             r.own_logprobs = scoring.score_responses(r.model, r.responses, **score)
         r.groups = response_groups(prompts, r.responses)
 
@@ -212,29 +256,46 @@ def run(args: argparse.Namespace) -> dict:
         lp = scoring.score_responses(model, everything, **score)
         result, by_group, start = {}, {}, 0
         for r in refs:
-            mine = lp[start:start + len(r.responses)]
+            mine = lp[start : start + len(r.responses)]
             start += len(r.responses)
             result[r.name] = reference_distance(mine, r.own_logprobs)
             by_group[r.name] = grouped_distances(mine, r.own_logprobs, r.groups)
         return {"distances": result, "group_distances": by_group}
 
     report: dict = {
-        "references": {r.name: {"kind": "text" if r.model is None else "model", "source": r.source,
-                                "path": str(r.model.path) if r.model else None,
-                                "responses": len(r.responses),
-                                "tokens": int(sum(len(x.token_ids) for x in r.responses))}
-                       for r in refs},
+        "references": {
+            r.name: {
+                "kind": "text" if r.model is None else "model",
+                "source": r.source,
+                "path": str(r.model.path) if r.model else None,
+                "responses": len(r.responses),
+                "tokens": int(sum(len(x.token_ids) for x in r.responses)),
+            }
+            for r in refs
+        },
         "distance": "d_R(M) = mean over R's responses of the token mean of |p_R(y_t) - p_M(y_t)|; "
-                    "p_R = 1 for a text reference (Appendix E, Eq. A11)",
-        "settings": {k: getattr(args, k, None) for k in ("data", "limit", "template", "temperature",
-                                                         "max_new_tokens", "samples", "seed", "dtype")},
+        "p_R = 1 for a text reference (Appendix E, Eq. A11)",
+        "settings": {
+            k: getattr(args, k, None)
+            for k in ("data", "limit", "template", "temperature", "max_new_tokens", "samples", "seed", "dtype")
+        },
         "reference_points": {r.name: position(r.model) for r in refs if r.model is not None},
         "runs": {},
         "models": {},
     }
     for name, pts in runs.items():
-        report["runs"][name] = {"points": [{"step": p.step, "checkpoint": str(p.model.path), "initial": p.initial,
-                                            "accuracy": p.accuracy, **position(p.model)} for p in pts]}
+        report["runs"][name] = {
+            "points": [
+                {
+                    "step": p.step,
+                    "checkpoint": str(p.model.path),
+                    "initial": p.initial,
+                    "accuracy": p.accuracy,
+                    **position(p.model),
+                }
+                for p in pts
+            ]
+        }
     for m in singles:
         report["models"][m.name] = {"path": str(m.path), **position(m)}
     out.mkdir(parents=True, exist_ok=True)
@@ -250,8 +311,11 @@ def print_summary(report: dict, out: Path) -> None:
     for run_name, r in report["runs"].items():
         for p in r["points"]:
             acc = f"  acc {p['accuracy']:.1%}" if p["accuracy"] is not None else ""
-            print(f"  {run_name:<16} step {p['step']:>6}  " +
-                  "  ".join(f"{n} {p['distances'][n]:.4f}" for n in names) + acc)
+            print(
+                f"  {run_name:<16} step {p['step']:>6}  "
+                + "  ".join(f"{n} {p['distances'][n]:.4f}" for n in names)
+                + acc
+            )
     for name, m in report["models"].items():
         print(f"  {name:<28} " + "  ".join(f"{n} {m['distances'][n]:.4f}" for n in names))
     print(f"wrote {out / 'trajectory.json'} and {out / 'trajectory.png'}")

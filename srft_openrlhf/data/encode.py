@@ -51,13 +51,19 @@ def demo_continuation(prompt_text: str, demo_text: str) -> str:
     after it) instead of being doubled."""
     stripped = demo_text.lstrip()
     if prompt_text.endswith(THINK_OPEN) and stripped.startswith("<think>"):
-        rest = stripped[len("<think>"):]
+        rest = stripped[len("<think>") :]
         return rest[1:] if rest.startswith("\n") else rest
     return demo_text
 
 
-def encode_example(tokenizer: Any, prompt_text: str, demo_text: str | None, max_prompt_len: int,
-                   max_response_len: int, where: str | None = None) -> Encoded:
+def encode_example(
+    tokenizer: Any,
+    prompt_text: str,
+    demo_text: str | None,
+    max_prompt_len: int,
+    max_response_len: int,
+    where: str | None = None,
+) -> Encoded:
     """Encode a rendered prompt and its optional demonstration (see the module docstring).
 
     ``where`` (e.g. ``"train.parquet row 12"``) prefixes the error for a prompt longer than
@@ -68,13 +74,17 @@ def encode_example(tokenizer: Any, prompt_text: str, demo_text: str | None, max_
     prompt_ids = _prompt_ids(tokenizer, prompt_text)
     if len(prompt_ids) > max_prompt_len:
         prefix = f"{where}: " if where else ""
-        raise DataError(f"{prefix}prompt has {len(prompt_ids)} tokens, more than "
-                        f"data.max_prompt_len={max_prompt_len} (raise data.max_prompt_len or drop the row)")
+        raise DataError(
+            f"{prefix}prompt has {len(prompt_ids)} tokens, more than "
+            f"data.max_prompt_len={max_prompt_len} (raise data.max_prompt_len or drop the row)"
+        )
     if demo_text is None:
         return Encoded(prompt_ids=prompt_ids, demo_ids=None, demo_truncated=False)
     if tokenizer.eos_token_id is None:
-        raise ConfigError("the tokenizer has no eos_token, so demonstrations cannot end; "
-                          "set eos_token in the model's tokenizer_config.json")
+        raise ConfigError(
+            "the tokenizer has no eos_token, so demonstrations cannot end; "
+            "set eos_token in the model's tokenizer_config.json"
+        )
     demo_ids = list(tokenizer(demo_continuation(prompt_text, demo_text), add_special_tokens=False)["input_ids"])
     demo_ids.append(tokenizer.eos_token_id)
     if len(demo_ids) > max_response_len:

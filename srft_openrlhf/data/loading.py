@@ -52,9 +52,12 @@ class LoadedExamples:
 # DataError describing it, so the caller's skip policy treats it like any other bad row
 # (``read_rows`` raises it instead unless asked to yield it).
 
+
 def _not_utf8(e: UnicodeDecodeError, where: str) -> str:
-    return (f"not UTF-8 text (byte 0x{e.object[e.start]:02x} {where}); .json and .jsonl data must be "
-            "UTF-8 text: save the file as UTF-8")
+    return (
+        f"not UTF-8 text (byte 0x{e.object[e.start]:02x} {where}); .json and .jsonl data must be "
+        "UTF-8 text: save the file as UTF-8"
+    )
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -96,8 +99,10 @@ def _json_rows(path: Path, split: str | None) -> Iterator[tuple[int, Any]]:
     if isinstance(data, dict):
         data = next((data[k] for k in keys if k in data), None)
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON array of rows, or an object holding one "
-                        f"under {' or '.join(repr(k) for k in keys)}")
+        raise DataError(
+            f"{path}: expected a JSON array of rows, or an object holding one "
+            f"under {' or '.join(repr(k) for k in keys)}"
+        )
     yield from enumerate(data)
 
 
@@ -120,8 +125,10 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             batch = next(batches, None)
         except unreadable as e:
-            raise DataError(f"{path}: not a readable parquet file (rows from {index} on: {reason(e)}); "
-                            "the file is corrupt, write it again") from None
+            raise DataError(
+                f"{path}: not a readable parquet file (rows from {index} on: {reason(e)}); "
+                "the file is corrupt, write it again"
+            ) from None
         if batch is None:
             break
         for row in batch.to_pylist():
@@ -133,13 +140,17 @@ def _hub_rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"'{name}' is not a local file, and loading hub datasets needs the "
-                        "'datasets' package; install it or point to a .json/.jsonl/.parquet file") from None
+        raise DataError(
+            f"'{name}' is not a local file, and loading hub datasets needs the "
+            "'datasets' package; install it or point to a .json/.jsonl/.parquet file"
+        ) from None
     try:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as e:  # offline, unknown name, bad split, ...: all user-fixable
-        raise DataError(f"cannot load dataset '{name}' (split '{split}'): {type(e).__name__}: {e}; "
-                        "for offline use point to a local .json/.jsonl/.parquet file") from e
+        raise DataError(
+            f"cannot load dataset '{name}' (split '{split}'): {type(e).__name__}: {e}; "
+            "for offline use point to a local .json/.jsonl/.parquet file"
+        ) from e
     yield from enumerate(dataset)
 
 
@@ -150,8 +161,9 @@ def _raise_bad_rows(rows: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]
         yield index, row
 
 
-def read_rows(path: str | Path, split: str | None = None, *,
-              bad_rows: Literal["raise", "yield"] = "raise") -> Iterator[tuple[int, Any]]:
+def read_rows(
+    path: str | Path, split: str | None = None, *, bad_rows: Literal["raise", "yield"] = "raise"
+) -> Iterator[tuple[int, Any]]:
     """``(row index, row)`` for each row of a local .json / .jsonl / .parquet file, as stored.
 
     The one file reader of training data (``load_examples``) and of the evaluation harness's
@@ -173,8 +185,9 @@ def read_rows(path: str | Path, split: str | None = None, *,
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     if suffix not in LOCAL_SUFFIXES:
-        raise DataError(f"{path}: unknown data file extension '{path.suffix}' "
-                        f"(expected one of {', '.join(LOCAL_SUFFIXES)})")
+        raise DataError(
+            f"{path}: unknown data file extension '{path.suffix}' (expected one of {', '.join(LOCAL_SUFFIXES)})"
+        )
     if suffix == ".jsonl":
         rows = _jsonl_rows(path)
     else:
@@ -194,11 +207,11 @@ def _rows(source: str, split: str) -> Iterator[tuple[int, Any]]:
 
 # ----------------------------------------------------------------------------- fields
 
+
 def _get(row: dict, key: str) -> Any:
     """``row[key]``, else the dotted path ``a.b.0.c`` through nested dicts and lists; None counts as missing."""
     if key in row:
-        value = row[key]
-        return _MISSING if value is None else value
+        return _MISSING if row[key] is None else row[key]
     value: Any = row
     for part in key.split("."):
         if isinstance(value, dict) and part in value:
@@ -220,13 +233,15 @@ def _prompt(value: Any, where: str, key: str) -> str | list[dict]:
             raise DataError(f"{where}: field '{key}' is empty")
         return value
     if not isinstance(value, (list, tuple)):
-        raise DataError(f"{where}: field '{key}' must be a string or a list of chat messages, "
-                        f"got {type(value).__name__}")
+        raise DataError(
+            f"{where}: field '{key}' must be a string or a list of chat messages, got {type(value).__name__}"
+        )
     messages = []
     for i, m in enumerate(value):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DataError(f"{where}: field '{key}' message {i} is not a {{'role': str, 'content': str}} "
-                            f"mapping: {m!r:.120}")
+            raise DataError(
+                f"{where}: field '{key}' message {i} is not a {{'role': str, 'content': str}} mapping: {m!r:.120}"
+            )
         messages.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "user" and m["content"].strip() for m in messages):
         raise DataError(f"{where}: field '{key}' has no non-empty user message")
@@ -254,13 +269,16 @@ def _demonstration(value: Any, where: str, key: str) -> str | None:
     if value is None or (isinstance(value, (list, tuple)) and not value):
         return None
     if not isinstance(value, str):
-        raise DataError(f"{where}: field '{key}' must be a string or a list of messages with a "
-                        f"string 'content', got {type(value).__name__}")
+        raise DataError(
+            f"{where}: field '{key}' must be a string or a list of messages with a "
+            f"string 'content', got {type(value).__name__}"
+        )
     return value if value.strip() else None
 
 
-def _example(row: Any, index: int, source: str, prompt_key: str, answer_key: str,
-             demo_key: str | None, require_demo: bool) -> Example:
+def _example(
+    row: Any, index: int, source: str, prompt_key: str, answer_key: str, demo_key: str | None, require_demo: bool
+) -> Example:
     where = f"{source} row {index}"
     if isinstance(row, DataError):
         raise row
@@ -277,16 +295,30 @@ def _example(row: Any, index: int, source: str, prompt_key: str, answer_key: str
         raw = _get(row, demo_key)
         demo = None if raw is _MISSING else _demonstration(raw, where, demo_key)
     if require_demo and demo is None:
-        raise DataError(f"{where} has no demonstration field '{demo_key}' (the preset needs "
-                        "demonstrations; set data.demo_key or choose a preset without demos)")
-    return Example(prompt=_prompt(prompt, where, prompt_key), answer=_answer(answer, where, answer_key),
-                   demonstration=demo, source=source, row=index)
+        raise DataError(
+            f"{where} has no demonstration field '{demo_key}' (the preset needs "
+            "demonstrations; set data.demo_key or choose a preset without demos)"
+        )
+    return Example(
+        prompt=_prompt(prompt, where, prompt_key),
+        answer=_answer(answer, where, answer_key),
+        demonstration=demo,
+        source=source,
+        row=index,
+    )
 
 
-def load_examples(source: str, *, split: str = "train", prompt_key: str = "prompt",
-                  answer_key: str = "answer", demo_key: str | None = "demonstration",
-                  require_demo: bool = False, skip_invalid_rows: bool = False,
-                  limit: int | None = None) -> LoadedExamples:
+def load_examples(
+    source: str,
+    *,
+    split: str = "train",
+    prompt_key: str = "prompt",
+    answer_key: str = "answer",
+    demo_key: str | None = "demonstration",
+    require_demo: bool = False,
+    skip_invalid_rows: bool = False,
+    limit: int | None = None,
+) -> LoadedExamples:
     """Load up to ``limit`` valid examples from ``source`` (see the module docstring).
 
     ``split`` selects the hub split, or the key of a JSON object holding the rows; local
@@ -311,8 +343,7 @@ def load_examples(source: str, *, split: str = "train", prompt_key: str = "promp
             skipped += 1
             first_problem = first_problem or str(e)
     if skipped:
-        logger.warning("%s: skipped %d invalid row(s) (skip_invalid_rows); first: %s",
-                       source, skipped, first_problem)
+        logger.warning("%s: skipped %d invalid row(s) (skip_invalid_rows); first: %s", source, skipped, first_problem)
     if not examples:
         detail = f" ({skipped} invalid rows skipped; first: {first_problem})" if skipped else ""
         raise DataError(f"{source}: no valid rows{detail}")

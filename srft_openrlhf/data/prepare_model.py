@@ -29,20 +29,22 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="srft prepare-model",
         description="Copy a local model folder to DST with an edited config.json "
-                    "(the paper uses --rope-theta 40000 --max-position-embeddings 16384 for Qwen2.5-Math-7B).",
+        "(the paper uses --rope-theta 40000 --max-position-embeddings 16384 for Qwen2.5-Math-7B).",
     )
     p.add_argument("src", metavar="SRC", help="local model folder (with config.json); never modified")
     p.add_argument("dst", metavar="DST", help="new folder to write")
     p.add_argument("--rope-theta", type=float, help="new RoPE base (rope_theta)")
     p.add_argument("--max-position-embeddings", type=int, help="new max_position_embeddings")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    p.add_argument("--copy", action="store_true",
-                   help="copy every file instead of hard-linking (hard links share storage with SRC)")
+    p.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy every file instead of hard-linking (hard links share storage with SRC)",
+    )
     return p
 
 
-def edit_config(config: dict[str, Any], rope_theta: float | None,
-                max_position_embeddings: int | None) -> list[str]:
+def edit_config(config: dict[str, Any], rope_theta: float | None, max_position_embeddings: int | None) -> list[str]:
     """Apply the edits to a config.json dict in place; return one line per changed key."""
     changes: list[str] = []
 
@@ -51,8 +53,11 @@ def edit_config(config: dict[str, Any], rope_theta: float | None,
         holder[key] = value
 
     if rope_theta is not None:
-        nested = [k for k in ("rope_parameters", "rope_scaling")
-                  if isinstance(config.get(k), dict) and "rope_theta" in config[k]]
+        nested = [
+            k
+            for k in ("rope_parameters", "rope_scaling")
+            if isinstance(config.get(k), dict) and "rope_theta" in config[k]
+        ]
         for k in nested:
             set_key(config[k], "rope_theta", rope_theta, f"{k}.rope_theta")
         if "rope_theta" in config or not nested:
@@ -71,8 +76,10 @@ def _check_args(src: Path, dst: Path, args: argparse.Namespace) -> dict[str, Any
     if args.max_position_embeddings is not None and args.max_position_embeddings < 1:
         raise ConfigError(f"--max-position-embeddings must be positive, got {args.max_position_embeddings}")
     if not src.is_dir():
-        raise DataError(f"model folder not found: {src} (SRC must be a local folder; download a hub "
-                        "model first, e.g. `huggingface-cli download NAME --local-dir DIR`)")
+        raise DataError(
+            f"model folder not found: {src} (SRC must be a local folder; download a hub "
+            "model first, e.g. `huggingface-cli download NAME --local-dir DIR`)"
+        )
     config_path = src / "config.json"
     if not config_path.is_file():
         raise DataError(f"{src} is not a model folder: it has no config.json")
@@ -136,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     for line in changes:
         print(f"  config.json {line}")
     sliding = config.get("sliding_window")
-    if (config.get("use_sliding_window") and isinstance(sliding, int)
-            and args.max_position_embeddings and sliding < args.max_position_embeddings):
+    if (
+        config.get("use_sliding_window")
+        and isinstance(sliding, int)
+        and args.max_position_embeddings
+        and sliding < args.max_position_embeddings
+    ):
         print(f"  note: use_sliding_window is on with sliding_window={sliding}; attention beyond it stays windowed")
     return 0
 

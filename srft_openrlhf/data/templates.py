@@ -78,10 +78,15 @@ def render_prompt(question: str | list[dict], template: str = "srft", tokenizer:
         raise ConfigError(f"unknown template '{template}' (known: {', '.join(TEMPLATES)}); set data.template")
     if template == "chat":
         if not has_chat_template(tokenizer):
-            raise ConfigError("data.template=chat needs a tokenizer with a chat_template; "
-                              f"choose one of {', '.join(t for t in TEMPLATES if t != 'chat')}")
-        messages = [{"role": "user", "content": question}] if isinstance(question, str) else \
-            [{"role": m["role"], "content": m["content"]} for m in question]
+            raise ConfigError(
+                "data.template=chat needs a tokenizer with a chat_template; "
+                f"choose one of {', '.join(t for t in TEMPLATES if t != 'chat')}"
+            )
+        messages = (
+            [{"role": "user", "content": question}]
+            if isinstance(question, str)
+            else [{"role": m["role"], "content": m["content"]} for m in question]
+        )
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     text = user_question(question)
     if template == "none":

@@ -103,6 +103,7 @@ TASK = ToyTask()
 
 # ----------------------------------------------------------------------------- problems
 
+
 def question(a: int, b: int) -> str:
     return f"{a}+{b}=?"
 
@@ -136,7 +137,7 @@ def chained_carry(a: int, b: int) -> bool:
 
 
 def problem_group(prompt: str) -> str:
-    """"chained_carry" (the demonstrations of such problems carry flaw 1) or "other"."""
+    """ "chained_carry" (the demonstrations of such problems carry flaw 1) or "other"."""
     a, b = prompt.removesuffix("=?").split("+")
     return "chained_carry" if chained_carry(int(a), int(b)) else "other"
 
@@ -157,7 +158,7 @@ def demonstration(a: int, b: int, rng: random.Random, task: ToyTask = TASK) -> t
     if rng.random() < task.typo_rate:
         pos = rng.randrange(len(text))
         wrong = rng.choice([d for d in "0123456789" if d != text[pos] and not (pos == 0 and d == "0")])
-        return solution_text(lines, text[:pos] + wrong + text[pos + 1:]), "wrong_answer"
+        return solution_text(lines, text[:pos] + wrong + text[pos + 1 :]), "wrong_answer"
     return solution_text(lines, text), "correct"
 
 
@@ -193,14 +194,28 @@ def examples(split: str, task: ToyTask = TASK) -> list[Example]:
     """``"train"`` (with demonstrations, flawed ones included) or ``"heldout"`` (correct ones)."""
     heldout, train = _splits(task)
     if split == "heldout":
-        return [Example(prompt=question(a, b), answer=str(a + b),
-                        demonstration=solution_text(*_correct(a, b)), source=SOURCE, row=i)
-                for i, (a, b) in enumerate(heldout)]
+        return [
+            Example(
+                prompt=question(a, b),
+                answer=str(a + b),
+                demonstration=solution_text(*_correct(a, b)),
+                source=SOURCE,
+                row=i,
+            )
+            for i, (a, b) in enumerate(heldout)
+        ]
     if split == "train":
         rng = random.Random(task.seed + 1)
-        return [Example(prompt=question(a, b), answer=str(a + b),
-                        demonstration=demonstration(a, b, rng, task)[0], source=SOURCE, row=i)
-                for i, (a, b) in enumerate(train)]
+        return [
+            Example(
+                prompt=question(a, b),
+                answer=str(a + b),
+                demonstration=demonstration(a, b, rng, task)[0],
+                source=SOURCE,
+                row=i,
+            )
+            for i, (a, b) in enumerate(train)
+        ]
     raise ValueError(f"toy split must be 'train' or 'heldout', got {split!r}")
 
 
@@ -221,6 +236,7 @@ def _correct(a: int, b: int) -> tuple[list[str], str]:
 
 # ----------------------------------------------------------------------------- tokenizer
 
+
 def build_tokenizer() -> Any:
     """A byte-level BPE with no merges (one token per byte) plus the markers.
 
@@ -234,13 +250,24 @@ def build_tokenizer() -> Any:
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + tuple(sorted(pre_tokenizers.ByteLevel.alphabet())))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, continuing_subword_prefix="",
-                               end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=[],
+            unk_token=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+            byte_fallback=False,
+        )
+    )
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
     # markers are matched before the per-byte split, so each is one token
@@ -249,6 +276,7 @@ def build_tokenizer() -> Any:
 
 
 # ----------------------------------------------------------------------------- base model
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("SRFT_CACHE", "~/.cache/srft-openrlhf")).expanduser()
@@ -282,8 +310,7 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(f.fileno())
 
 
-def _pretrain_batch(rng: random.Random, tokenizer: Any, size: int, exclude: set[tuple[int, int]],
-                    carry_rate: float):
+def _pretrain_batch(rng: random.Random, tokenizer: Any, size: int, exclude: set[tuple[int, int]], carry_rate: float):
     """Token ids and loss mask (response tokens only) of ``size`` student solutions."""
     import torch
 
@@ -311,10 +338,16 @@ def pretrain_base_model(task: ToyTask, out: Path, log=print) -> None:
     tokenizer = build_tokenizer()
     torch.manual_seed(task.seed)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=task.hidden_size, intermediate_size=task.intermediate_size,
-        num_hidden_layers=task.num_layers, num_attention_heads=task.num_heads,
-        num_key_value_heads=task.num_heads, max_position_embeddings=task.max_position_embeddings,
-        tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=task.hidden_size,
+        intermediate_size=task.intermediate_size,
+        num_hidden_layers=task.num_layers,
+        num_attention_heads=task.num_heads,
+        num_key_value_heads=task.num_heads,
+        max_position_embeddings=task.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = Qwen2ForCausalLM(config)
@@ -353,9 +386,11 @@ def pretrain_base_model(task: ToyTask, out: Path, log=print) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     stats = base_stats(model, tokenizer, task)
-    log(f"[toy] base model: greedy held-out accuracy {stats['greedy_heldout']:.1%} "
+    log(
+        f"[toy] base model: greedy held-out accuracy {stats['greedy_heldout']:.1%} "
         f"(chained carries {stats['greedy_heldout_chained_carry']:.1%}), "
-        f"sampled accuracy at temperature 1 on training prompts {stats['sampled_train']:.1%}")
+        f"sampled accuracy at temperature 1 on training prompts {stats['sampled_train']:.1%}"
+    )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "toy_task.json").write_text(json.dumps(dataclasses.asdict(task), indent=1))
@@ -379,13 +414,16 @@ def base_stats(model: Any, tokenizer: Any, task: ToyTask = TASK, samples: int = 
     greedy = _solved(model, tokenizer, heldout, sample=False, seed=seed)
     sampled = _solved(model, tokenizer, train[:samples], sample=True, seed=seed)
     hits = [ok for ok, c in zip(greedy, chained) if c]
-    return {"greedy_heldout": sum(greedy) / len(greedy),
-            "greedy_heldout_chained_carry": sum(hits) / max(1, len(hits)),
-            "sampled_train": sum(sampled) / len(sampled)}
+    return {
+        "greedy_heldout": sum(greedy) / len(greedy),
+        "greedy_heldout_chained_carry": sum(hits) / max(1, len(hits)),
+        "sampled_train": sum(sampled) / len(sampled),
+    }
 
 
-def _solved(model: Any, tokenizer: Any, pairs: list[tuple[int, int]], *, sample: bool, seed: int,
-            batch: int = 128) -> list[bool]:
+def _solved(
+    model: Any, tokenizer: Any, pairs: list[tuple[int, int]], *, sample: bool, seed: int, batch: int = 128
+) -> list[bool]:
     """Whether the model's completion of each problem boxes the right sum (every prompt
     "abc+def=?" has the same length, so batches need no padding)."""
     import torch
@@ -398,10 +436,17 @@ def _solved(model: Any, tokenizer: Any, pairs: list[tuple[int, int]], *, sample:
         chunk = pairs[start : start + batch]
         ids = torch.tensor([tokenizer(question(a, b), add_special_tokens=False)["input_ids"] for a, b in chunk])
         with torch.no_grad():
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, do_sample=sample,
-                                 temperature=1.0 if sample else None, top_k=0 if sample else None,
-                                 top_p=1.0 if sample else None, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=48,
+                do_sample=sample,
+                temperature=1.0 if sample else None,
+                top_k=0 if sample else None,
+                top_p=1.0 if sample else None,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        texts = tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
         out.extend(math_reward(t, str(a + b), mode="oat") >= 1.0 for t, (a, b) in zip(texts, chunk))
     return out

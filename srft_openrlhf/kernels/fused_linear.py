@@ -61,9 +61,7 @@ def backward_tile(
         return logits
     r, v = logits.shape
     d, e = (w.view(-1)[: r * v].view(r, v) for w in work)
-    grad = backward_block(
-        logits, targets, temperature, row_max, log_sum_exp, entropy, grad_logp, grad_entropy, d, e
-    )
+    grad = backward_block(logits, targets, temperature, row_max, log_sum_exp, entropy, grad_logp, grad_entropy, d, e)
     return grad.to(logits.dtype)
 
 

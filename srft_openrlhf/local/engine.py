@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import os
 import socket
-from contextlib import nullcontext
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -202,8 +202,13 @@ class TorchEngine(TrainEngine):
 
     def token_logprobs(self, input_ids, attention_mask, *, temperature=1.0, entropy_grad=False):
         return causal_token_logprobs(
-            self.model, input_ids, attention_mask, temperature=temperature, entropy_grad=entropy_grad,
-            fused_head=self.fused_head, autocast_dtype=self.autocast_dtype,
+            self.model,
+            input_ids,
+            attention_mask,
+            temperature=temperature,
+            entropy_grad=entropy_grad,
+            fused_head=self.fused_head,
+            autocast_dtype=self.autocast_dtype,
         )
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -225,8 +230,9 @@ class TorchEngine(TrainEngine):
     def save(self, path: Path) -> None:
         path = Path(path)
         self.save_model(path)
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   path / OPTIMIZER_FILE)
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, path / OPTIMIZER_FILE
+        )
 
     def load(self, path: Path) -> None:
         path = Path(path)
@@ -319,7 +325,9 @@ class DeepSpeedEngine(TrainEngine):
         optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr, betas=adam_betas(betas))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(warmup_steps))
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
             config=deepspeed_config(zero_stage, dtype, grad_clip),
         )
         self.model = self.ds.module
@@ -329,8 +337,12 @@ class DeepSpeedEngine(TrainEngine):
 
     def token_logprobs(self, input_ids, attention_mask, *, temperature=1.0, entropy_grad=False):
         return causal_token_logprobs(
-            self.model if self.fused_head else self.ds, input_ids, attention_mask,
-            temperature=temperature, entropy_grad=entropy_grad, fused_head=self.fused_head,
+            self.model if self.fused_head else self.ds,
+            input_ids,
+            attention_mask,
+            temperature=temperature,
+            entropy_grad=entropy_grad,
+            fused_head=self.fused_head,
         )
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -381,7 +393,9 @@ class ReferenceModel:
         self.fused_head = fused_head_supported(model)
 
     @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0
+    ) -> torch.Tensor:
         logprobs, _ = causal_token_logprobs(
             self.model, input_ids, attention_mask, temperature=temperature, fused_head=self.fused_head
         )
@@ -443,13 +457,25 @@ def make_engine(
     model.train()
     if engine == "torch":
         result: TrainEngine = TorchEngine(
-            model, autocast_dtype=None if dtype == "fp32" else DTYPES[dtype],
-            lr=lr, weight_decay=weight_decay, betas=betas, grad_clip=grad_clip, warmup_steps=warmup_steps,
+            model,
+            autocast_dtype=None if dtype == "fp32" else DTYPES[dtype],
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            grad_clip=grad_clip,
+            warmup_steps=warmup_steps,
         )
     else:
         result = DeepSpeedEngine(
-            model, zero_stage=zero_stage, dtype=dtype, device=torch_device,
-            lr=lr, weight_decay=weight_decay, betas=betas, grad_clip=grad_clip, warmup_steps=warmup_steps,
+            model,
+            zero_stage=zero_stage,
+            dtype=dtype,
+            device=torch_device,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            grad_clip=grad_clip,
+            warmup_steps=warmup_steps,
         )
     result.tokenizer = AutoTokenizer.from_pretrained(model_path)
     return result

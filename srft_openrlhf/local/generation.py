@@ -31,7 +31,9 @@ WEIGHT_BUCKET_BYTES = 256 << 20
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 VLLM_DTYPES: dict[str, Literal["bfloat16", "float16", "float32"]] = {
-    "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "fp32": "float32",
 }
 
 
@@ -204,8 +206,9 @@ class HFGenerator(Generator):
         """Generate up to ``max_new_tokens`` for each row; rows stop together once all hit EOS."""
         input_ids, mask = left_pad(rows, self.pad_id, self.device)
         positions = position_ids(mask)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1)
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         tokens, logprobs = [], []
@@ -222,8 +225,13 @@ class HFGenerator(Generator):
                 break
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             positions = positions[:, -1:] + 1
-            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
-                             past_key_values=out.past_key_values, use_cache=True)
+            out = self.model(
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
         return torch.stack(tokens, 1).tolist(), torch.stack(logprobs, 1).tolist()
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -348,7 +356,11 @@ class VLLMGenerator(Generator):
         check_sampling(n, temperature, top_p, max_new_tokens)
         params = [
             SamplingParams(
-                n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0,
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_new_tokens,
+                logprobs=0,
                 seed=None if seed is None else request_seed(seed, i),
             )
             for i in range(len(prompt_ids))
@@ -406,6 +418,9 @@ def make_generator(
     if kind == "hf" or (kind == "auto" and not vllm_available()):
         return HFGenerator.load(model_path, dtype=dtype, device=device, seed=seed)
     return VLLMGenerator(
-        model_path, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+        model_path,
+        dtype=dtype,
+        seed=seed,
+        gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
     )

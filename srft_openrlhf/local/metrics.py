@@ -36,11 +36,15 @@ METRICS_FILE = "metrics.jsonl"
 def check_logging(cfg: LoggingConfig) -> None:
     """Requested sinks must be installed (checked before any expensive start-up)."""
     if cfg.wandb_project and importlib.util.find_spec("wandb") is None:
-        raise ConfigError("logging.wandb_project is set but the 'wandb' package is not installed; "
-                          "pip install wandb, or unset logging.wandb_project")
+        raise ConfigError(
+            "logging.wandb_project is set but the 'wandb' package is not installed; "
+            "pip install wandb, or unset logging.wandb_project"
+        )
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("logging.tensorboard is true but the 'tensorboard' package is not installed; "
-                          "pip install tensorboard, or set logging.tensorboard=false")
+        raise ConfigError(
+            "logging.tensorboard is true but the 'tensorboard' package is not installed; "
+            "pip install tensorboard, or set logging.tensorboard=false"
+        )
     if cfg.log_every < 1:
         raise ConfigError(f"logging.log_every must be >= 1, got {cfg.log_every}")
 
@@ -80,8 +84,15 @@ class MetricsLogger:
         self.file = self.path.open("a")
         # wandb first: wandb.init prints a few lines to the console that would split the bar
         self.wandb = self._start_wandb(cfg) if cfg.logging.wandb_project else None
-        self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="srft train", unit="step",
-                        dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+        self.bar = tqdm(
+            total=cfg.train.steps,
+            initial=start_step,
+            desc="srft train",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=1.0,
+        )
         self.tensorboard = None
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -99,8 +110,15 @@ class MetricsLogger:
             # init(mode="offline") covers the run only: wandb 0.31's process-wide analytics still
             # read the global settings and try to reach the W&B server from a background thread
             wandb.setup(settings=wandb.Settings(mode="offline"))
-        return wandb.init(project=cfg.logging.wandb_project, name=cfg.logging.wandb_run_name, id=run_id,
-                          resume="allow", dir=str(self.run_dir), mode=mode, config=cfg.to_dict())
+        return wandb.init(
+            project=cfg.logging.wandb_project,
+            name=cfg.logging.wandb_run_name,
+            id=run_id,
+            resume="allow",
+            dir=str(self.run_dir),
+            mode=mode,
+            config=cfg.to_dict(),
+        )
 
     def log(self, step: int, record: Mapping[str, float | str], force: bool = False) -> None:
         """One record for ``step`` (written when step % log_every == 0, or ``force``)."""

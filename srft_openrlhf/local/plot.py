@@ -30,7 +30,6 @@ PANELS = (
 )
 
 
-
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of a training metric; for "entropy", at each step the entropy on the
     rollout tokens when the step had rollouts, else on its demonstration tokens (SFT steps)."""
@@ -105,6 +104,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, smooth: int = 1) -> None:
 
 # ----------------------------------------------------------------------------- several seeds
 
+
 def plot_methods(runs: dict[str, list[Path]], out: Path, smooth: int = 1) -> None:
     """Mean over seeds per method (steps every seed logged), with a ±1 std band."""
     fig, axes = _figure()
@@ -120,8 +120,9 @@ def plot_methods(runs: dict[str, list[Path]], out: Path, smooth: int = 1) -> Non
             std = moving_average([d for _, d in stats], smooth)
             color = f"C{i % 10}"
             ax.plot(steps, mean, label=method, color=color)
-            ax.fill_between(steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                            color=color, alpha=0.15)
+            ax.fill_between(
+                steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], color=color, alpha=0.15
+            )
     _save(fig, axes, out)
 
 
@@ -132,11 +133,16 @@ def results_table(runs: dict[str, list[Path]]) -> str:
 
 # ----------------------------------------------------------------------------- command line
 
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="srft plot", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", type=Path, help="run folders (each with metrics.jsonl)")
-    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/curves.png for one run, "
-                                            "ROOT/curves.png with --aggregate, else ./curves.png)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="PNG to write (default: RUN_DIR/curves.png for one run, "
+        "ROOT/curves.png with --aggregate, else ./curves.png)",
+    )
     p.add_argument("--smooth", type=int, default=1, help="moving-average window in steps (default 1: none)")
     p.add_argument("--aggregate", type=Path, metavar="ROOT", help="mean ± std over ROOT/METHOD/seed-N runs")
     p.add_argument("--table", type=Path, metavar="MD", help="with --aggregate: write the markdown table here")

@@ -43,6 +43,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- collecting
 
+
 def run_record(run_dir: Path) -> dict[str, Any]:
     """A finished run's summary numbers, with its learning rate when its config.yaml is there."""
     summary_path = run_dir / "summary.json"
@@ -70,8 +71,10 @@ def method_runs(root: Path) -> dict[str, list[Path]]:
 
 def sweep_runs(method_dir: Path) -> dict[str, dict[str, Any]]:
     """``{lr: record}`` of the finished ``method_dir/lr-LR`` runs."""
-    found = {p.parent.name.removeprefix("lr-"): run_record(p.parent)
-             for p in sorted(Path(method_dir).glob("lr-*/summary.json"))}
+    found = {
+        p.parent.name.removeprefix("lr-"): run_record(p.parent)
+        for p in sorted(Path(method_dir).glob("lr-*/summary.json"))
+    }
     if not found:
         raise ConfigError(f"{method_dir}: no finished lr sweep runs (expected lr-LR/summary.json)")
     return found
@@ -88,7 +91,9 @@ def collect(root: Path) -> dict[str, Any]:
     {method: {lr: record}} when ``ROOT/sweep`` exists."""
     root = Path(root)
     final_root = root / "final" if (root / "final").is_dir() else root
-    results: dict[str, Any] = {"final": {m: [run_record(d) for d in dirs] for m, dirs in method_runs(final_root).items()}}
+    results: dict[str, Any] = {
+        "final": {m: [run_record(d) for d in dirs] for m, dirs in method_runs(final_root).items()}
+    }
     if (root / "sweep").is_dir():
         results["sweep"] = {d.name: sweep_runs(d) for d in sorted((root / "sweep").iterdir()) if d.is_dir()}
     return results
@@ -96,10 +101,17 @@ def collect(root: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- tables
 
+
 def accuracy_columns(records: list[dict]) -> list[str]:
     """accuracy, then the per-group ones (accuracy_<group>) in a stable order."""
-    groups = sorted({k.removesuffix("_after") for r in records for k in r
-                     if k.startswith("accuracy_") and k.endswith("_after") and k != "accuracy_after"})
+    groups = sorted(
+        {
+            k.removesuffix("_after")
+            for r in records
+            for k in r
+            if k.startswith("accuracy_") and k.endswith("_after") and k != "accuracy_after"
+        }
+    )
     return ["accuracy", *groups]
 
 
@@ -144,9 +156,13 @@ def markdown(results: dict[str, Any]) -> str:
 
     steps = sorted({r["steps"] for r in every if "steps" in r})
     seeds = sorted({r["seed"] for r in every if "seed" in r})
-    lines = [f"Held-out accuracy (%), mean ± std over seeds {', '.join(map(str, seeds)) or '?'}; "
-             f"{', '.join(map(str, steps)) or '?'} training steps each.\n\n",
-             "**Main results (layout of the paper's Table 2)**\n\n", header, row("Base model", every, "before")]
+    lines = [
+        f"Held-out accuracy (%), mean ± std over seeds {', '.join(map(str, seeds)) or '?'}; "
+        f"{', '.join(map(str, steps)) or '?'} training steps each.\n\n",
+        "**Main results (layout of the paper's Table 2)**\n\n",
+        header,
+        row("Base model", every, "before"),
+    ]
     known = {m for _, methods in PARADIGMS for m, _ in methods} | {m for m, _ in ABLATIONS}
     for title, methods in PARADIGMS:
         present = [(m, name) for m, name in methods if m in final]
@@ -169,8 +185,10 @@ def markdown(results: dict[str, Any]) -> str:
 def sweep_markdown(sweep: dict[str, dict[str, dict]]) -> str:
     """Held-out accuracy of each method at each lr (one seed); the chosen lr in bold."""
     lrs = sorted({lr for runs in sweep.values() for lr in runs}, key=float)
-    lines = ["\n**Learning-rate sweep (held-out %, one seed; bold: the lr of the final runs)**\n\n",
-             "| Method | " + " | ".join(lrs) + " |\n|---|" + "---|" * len(lrs) + "\n"]
+    lines = [
+        "\n**Learning-rate sweep (held-out %, one seed; bold: the lr of the final runs)**\n\n",
+        "| Method | " + " | ".join(lrs) + " |\n|---|" + "---|" * len(lrs) + "\n",
+    ]
     names = dict(m for _, methods in PARADIGMS for m in methods) | dict(ABLATIONS)
     for method, runs in sweep.items():
         best = max(runs, key=lambda lr: (runs[lr]["accuracy_after"], -float(lr)))

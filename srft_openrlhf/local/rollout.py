@@ -36,17 +36,18 @@ class PromptItem:
     prompt_text: str
 
 
-def encode_items(examples: Sequence[Example], tokenizer, template: str, max_prompt_len: int,
-                 max_response_len: int) -> list[PromptItem]:
+def encode_items(
+    examples: Sequence[Example], tokenizer, template: str, max_prompt_len: int, max_response_len: int
+) -> list[PromptItem]:
     """Render and tokenise every example; a prompt longer than ``max_prompt_len`` is a DataError
     naming its source and row (raised by ``encode_example``)."""
     items = []
     for ex in examples:
         text = render_prompt(ex.prompt, template, tokenizer)
-        enc = encode_example(tokenizer, text, ex.demonstration, max_prompt_len, max_response_len,
-                             where=f"{ex.source} row {ex.row}")
-        items.append(PromptItem(enc.prompt_ids, ex.answer, enc.demo_ids, ex.demonstration,
-                                enc.demo_truncated, text))
+        enc = encode_example(
+            tokenizer, text, ex.demonstration, max_prompt_len, max_response_len, where=f"{ex.source} row {ex.row}"
+        )
+        items.append(PromptItem(enc.prompt_ids, ex.answer, enc.demo_ids, ex.demonstration, enc.demo_truncated, text))
     return items
 
 
@@ -92,12 +93,25 @@ class RolloutBatch:
 
 
 def grade(texts: list[str], answers: list[str], cfg: RolloutConfig):
-    return batch_rewards(texts, answers, kind=cfg.reward, mode=cfg.reward_mode, timeout_s=cfg.reward_timeout_s,
-                         num_workers=cfg.reward_workers)
+    return batch_rewards(
+        texts,
+        answers,
+        kind=cfg.reward,
+        mode=cfg.reward_mode,
+        timeout_s=cfg.reward_timeout_s,
+        num_workers=cfg.reward_workers,
+    )
 
 
-def collect_rollouts(generator: Generator | None, items: Sequence[PromptItem], indices: list[int], step: int,
-                     cfg: RolloutConfig, seed: int, loss: LossConfig) -> RolloutBatch:
+def collect_rollouts(
+    generator: Generator | None,
+    items: Sequence[PromptItem],
+    indices: list[int],
+    step: int,
+    cfg: RolloutConfig,
+    seed: int,
+    loss: LossConfig,
+) -> RolloutBatch:
     """Generate ``n_samples_per_prompt`` rollouts per prompt (if ``loss`` trains on any) and
     grade them together with the prompts' demonstrations (if ``loss`` uses them)."""
     prompts = [items[i] for i in indices]
@@ -108,8 +122,12 @@ def collect_rollouts(generator: Generator | None, items: Sequence[PromptItem], i
         if generator is None:
             raise ValueError(f"preset {loss.preset!r} trains on rollouts: collect_rollouts needs a generator")
         completions = generator.generate(
-            [p.prompt_ids for p in prompts], cfg.n_samples_per_prompt, temperature=cfg.temperature,
-            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=generation_seed(seed, step),
+            [p.prompt_ids for p in prompts],
+            cfg.n_samples_per_prompt,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=generation_seed(seed, step),
         )
     t1 = time.perf_counter()
     texts = [c.text for group in completions for c in group]
@@ -117,13 +135,29 @@ def collect_rollouts(generator: Generator | None, items: Sequence[PromptItem], i
     demo_prompts = [p for p in prompts if loss.needs_demos]
     graded = grade(texts + [p.demo_text for p in demo_prompts], answers + [p.answer for p in demo_prompts], cfg)
     rewards = iter(graded.rewards)
-    rollouts = [[Response(token_ids=list(c.token_ids), reward=next(rewards), logprobs=list(c.logprobs),
-                          text=c.text, policy_version=version) for c in group] for group in completions]
+    rollouts = [
+        [
+            Response(
+                token_ids=list(c.token_ids),
+                reward=next(rewards),
+                logprobs=list(c.logprobs),
+                text=c.text,
+                policy_version=version,
+            )
+            for c in group
+        ]
+        for group in completions
+    ]
     demo_rewards = [next(rewards) for _ in demo_prompts]
     return RolloutBatch(
-        step=step, prompt_indices=list(indices), rollouts=rollouts, demo_rewards=demo_rewards,
-        policy_version=version, truncated=sum(c.finish_reason == "length" for g in completions for c in g),
-        reward_timeouts=graded.timeouts, reward_errors=graded.errors,
+        step=step,
+        prompt_indices=list(indices),
+        rollouts=rollouts,
+        demo_rewards=demo_rewards,
+        policy_version=version,
+        truncated=sum(c.finish_reason == "length" for g in completions for c in g),
+        reward_timeouts=graded.timeouts,
+        reward_errors=graded.errors,
         timings={"generate": t1 - t0, "reward": time.perf_counter() - t1},
     )
 
@@ -174,8 +208,15 @@ class TrainBatch:
             mask[r, p - 1 : len(seq) - 1] = True
             old[r, p - 1 : len(seq) - 1] = torch.tensor(self.old_logprobs[i], dtype=torch.float32)
         idx = torch.tensor(list(rows))
-        return MicroBatch(input_ids.to(device), attention.to(device), mask.to(device), old.to(device),
-                          self.advantages[idx].to(device), self.rewards[idx].to(device), self.is_demo[idx].to(device))
+        return MicroBatch(
+            input_ids.to(device),
+            attention.to(device),
+            mask.to(device),
+            old.to(device),
+            self.advantages[idx].to(device),
+            self.rewards[idx].to(device),
+            self.is_demo[idx].to(device),
+        )
 
 
 def build_train_batch(items: Sequence[PromptItem], rb: RolloutBatch, loss: LossConfig) -> TrainBatch:
@@ -199,7 +240,10 @@ def build_train_batch(items: Sequence[PromptItem], rb: RolloutBatch, loss: LossC
     return TrainBatch(
         sequences=[prompts[g].prompt_ids + r.token_ids for g, r in zip(groups.prompt_index, groups.responses)],
         prompt_lens=[len(prompts[g].prompt_ids) for g in groups.prompt_index],
-        old_logprobs=groups.old_logprobs, advantages=advantages, rewards=groups.rewards, is_demo=groups.is_demo,
+        old_logprobs=groups.old_logprobs,
+        advantages=advantages,
+        rewards=groups.rewards,
+        is_demo=groups.is_demo,
     )
 
 

@@ -72,6 +72,7 @@ EVAL_DIR = "eval"
 
 # ----------------------------------------------------------------------------- checks
 
+
 def phase_loss(cfg: SRFTConfig, step: int) -> LossConfig:
     """The loss of step ``step`` (0-based) under ``train.schedule``."""
     schedule = cfg.train.schedule
@@ -93,8 +94,10 @@ def check_config(cfg: SRFTConfig) -> None:
     if t.schedule not in SCHEDULES:
         raise ConfigError(f"train.schedule: {t.schedule!r} is not one of {', '.join(SCHEDULES)}")
     if t.schedule != "joint" and not 0 < t.switch_step < t.steps:
-        raise ConfigError(f"train.switch_step: schedule {t.schedule} needs 0 < switch_step < train.steps "
-                          f"({t.steps}), got {t.switch_step}")
+        raise ConfigError(
+            f"train.switch_step: schedule {t.schedule} needs 0 < switch_step < train.steps "
+            f"({t.steps}), got {t.switch_step}"
+        )
     for loss in phase_losses(cfg):
         loss.validate()
     for key in ("prompts_per_step", "micro_batch_size", "keep_checkpoints"):
@@ -111,8 +114,9 @@ def check_config(cfg: SRFTConfig) -> None:
     if not t.grad_clip >= 0:
         raise ConfigError(f"train.grad_clip must be > 0, or 0 to turn clipping off, got {t.grad_clip}")
     if not all(0 <= b < 1 for b in t.adam_betas):
-        raise ConfigError(f"train.adam_betas must be two numbers in [0, 1), got {list(t.adam_betas)} "
-                          "(e.g. [0.9, 0.999])")
+        raise ConfigError(
+            f"train.adam_betas must be two numbers in [0, 1), got {list(t.adam_betas)} (e.g. [0.9, 0.999])"
+        )
     if not 0 <= t.lr_warmup_steps <= t.steps:
         raise ConfigError(f"train.lr_warmup_steps: {t.lr_warmup_steps} must be between 0 and train.steps ({t.steps})")
     if r.generator not in GENERATORS:
@@ -120,11 +124,15 @@ def check_config(cfg: SRFTConfig) -> None:
     if r.n_samples_per_prompt < 1 or r.max_new_tokens < 1:
         raise ConfigError("rollout.n_samples_per_prompt and rollout.max_new_tokens must be >= 1")
     if not r.temperature > 0:
-        raise ConfigError(f"rollout.temperature must be > 0 for training rollouts, got {r.temperature} "
-                          "(greedy decoding is rollout.eval_temperature)")
+        raise ConfigError(
+            f"rollout.temperature must be > 0 for training rollouts, got {r.temperature} "
+            "(greedy decoding is rollout.eval_temperature)"
+        )
     if t.engine == "deepspeed" and t.zero_stage == 3 and t.async_enable:
-        raise ConfigError("train.async_enable with train.zero_stage=3 is not supported by the local backend "
-                          "(one process has nothing to shard); use zero_stage 0-2")
+        raise ConfigError(
+            "train.async_enable with train.zero_stage=3 is not supported by the local backend "
+            "(one process has nothing to shard); use zero_stage 0-2"
+        )
     check_logging(cfg.logging)
 
 
@@ -134,8 +142,10 @@ def check_model_path(cfg: SRFTConfig) -> None:
     path = Path(cfg.model.path).expanduser()
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
-        raise ConfigError(f"model.path: {cfg.model.path!r} {what} (expected a local Hugging Face model "
-                          "folder, or 'toy' for the toy task's base model)")
+        raise ConfigError(
+            f"model.path: {cfg.model.path!r} {what} (expected a local Hugging Face model "
+            "folder, or 'toy' for the toy task's base model)"
+        )
 
 
 @dataclass
@@ -153,8 +163,9 @@ def load_tokenizer(cfg: SRFTConfig):
         return toy.build_tokenizer()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(Path(cfg.model.path).expanduser()),
-                                         trust_remote_code=cfg.model.trust_remote_code)
+    return AutoTokenizer.from_pretrained(
+        str(Path(cfg.model.path).expanduser()), trust_remote_code=cfg.model.trust_remote_code
+    )
 
 
 def load_data(cfg: SRFTConfig) -> RunData:
@@ -166,14 +177,23 @@ def load_data(cfg: SRFTConfig) -> RunData:
     tokenizer = load_tokenizer(cfg)
     needs_demos = any(loss.needs_demos for loss in phase_losses(cfg))
     if needs_demos and not d.demo_key and d.train != TOY:
-        raise ConfigError(f"loss preset {cfg.loss.preset!r} (schedule {cfg.train.schedule}) trains on "
-                          "demonstrations but data.demo_key is null; set data.demo_key")
+        raise ConfigError(
+            f"loss preset {cfg.loss.preset!r} (schedule {cfg.train.schedule}) trains on "
+            "demonstrations but data.demo_key is null; set data.demo_key"
+        )
     if d.train == TOY:
         train = toy.examples("train")[: d.max_train_rows]
     else:
-        train = load_examples(d.train, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
-                              demo_key=d.demo_key, require_demo=needs_demos, skip_invalid_rows=d.skip_invalid_rows,
-                              limit=d.max_train_rows).examples
+        train = load_examples(
+            d.train,
+            split=d.split,
+            prompt_key=d.prompt_key,
+            answer_key=d.answer_key,
+            demo_key=d.demo_key,
+            require_demo=needs_demos,
+            skip_invalid_rows=d.skip_invalid_rows,
+            limit=d.max_train_rows,
+        ).examples
     eval_source = d.eval or (TOY if d.train == TOY else None)
     evaluation: list[Example] = []
     groups: list[str] | None = None
@@ -184,11 +204,18 @@ def load_data(cfg: SRFTConfig) -> RunData:
             assert isinstance(ex.prompt, str)  # toy.examples builds every prompt as a question string
             groups.append(toy.problem_group(ex.prompt))
     elif eval_source:
-        evaluation = load_examples(eval_source, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
-                                   demo_key=None, skip_invalid_rows=d.skip_invalid_rows,
-                                   limit=d.max_eval_rows).examples
-    encode = dict(tokenizer=tokenizer, template=d.template, max_prompt_len=d.max_prompt_len,
-                  max_response_len=d.max_response_len)
+        evaluation = load_examples(
+            eval_source,
+            split=d.split,
+            prompt_key=d.prompt_key,
+            answer_key=d.answer_key,
+            demo_key=None,
+            skip_invalid_rows=d.skip_invalid_rows,
+            limit=d.max_eval_rows,
+        ).examples
+    encode = dict(
+        tokenizer=tokenizer, template=d.template, max_prompt_len=d.max_prompt_len, max_response_len=d.max_response_len
+    )
     data = RunData(tokenizer, encode_items(train, **encode), encode_items(evaluation, **encode), groups)
     check_round_trip(tokenizer, round_trip_sample(data.train), f"model.path {cfg.model.path}")
     return data
@@ -206,11 +233,13 @@ def round_trip_sample(items: list[PromptItem], count: int = 32) -> list[tuple[st
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     if not resume and (run_dir / "config.yaml").exists():
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                          "or choose another --output-dir")
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir"
+        )
 
 
 # ----------------------------------------------------------------------------- entry point
+
 
 def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     """``srft train`` on this machine. Returns the exit code."""
@@ -226,8 +255,10 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
         import yaml
 
         print(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False), end="")
-        print(f"[dry-run] {len(data.train)} training prompts, {len(data.eval)} evaluation prompts; "
-              f"{cfg.train.steps} steps of {cfg.train.prompts_per_step} prompts; nothing started")
+        print(
+            f"[dry-run] {len(data.train)} training prompts, {len(data.eval)} evaluation prompts; "
+            f"{cfg.train.steps} steps of {cfg.train.prompts_per_step} prompts; nothing started"
+        )
         return 0
     summary_path = run_dir / SUMMARY_FILE
     if resume and summary_path.is_file() and json.loads(summary_path.read_text()).get("steps") == cfg.train.steps:
@@ -258,6 +289,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- trainer
 
+
 class Trainer:
     def __init__(self, cfg: SRFTConfig, data: RunData, run_dir: Path, *, resume: bool, started: float) -> None:
         from srft_openrlhf.local.engine import make_engine, make_reference
@@ -267,13 +299,23 @@ class Trainer:
         self.async_enabled = t.async_enable and any(loss.needs_rollouts for loss in phase_losses(cfg))
         self.model_path = self.resolve_model()
         self.engine = make_engine(
-            self.model_path, engine=t.engine, zero_stage=t.zero_stage, dtype=cfg.model.dtype, lr=t.lr,
-            weight_decay=t.weight_decay, betas=t.adam_betas, grad_clip=t.grad_clip,
-            warmup_steps=t.lr_warmup_steps, total_steps=t.steps, seed=t.seed,
+            self.model_path,
+            engine=t.engine,
+            zero_stage=t.zero_stage,
+            dtype=cfg.model.dtype,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            betas=t.adam_betas,
+            grad_clip=t.grad_clip,
+            warmup_steps=t.lr_warmup_steps,
+            total_steps=t.steps,
+            seed=t.seed,
             gradient_checkpointing=cfg.model.gradient_checkpointing,
         )
         self.device = self.engine.device
-        self.pad_id = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
+        self.pad_id = (
+            data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
+        )
         self.reference = None
         if any(loss.kl_coef > 0 for loss in phase_losses(cfg)):
             self.reference = make_reference(self.model_path, cfg.model.dtype, device=str(self.device))
@@ -299,8 +341,14 @@ class Trainer:
 
             assert self.generator is not None  # async_enabled implies needs_generation()
             self.rollouts: AsyncRollouts | SyncRollouts
-            self.rollouts = AsyncRollouts(self.generator, self.produce, start_step=self.start_step,
-                                          end_step=t.steps, max_staleness=t.max_staleness, pending=pending)
+            self.rollouts = AsyncRollouts(
+                self.generator,
+                self.produce,
+                start_step=self.start_step,
+                end_step=t.steps,
+                max_staleness=t.max_staleness,
+                pending=pending,
+            )
         else:
             from srft_openrlhf.local.async_rollout import SyncRollouts
 
@@ -338,9 +386,15 @@ class Trainer:
         kind = self.generator_kind()
         if kind == "hf" and not self.async_enabled and not self.zero3():
             return HFGenerator.from_module(self.engine.model, self.data.tokenizer, seed=self.cfg.train.seed)
-        return make_generator(kind, self.model_path, dtype=self.cfg.model.dtype, device=str(self.device),
-                              seed=self.cfg.train.seed, gpu_memory_utilization=self.cfg.rollout.gpu_memory_utilization,
-                              max_model_len=self.max_model_len())
+        return make_generator(
+            kind,
+            self.model_path,
+            dtype=self.cfg.model.dtype,
+            device=str(self.device),
+            seed=self.cfg.train.seed,
+            gpu_memory_utilization=self.cfg.rollout.gpu_memory_utilization,
+            max_model_len=self.max_model_len(),
+        )
 
     def max_model_len(self) -> int:
         with open(Path(self.model_path) / "config.json") as f:
@@ -351,8 +405,9 @@ class Trainer:
     def produce(self, generator, step: int) -> RolloutBatch:
         """The rollout batch of ``step`` (runs in the background thread under async)."""
         indices = self.sampler.batch(step)
-        return collect_rollouts(generator, self.data.train, indices, step, self.cfg.rollout, self.cfg.train.seed,
-                                phase_loss(self.cfg, step))
+        return collect_rollouts(
+            generator, self.data.train, indices, step, self.cfg.rollout, self.cfg.train.seed, phase_loss(self.cfg, step)
+        )
 
     # ---------------------------------------------------------------- loop
 
@@ -382,18 +437,31 @@ class Trainer:
         t1 = time.perf_counter()
         batch = build_train_batch(self.data.train, rb, loss_cfg)
         record: dict[str, float | str] = dict(
-            optimize(self.engine, batch, loss_cfg, micro_batch_size=self.cfg.train.micro_batch_size,
-                     pad_id=self.pad_id, temperature=self.cfg.rollout.temperature, reference=self.reference)
+            optimize(
+                self.engine,
+                batch,
+                loss_cfg,
+                micro_batch_size=self.cfg.train.micro_batch_size,
+                pad_id=self.pad_id,
+                temperature=self.cfg.rollout.temperature,
+                reference=self.reference,
+            )
         )
         t2 = time.perf_counter()
         self.rollouts.publish(step + 1, self.engine.named_weights())
         t3 = time.perf_counter()
         record.update(rollout_stats(rb))
         record.update(
-            phase=loss_cfg.preset, staleness=float(step - rb.policy_version), policy_version=float(rb.policy_version),
-            demo_truncation_rate=self.demo_truncation(rb, loss_cfg), batch_size=float(len(batch)),
-            time_generate=rb.timings["generate"], time_reward=rb.timings["reward"],
-            time_train=t2 - t1, time_sync=t3 - t2, time_step=t3 - t0,
+            phase=loss_cfg.preset,
+            staleness=float(step - rb.policy_version),
+            policy_version=float(rb.policy_version),
+            demo_truncation_rate=self.demo_truncation(rb, loss_cfg),
+            batch_size=float(len(batch)),
+            time_generate=rb.timings["generate"],
+            time_reward=rb.timings["reward"],
+            time_train=t2 - t1,
+            time_sync=t3 - t2,
+            time_step=t3 - t0,
         )
         if self.async_enabled:  # generation ran in the background; this is what it still cost
             record["time_wait_rollouts"] = t1 - t0
@@ -411,14 +479,21 @@ class Trainer:
         started = time.perf_counter()
         generator = self.generator_for_eval(step)
         r = self.cfg.rollout
-        completions = generator.generate([it.prompt_ids for it in self.data.eval], 1, temperature=r.eval_temperature,
-                                         top_p=1.0 if r.eval_temperature == 0 else r.top_p,
-                                         max_new_tokens=r.max_new_tokens, seed=generation_seed(self.cfg.train.seed, -1))
+        completions = generator.generate(
+            [it.prompt_ids for it in self.data.eval],
+            1,
+            temperature=r.eval_temperature,
+            top_p=1.0 if r.eval_temperature == 0 else r.top_p,
+            max_new_tokens=r.max_new_tokens,
+            seed=generation_seed(self.cfg.train.seed, -1),
+        )
         texts = [c[0].text for c in completions]
         graded = grade(texts, [it.answer for it in self.data.eval], r)
         correct = [x >= 1.0 for x in graded.rewards]
-        record = {"eval_accuracy": sum(correct) / len(correct),
-                  "eval_response_length": sum(len(c[0].token_ids) for c in completions) / len(completions)}
+        record = {
+            "eval_accuracy": sum(correct) / len(correct),
+            "eval_response_length": sum(len(c[0].token_ids) for c in completions) / len(completions),
+        }
         if self.data.eval_groups:
             for group in sorted(set(self.data.eval_groups)):
                 hits = [ok for ok, g in zip(correct, self.data.eval_groups) if g == group]
@@ -427,8 +502,10 @@ class Trainer:
         out.mkdir(exist_ok=True)
         with (out / f"step-{step:06d}.jsonl").open("w") as f:
             for item, text, ok in zip(self.data.eval, texts, correct):
-                f.write(json.dumps({"prompt": item.prompt_text, "answer": item.answer, "response": text,
-                                    "correct": ok}) + "\n")
+                f.write(
+                    json.dumps({"prompt": item.prompt_text, "answer": item.answer, "response": text, "correct": ok})
+                    + "\n"
+                )
         record["time_eval"] = time.perf_counter() - started
         self.logger.log(step, record, force=True)
         return record
@@ -441,7 +518,9 @@ class Trainer:
         if self.eval_generator is None:
             from srft_openrlhf.local.generation import HFGenerator
 
-            self.eval_generator = HFGenerator.from_module(self.engine.model, self.data.tokenizer, seed=self.cfg.train.seed)
+            self.eval_generator = HFGenerator.from_module(
+                self.engine.model, self.data.tokenizer, seed=self.cfg.train.seed
+            )
         self.eval_generator.policy_version = step
         return self.eval_generator
 
@@ -474,8 +553,9 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
         for when, record in (("before", before), ("after", after)):
-            summary.update({f"{k.removeprefix('eval_')}_{when}": v for k, v in record.items()
-                            if k.startswith("eval_accuracy_")})
+            summary.update(
+                {f"{k.removeprefix('eval_')}_{when}": v for k, v in record.items() if k.startswith("eval_accuracy_")}
+            )
         (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
         return summary
 
@@ -486,8 +566,16 @@ class Trainer:
             self.generator.close()
 
 
-def optimize(engine, batch: TrainBatch, loss_cfg: LossConfig, *, micro_batch_size: int, pad_id: int,
-             temperature: float, reference=None) -> dict[str, float]:
+def optimize(
+    engine,
+    batch: TrainBatch,
+    loss_cfg: LossConfig,
+    *,
+    micro_batch_size: int,
+    pad_id: int,
+    temperature: float,
+    reference=None,
+) -> dict[str, float]:
     """One optimizer step on ``batch``: srft_loss per micro-batch with the step's
     denominators, gradients summed. Returns the metrics of the step."""
     chunks = list(batch.micro_batches(micro_batch_size, pad_id, engine.device))
@@ -496,10 +584,21 @@ def optimize(engine, batch: TrainBatch, loss_cfg: LossConfig, *, micro_batch_siz
     totals: dict[str, float] = defaultdict(float)
     for mb in chunks:
         log_probs, entropy = engine.token_logprobs(
-            mb.input_ids, mb.attention_mask, temperature=temperature, entropy_grad=loss_cfg.entropy_bonus > 0)
+            mb.input_ids, mb.attention_mask, temperature=temperature, entropy_grad=loss_cfg.entropy_bonus > 0
+        )
         ref = reference(mb.input_ids, mb.attention_mask, temperature=temperature) if loss_cfg.kl_coef > 0 else None
-        loss, metrics = srft_loss(log_probs, mb.old_log_probs, entropy, mb.mask, mb.advantages, mb.rewards,
-                                  mb.is_demo, loss_cfg, ref, totals=step)
+        loss, metrics = srft_loss(
+            log_probs,
+            mb.old_log_probs,
+            entropy,
+            mb.mask,
+            mb.advantages,
+            mb.rewards,
+            mb.is_demo,
+            loss_cfg,
+            ref,
+            totals=step,
+        )
         engine.backward(loss)
         metrics.update(ratio_stats(log_probs.detach(), mb.old_log_probs, mb.mask & ~mb.is_demo[:, None]))
         for key, value in metrics.items():
@@ -520,5 +619,8 @@ def ratio_stats(log_probs: torch.Tensor, old_log_probs: torch.Tensor, rollout_to
     if not bool(rollout_tokens.any()):
         return {}
     log_ratio = (log_probs - old_log_probs)[rollout_tokens]
-    return {"ratio_mean": float(log_ratio.exp().mean()), "ratio_max": float(log_ratio.exp().max()),
-            "log_ratio_abs_mean": float(log_ratio.abs().mean())}
+    return {
+        "ratio_mean": float(log_ratio.exp().mean()),
+        "ratio_max": float(log_ratio.exp().max()),
+        "log_ratio_abs_mean": float(log_ratio.abs().mean()),
+    }

@@ -32,9 +32,10 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -58,31 +59,60 @@ REDIRECTS = (
 
 _DS = "openrlhf.utils.deepspeed.deepspeed"
 CPU_HOOK_POINTS: tuple[HookPoint, ...] = (
-    HookPoint(f"{_DS}:DeepspeedStrategy.setup_distributed", "CPU layer: set_device no-op, mesh on cpu",
-              reads=("set_device", "init_device_mesh")),
-    HookPoint(f"{_DS}:DeepspeedStrategy.get_ds_train_config", "CPU layer: torch_adam",
-              params=("optim_dict",)),
-    HookPoint("openrlhf.trainer.ppo_utils.replay_buffer:NaiveReplayBuffer.__init__",
-              "CPU layer: target_device set to cpu after it", reads=("target_device", "current_device")),
-    HookPoint("openrlhf.trainer.ray.ppo_actor:ActorPPOTrainer.__init__", "CPU layer: no NCCL sync group",
-              reads=("_init_vllm_sync_group",)),
-    HookPoint("openrlhf.trainer.ray.ppo_actor:ActorPPOTrainer.broadcast_to_vllm", "CPU layer: replaced",
-              params=()),
-    HookPoint("openrlhf.trainer.ray.ppo_actor:PolicyModelActor.broadcast_to_vllm", "calls the trainer's",
-              reads=("broadcast_to_vllm",)),
-    HookPoint("openrlhf.cli.train_ppo_ray:train", "CPU layer: create_vllm_engines replaced",
-              reads=("create_vllm_engines",)),
-    HookPoint("openrlhf.trainer.ray.vllm_engine:create_vllm_engines", "CPU layer: same signature",
-              params=("num_engines", "tensor_parallel_size", "pretrain", "seed", "full_determinism",
-                      "enable_prefix_caching", "enforce_eager", "max_model_len", "shared_pg",
-                      "gpu_memory_utilization", "vllm_enable_sleep", "logprobs_mode")),
-    HookPoint("openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator._dispatch_prompts_to_vllm",
-              "CPU layer: the rollout actor answers these calls",
-              reads=("generate_responses", "get_num_unfinished_requests")),
-    HookPoint("openrlhf.utils.agent:SingleTurnAgentExecutor.execute",
-              "CPU layer: called with the rollout actor as llm_engine (its generate)",
-              params=("prompt", "label", "sampling_params", "max_length", "hf_tokenizer", "llm_engine"),
-              reads=("generate", "outputs", "token_ids", "finish_reason", "logprobs")),
+    HookPoint(
+        f"{_DS}:DeepspeedStrategy.setup_distributed",
+        "CPU layer: set_device no-op, mesh on cpu",
+        reads=("set_device", "init_device_mesh"),
+    ),
+    HookPoint(f"{_DS}:DeepspeedStrategy.get_ds_train_config", "CPU layer: torch_adam", params=("optim_dict",)),
+    HookPoint(
+        "openrlhf.trainer.ppo_utils.replay_buffer:NaiveReplayBuffer.__init__",
+        "CPU layer: target_device set to cpu after it",
+        reads=("target_device", "current_device"),
+    ),
+    HookPoint(
+        "openrlhf.trainer.ray.ppo_actor:ActorPPOTrainer.__init__",
+        "CPU layer: no NCCL sync group",
+        reads=("_init_vllm_sync_group",),
+    ),
+    HookPoint("openrlhf.trainer.ray.ppo_actor:ActorPPOTrainer.broadcast_to_vllm", "CPU layer: replaced", params=()),
+    HookPoint(
+        "openrlhf.trainer.ray.ppo_actor:PolicyModelActor.broadcast_to_vllm",
+        "calls the trainer's",
+        reads=("broadcast_to_vllm",),
+    ),
+    HookPoint(
+        "openrlhf.cli.train_ppo_ray:train", "CPU layer: create_vllm_engines replaced", reads=("create_vllm_engines",)
+    ),
+    HookPoint(
+        "openrlhf.trainer.ray.vllm_engine:create_vllm_engines",
+        "CPU layer: same signature",
+        params=(
+            "num_engines",
+            "tensor_parallel_size",
+            "pretrain",
+            "seed",
+            "full_determinism",
+            "enable_prefix_caching",
+            "enforce_eager",
+            "max_model_len",
+            "shared_pg",
+            "gpu_memory_utilization",
+            "vllm_enable_sleep",
+            "logprobs_mode",
+        ),
+    ),
+    HookPoint(
+        "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator._dispatch_prompts_to_vllm",
+        "CPU layer: the rollout actor answers these calls",
+        reads=("generate_responses", "get_num_unfinished_requests"),
+    ),
+    HookPoint(
+        "openrlhf.utils.agent:SingleTurnAgentExecutor.execute",
+        "CPU layer: called with the rollout actor as llm_engine (its generate)",
+        params=("prompt", "label", "sampling_params", "max_length", "hf_tokenizer", "llm_engine"),
+        reads=("generate", "outputs", "token_ids", "finish_reason", "logprobs"),
+    ),
 )
 
 
@@ -224,8 +254,9 @@ def ray_runtime_env(env_vars: dict[str, str]) -> dict:
     # the workers import srft_openrlhf from where the driver did (an editable install elsewhere,
     # or none, would otherwise give them another copy)
     project = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(p for p in (str(STUB_DIR), project,
-                                       env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(
+        p for p in (str(STUB_DIR), project, env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH")) if p
+    )
     # two training ranks, the trainer and a rollout actor share a laptop's cores
     env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **env_vars, "PYTHONPATH": path}
     return {"env_vars": env, "worker_process_setup_hook": SETUP_HOOK}
@@ -258,24 +289,37 @@ def broadcast_to_cpu_engines(self) -> None:
         state = {name: param.detach().to("cpu").clone() for name, param in model.named_parameters()}
         version = int(self.actor_scheduler.last_epoch)
         ref = ray.put(state)
-        ray.get([engine.load_weights.remote(ref, version, weights_checksum(state.values()))
-                 for engine in self.vllm_engines])
+        ray.get(
+            [engine.load_weights.remote(ref, version, weights_checksum(state.values())) for engine in self.vllm_engines]
+        )
     dist.barrier()
 
 
 # ----------------------------------------------------------------------------- rollout engines
 
 
-def create_cpu_rollout_engines(num_engines, tensor_parallel_size, pretrain, seed, full_determinism=False,
-                               enable_prefix_caching=False, enforce_eager=False, max_model_len=None, shared_pg=None,
-                               gpu_memory_utilization=None, vllm_enable_sleep=False, logprobs_mode=None,
-                               agent_func_path=None, remote_rm_url=None, max_images_per_prompt=0):
+def create_cpu_rollout_engines(
+    num_engines,
+    tensor_parallel_size,
+    pretrain,
+    seed,
+    full_determinism=False,
+    enable_prefix_caching=False,
+    enforce_eager=False,
+    max_model_len=None,
+    shared_pg=None,
+    gpu_memory_utilization=None,
+    vllm_enable_sleep=False,
+    logprobs_mode=None,
+    agent_func_path=None,
+    remote_rm_url=None,
+    max_images_per_prompt=0,
+):
     """``create_vllm_engines``'s stand-in: ``num_engines`` CPURolloutActor s (no GPU, no placement)."""
     if agent_func_path or max_images_per_prompt:
         raise RuntimeError("the CPU layer's rollout actor runs single-turn text rollouts only")
     actor = _rollout_actor_class()
-    return [actor.options(num_cpus=0, num_gpus=0).remote(pretrain, seed + i, remote_rm_url)
-            for i in range(num_engines)]
+    return [actor.options(num_cpus=0, num_gpus=0).remote(pretrain, seed + i, remote_rm_url) for i in range(num_engines)]
 
 
 def _rollout_actor_class():
@@ -293,10 +337,12 @@ class _Replay:
 
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         c = self.completions.pop(0)
-        logprobs = ([{t: SimpleNamespace(logprob=lp)} for t, lp in zip(c.token_ids, c.logprobs)]
-                    if self.want_logprobs else None)
-        output = SimpleNamespace(token_ids=list(c.token_ids), text=c.text, finish_reason=c.finish_reason,
-                                 logprobs=logprobs)
+        logprobs = (
+            [{t: SimpleNamespace(logprob=lp)} for t, lp in zip(c.token_ids, c.logprobs)] if self.want_logprobs else None
+        )
+        output = SimpleNamespace(
+            token_ids=list(c.token_ids), text=c.text, finish_reason=c.finish_reason, logprobs=logprobs
+        )
         return SimpleNamespace(outputs=[output])
 
 
@@ -320,18 +366,25 @@ class CPURolloutActor:
         self.executor = SingleTurnAgentExecutor(remote_rm_url)
         self.version = 0
 
-    async def generate_responses(self, prompt: str, label: str, sampling_params, max_length: int, hf_tokenizer,
-                                 num_samples: int = 1, images=None):
+    async def generate_responses(
+        self, prompt: str, label: str, sampling_params, max_length: int, hf_tokenizer, num_samples: int = 1, images=None
+    ):
         prompt_ids = hf_tokenizer(text=prompt, add_special_tokens=False)["input_ids"]
         max_tokens = sampling_params.max_tokens or max(1, max_length - len(prompt_ids))
         version = self.version
-        completions = self.generator.generate([prompt_ids], num_samples, temperature=sampling_params.temperature,
-                                              top_p=sampling_params.top_p, max_new_tokens=max_tokens)[0]
+        completions = self.generator.generate(
+            [prompt_ids],
+            num_samples,
+            temperature=sampling_params.temperature,
+            top_p=sampling_params.top_p,
+            max_new_tokens=max_tokens,
+        )[0]
         engine = _Replay(completions, sampling_params.logprobs is not None)
         outputs = []
         for _ in range(num_samples):  # in order: each execute() takes the next completion
-            outputs.append(await self.executor.execute(prompt, label, sampling_params, max_length, hf_tokenizer,
-                                                       engine))
+            outputs.append(
+                await self.executor.execute(prompt, label, sampling_params, max_length, hf_tokenizer, engine)
+            )
         for output in outputs:
             output["extra_logs"] = {**(output.get("extra_logs") or {}), "weights_version": float(version)}
         return outputs
@@ -341,8 +394,10 @@ class CPURolloutActor:
         loaded = dict(self.generator.model.named_parameters())
         got = weights_checksum(loaded[name] for name in state)
         if abs(got - checksum) > 1e-6 * max(1.0, abs(checksum)):
-            raise RuntimeError(f"CPU rollout engine: weights checksum {got} after loading version {version}, "
-                               f"the trainer sent {checksum}")
+            raise RuntimeError(
+                f"CPU rollout engine: weights checksum {got} after loading version {version}, "
+                f"the trainer sent {checksum}"
+            )
         self.version = version
         return version
 

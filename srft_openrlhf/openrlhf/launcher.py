@@ -41,9 +41,18 @@ CLI_MODULE = "openrlhf.cli.train_ppo_ray"
 # Flags the launcher derives from the group layout and the data it writes: overriding them
 # through cluster.extra_args would break the layout the SRFT patches rely on. The last three
 # change how OpenRLHF groups samples, which the SRFT samples generator and actor step assume.
-_OWNED_FLAGS = ("--rollout.n_samples_per_prompt", "--rollout.batch_size", "--train.batch_size",
-                "--data.prompt_dataset", "--data.input_key", "--data.label_key", "--reward.remote_url",
-                "--ds.packing_samples", "--train.dynamic_batch_enable", "--rollout.vllm_generate_batch_size")
+_OWNED_FLAGS = (
+    "--rollout.n_samples_per_prompt",
+    "--rollout.batch_size",
+    "--train.batch_size",
+    "--data.prompt_dataset",
+    "--data.input_key",
+    "--data.label_key",
+    "--reward.remote_url",
+    "--ds.packing_samples",
+    "--train.dynamic_batch_enable",
+    "--rollout.vllm_generate_batch_size",
+)
 
 # OpenRLHF flags whose job SRFT's own loss and advantages do: the SRFT training step never calls
 # OpenRLHF's PolicyLoss, aggregate_loss, KL controller or advantage estimators, so these would be
@@ -63,12 +72,12 @@ _SRFT_LOSS_FLAGS = {
     "--algo.kl.target": "loss.kl_coef (SRFT's KL coefficient is fixed, not adaptive)",
     "--algo.kl.horizon": "loss.kl_coef (SRFT's KL coefficient is fixed, not adaptive)",
     "--algo.advantage.estimator": "loss.preset / loss.normalize_std (Eq. 7 group advantages; gae would also "
-                                  "train a critic)",
+    "train a critic)",
     "--algo.advantage.no_std_norm": "loss.normalize_std",
     "--algo.advantage.gamma": "nothing: SRFT's advantage is one value per sequence (Eq. 7)",
     "--algo.advantage.lambd": "nothing: SRFT's advantage is one value per sequence (Eq. 7)",
     "--algo.advantage.is_correction_level": "loss.clip_low / loss.clip_high (π_old is already the rollout "
-                                            "engine's log-probs)",
+    "engine's log-probs)",
     "--algo.advantage.is_correction_mode": "loss.clip_low / loss.clip_high",
     "--algo.advantage.is_correction_gating": "loss.clip_low / loss.clip_high",
     "--algo.advantage.is_correction_threshold": "loss.clip_low / loss.clip_high",
@@ -101,15 +110,21 @@ def layout_of(cfg: SRFTConfig) -> GroupLayout:
     """The group layout, or ConfigError naming the loss/rollout key that makes it impossible."""
     loss = cfg.loss
     if loss.needs_demos and loss.demos_per_group != 1:
-        raise ConfigError(f"loss.demos_per_group = {loss.demos_per_group}: the training data has one "
-                          "demonstration per example, so use 1")
+        raise ConfigError(
+            f"loss.demos_per_group = {loss.demos_per_group}: the training data has one "
+            "demonstration per example, so use 1"
+        )
     layout = group_layout(cfg.rollout.n_samples_per_prompt, loss.demos_per_group, loss.demo_mode, loss.needs_demos)
     if layout.rollouts < 1:
-        raise ConfigError(f"rollout.n_samples_per_prompt = {cfg.rollout.n_samples_per_prompt} leaves no rollout "
-                          f"once {layout.demos} demo(s) replace rollouts (loss.demo_mode = replace); raise it")
+        raise ConfigError(
+            f"rollout.n_samples_per_prompt = {cfg.rollout.n_samples_per_prompt} leaves no rollout "
+            f"once {layout.demos} demo(s) replace rollouts (loss.demo_mode = replace); raise it"
+        )
     if layout.size < 2:
-        raise ConfigError("rollout.n_samples_per_prompt = 1 without demonstrations makes groups of one sample, "
-                          "whose advantage is always 0; use at least 2")
+        raise ConfigError(
+            "rollout.n_samples_per_prompt = 1 without demonstrations makes groups of one sample, "
+            "whose advantage is always 0; use at least 2"
+        )
     return layout
 
 
@@ -130,23 +145,30 @@ def cluster_layout(cfg: SRFTConfig) -> ClusterLayout:
     colocated = c.colocate_all and not cfg.train.async_enable
     if colocated:
         if vllm_gpus != total:
-            raise ConfigError(f"cluster.colocate_all: vllm_num_engines × vllm_tensor_parallel_size = {vllm_gpus} must "
-                              f"equal nodes × gpus_per_node = {total} (set cluster.vllm_num_engines = "
-                              f"{max(1, total // c.vllm_tensor_parallel_size)})")
+            raise ConfigError(
+                f"cluster.colocate_all: vllm_num_engines × vllm_tensor_parallel_size = {vllm_gpus} must "
+                f"equal nodes × gpus_per_node = {total} (set cluster.vllm_num_engines = "
+                f"{max(1, total // c.vllm_tensor_parallel_size)})"
+            )
         actor = c.actor_gpus or total
     else:
         actor = c.actor_gpus or total - vllm_gpus
         if actor < 1 or actor + vllm_gpus > total:
-            raise ConfigError(f"cluster: {vllm_gpus} GPUs for vLLM (vllm_num_engines × vllm_tensor_parallel_size) "
-                              f"and {actor} for training do not fit in nodes × gpus_per_node = {total}; lower "
-                              "cluster.vllm_num_engines or set cluster.colocate_all with train.async_enable=false")
+            raise ConfigError(
+                f"cluster: {vllm_gpus} GPUs for vLLM (vllm_num_engines × vllm_tensor_parallel_size) "
+                f"and {actor} for training do not fit in nodes × gpus_per_node = {total}; lower "
+                "cluster.vllm_num_engines or set cluster.colocate_all with train.async_enable=false"
+            )
     if actor <= c.gpus_per_node:
         return ClusterLayout(1, actor, c.vllm_num_engines, c.vllm_tensor_parallel_size, colocated)
     if actor % c.gpus_per_node:
-        raise ConfigError(f"cluster: {actor} training GPUs span nodes unevenly (gpus_per_node = {c.gpus_per_node}); "
-                          "set cluster.actor_gpus to a multiple of gpus_per_node")
-    return ClusterLayout(actor // c.gpus_per_node, c.gpus_per_node, c.vllm_num_engines,
-                         c.vllm_tensor_parallel_size, colocated)
+        raise ConfigError(
+            f"cluster: {actor} training GPUs span nodes unevenly (gpus_per_node = {c.gpus_per_node}); "
+            "set cluster.actor_gpus to a multiple of gpus_per_node"
+        )
+    return ClusterLayout(
+        actor // c.gpus_per_node, c.gpus_per_node, c.vllm_num_engines, c.vllm_tensor_parallel_size, colocated
+    )
 
 
 def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
@@ -155,55 +177,78 @@ def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
     if cfg.train.steps < 1 or cfg.train.prompts_per_step < 1 or cfg.train.micro_batch_size < 1:
         raise ConfigError("train.steps, train.prompts_per_step and train.micro_batch_size must be at least 1")
     if cfg.train.schedule != "joint":
-        raise ConfigError(f"train.schedule = {cfg.train.schedule}: the openrlhf backend runs one phase per job; "
-                          "run the phases as two jobs (scripts/train_baseline.sh sft_rl does)")
+        raise ConfigError(
+            f"train.schedule = {cfg.train.schedule}: the openrlhf backend runs one phase per job; "
+            "run the phases as two jobs (scripts/train_baseline.sh sft_rl does)"
+        )
     if cfg.model.dtype not in ("bf16", "fp16"):
         raise ConfigError(f"model.dtype = {cfg.model.dtype}: OpenRLHF trains in bf16 or fp16")
     if cfg.cluster.cpu:
         if cfg.rollout.generator == "vllm":
-            raise ConfigError("rollout.generator = vllm with cluster.cpu: the CPU layer generates with the HF "
-                              "generator (vLLM's weight sync needs NCCL); use auto or hf")
+            raise ConfigError(
+                "rollout.generator = vllm with cluster.cpu: the CPU layer generates with the HF "
+                "generator (vLLM's weight sync needs NCCL); use auto or hf"
+            )
         if cfg.train.zero_stage not in (0, 1, 2):
-            raise ConfigError(f"train.zero_stage = {cfg.train.zero_stage} with cluster.cpu: the CPU layer's "
-                              "weight sync reads full weights on rank 0; use 0, 1 or 2")
+            raise ConfigError(
+                f"train.zero_stage = {cfg.train.zero_stage} with cluster.cpu: the CPU layer's "
+                "weight sync reads full weights on rank 0; use 0, 1 or 2"
+            )
     elif cfg.rollout.generator == "hf":
-        raise ConfigError("rollout.generator = hf: the openrlhf backend generates with vLLM on GPUs; use auto or "
-                          "vllm (or cluster.cpu: true, the CPU layer, to try it without a GPU)")
+        raise ConfigError(
+            "rollout.generator = hf: the openrlhf backend generates with vLLM on GPUs; use auto or "
+            "vllm (or cluster.cpu: true, the CPU layer, to try it without a GPU)"
+        )
     check_extra_args(cfg.cluster.extra_args)
     if cfg.train.async_enable and cfg.train.max_staleness < 1:
-        raise ConfigError(f"train.max_staleness = {cfg.train.max_staleness} with train.async_enable: OpenRLHF's "
-                          "asynchronous queue needs at least 1 batch; set train.max_staleness >= 1, or "
-                          "train.async_enable=false for on-policy training")
+        raise ConfigError(
+            f"train.max_staleness = {cfg.train.max_staleness} with train.async_enable: OpenRLHF's "
+            "asynchronous queue needs at least 1 batch; set train.max_staleness >= 1, or "
+            "train.async_enable=false for on-policy training"
+        )
     if "," in cfg.logging.output_dir:
-        raise ConfigError(f"logging.output_dir = {cfg.logging.output_dir!r} contains a comma: OpenRLHF splits "
-                          "--reward.remote_url and --data.prompt_dataset (files in the run folder) on commas; "
-                          "choose a run folder without one")
+        raise ConfigError(
+            f"logging.output_dir = {cfg.logging.output_dir!r} contains a comma: OpenRLHF splits "
+            "--reward.remote_url and --data.prompt_dataset (files in the run folder) on commas; "
+            "choose a run folder without one"
+        )
     layout, cluster = layout_of(cfg), cluster_layout(cfg)
     samples = cfg.train.prompts_per_step * layout.size
     per_pass = cfg.train.micro_batch_size * cluster.actor_gpus
     if samples % per_pass:
-        raise ConfigError(f"train.prompts_per_step × group size = {cfg.train.prompts_per_step} × {layout.size} = "
-                          f"{samples} samples per step must be a multiple of train.micro_batch_size × training "
-                          f"GPUs = {cfg.train.micro_batch_size} × {cluster.actor_gpus}")
+        raise ConfigError(
+            f"train.prompts_per_step × group size = {cfg.train.prompts_per_step} × {layout.size} = "
+            f"{samples} samples per step must be a multiple of train.micro_batch_size × training "
+            f"GPUs = {cfg.train.micro_batch_size} × {cluster.actor_gpus}"
+        )
     return layout, cluster
 
 
 def check_extra_args(extra_args: list[str]) -> None:
     """ConfigError for a flag in ``cluster.extra_args`` that the launcher sets, that breaks the
     SRFT group layout, or that SRFT's loss would silently ignore (naming the SRFT key to use)."""
-    flags = [(a.split("=")[0], a, extra_args[i + 1] if "=" not in a and i + 1 < len(extra_args) else None)
-             for i, a in enumerate(extra_args) if a.startswith("--")]
+    flags = [
+        (a.split("=")[0], a, extra_args[i + 1] if "=" not in a and i + 1 < len(extra_args) else None)
+        for i, a in enumerate(extra_args)
+        if a.startswith("--")
+    ]
     for flag, arg, following in flags:
         if flag in _OWNED_FLAGS:
-            raise ConfigError(f"cluster.extra_args: {arg} is set by the launcher from the SRFT config (or breaks "
-                              "the SRFT group layout); set the corresponding SRFT key instead")
+            raise ConfigError(
+                f"cluster.extra_args: {arg} is set by the launcher from the SRFT config (or breaks "
+                "the SRFT group layout); set the corresponding SRFT key instead"
+            )
         if flag in _SRFT_LOSS_FLAGS:
-            raise ConfigError(f"cluster.extra_args: {arg} is an OpenRLHF loss/advantage flag that SRFT's loss does "
-                              f"not read; use {_SRFT_LOSS_FLAGS[flag]}")
+            raise ConfigError(
+                f"cluster.extra_args: {arg} is an OpenRLHF loss/advantage flag that SRFT's loss does "
+                f"not read; use {_SRFT_LOSS_FLAGS[flag]}"
+            )
         value = arg.split("=", 1)[1] if "=" in arg else following
         if flag in _PACKING_FLAGS and value != _PACKING_FLAGS[flag]:
-            raise ConfigError(f"cluster.extra_args: {flag} {value} turns on OpenRLHF's packed sequences, which the "
-                              f"SRFT training step does not support; leave it at {_PACKING_FLAGS[flag]}")
+            raise ConfigError(
+                f"cluster.extra_args: {flag} {value} turns on OpenRLHF's packed sequences, which the "
+                f"SRFT training step does not support; leave it at {_PACKING_FLAGS[flag]}"
+            )
 
 
 def warmup_ratio(warmup_steps: int, steps: int) -> float:
@@ -217,42 +262,107 @@ def openrlhf_args(cfg: SRFTConfig, files: RunFiles, resume: bool) -> list[str]:
     layout, cluster = check_config(cfg)
     t, r, d, c, lg = cfg.train, cfg.rollout, cfg.data, cfg.cluster, cfg.logging
     args: list[Any] = [
-        "--actor.model_name_or_path", cfg.model.path,
-        "--actor.num_nodes", cluster.actor_nodes, "--actor.num_gpus_per_node", cluster.actor_gpus_per_node,
-        "--vllm.num_engines", cluster.vllm_engines, "--vllm.tensor_parallel_size", cluster.vllm_tensor_parallel,
-        "--vllm.gpu_memory_utilization", r.gpu_memory_utilization,
+        "--actor.model_name_or_path",
+        cfg.model.path,
+        "--actor.num_nodes",
+        cluster.actor_nodes,
+        "--actor.num_gpus_per_node",
+        cluster.actor_gpus_per_node,
+        "--vllm.num_engines",
+        cluster.vllm_engines,
+        "--vllm.tensor_parallel_size",
+        cluster.vllm_tensor_parallel,
+        "--vllm.gpu_memory_utilization",
+        r.gpu_memory_utilization,
         # data: the files the launcher writes; one episode of exactly train.steps steps
-        "--data.prompt_dataset", files.train_data, "--data.input_key", "prompt", "--data.label_key", "label",
-        "--data.max_len", d.max_prompt_len + max(r.max_new_tokens, d.max_response_len),
-        "--reward.remote_url", files.reward_func,
+        "--data.prompt_dataset",
+        files.train_data,
+        "--data.input_key",
+        "prompt",
+        "--data.label_key",
+        "label",
+        "--data.max_len",
+        d.max_prompt_len + max(r.max_new_tokens, d.max_response_len),
+        "--reward.remote_url",
+        files.reward_func,
         # one step: prompts_per_step groups of layout.size samples, one optimizer step over all
-        "--rollout.batch_size", t.prompts_per_step, "--rollout.n_samples_per_prompt", layout.size,
-        "--train.batch_size", t.prompts_per_step * layout.size,
-        "--rollout.micro_batch_size", t.micro_batch_size, "--train.micro_batch_size", t.micro_batch_size,
-        "--train.max_epochs", 1, "--train.num_episodes", 1, "--train.seed", t.seed,
-        "--rollout.temperature", r.temperature, "--rollout.top_p", r.top_p, "--rollout.max_new_tokens",
+        "--rollout.batch_size",
+        t.prompts_per_step,
+        "--rollout.n_samples_per_prompt",
+        layout.size,
+        "--train.batch_size",
+        t.prompts_per_step * layout.size,
+        "--rollout.micro_batch_size",
+        t.micro_batch_size,
+        "--train.micro_batch_size",
+        t.micro_batch_size,
+        "--train.max_epochs",
+        1,
+        "--train.num_episodes",
+        1,
+        "--train.seed",
+        t.seed,
+        "--rollout.temperature",
+        r.temperature,
+        "--rollout.top_p",
+        r.top_p,
+        "--rollout.max_new_tokens",
         r.max_new_tokens,
         # optimizer: AdamW, constant lr after warmup (the paper: 1e-6 constant)
-        "--actor.adam.lr", t.lr, "--actor.adam.betas", *t.adam_betas, "--actor.adam.weight_decay", t.weight_decay,
-        "--actor.max_norm", t.grad_clip, "--actor.lr_scheduler", "constant_with_warmup",
-        "--actor.lr_warmup_ratio", warmup_ratio(t.lr_warmup_steps, t.steps),
-        "--ds.zero_stage", t.zero_stage, "--ds.param_dtype", cfg.model.dtype,
-        "--ds.attn_implementation", c.attn_implementation,
+        "--actor.adam.lr",
+        t.lr,
+        "--actor.adam.betas",
+        *t.adam_betas,
+        "--actor.adam.weight_decay",
+        t.weight_decay,
+        "--actor.max_norm",
+        t.grad_clip,
+        "--actor.lr_scheduler",
+        "constant_with_warmup",
+        "--actor.lr_warmup_ratio",
+        warmup_ratio(t.lr_warmup_steps, t.steps),
+        "--ds.zero_stage",
+        t.zero_stage,
+        "--ds.param_dtype",
+        cfg.model.dtype,
+        "--ds.attn_implementation",
+        c.attn_implementation,
         # advantages and loss are SRFT's (patches); the estimator only keeps OpenRLHF critic-free
-        "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", cfg.loss.kl_coef,
+        "--algo.advantage.estimator",
+        "group_norm",
+        "--algo.kl.init_coef",
+        cfg.loss.kl_coef,
         # The only switch of OpenRLHF 0.11.2 that makes vLLM return each token's sampling log-prob
         # (logprobs_mode processed_logprobs): SRFT uses them as π_old of the rollouts, stale ones
         # included under async. OpenRLHF's importance correction itself (PolicyLoss) is never called.
-        "--algo.advantage.is_correction_level", "token",
+        "--algo.advantage.is_correction_level",
+        "token",
         # checkpoints and logs
-        "--ckpt.path", files.checkpoints, "--ckpt.output_dir", files.model,
-        "--ckpt.save_steps", t.save_every or -1, "--ckpt.max_num", t.keep_checkpoints,
-        "--logger.logging_steps", lg.log_every,
+        "--ckpt.path",
+        files.checkpoints,
+        "--ckpt.output_dir",
+        files.model,
+        "--ckpt.save_steps",
+        t.save_every or -1,
+        "--ckpt.max_num",
+        t.keep_checkpoints,
+        "--logger.logging_steps",
+        lg.log_every,
     ]
     flags: list[tuple[object, list[Any]]] = [
-        (cfg.loss.kl_coef > 0, ["--algo.kl.use_loss", "--algo.kl.estimator", cfg.loss.kl_estimator,
-                                "--ref.num_nodes", cluster.actor_nodes,
-                                "--ref.num_gpus_per_node", cluster.actor_gpus_per_node, "--train.colocate_actor_ref"]),
+        (
+            cfg.loss.kl_coef > 0,
+            [
+                "--algo.kl.use_loss",
+                "--algo.kl.estimator",
+                cfg.loss.kl_estimator,
+                "--ref.num_nodes",
+                cluster.actor_nodes,
+                "--ref.num_gpus_per_node",
+                cluster.actor_gpus_per_node,
+                "--train.colocate_actor_ref",
+            ],
+        ),
         (t.async_enable, ["--train.async_enable", "--train.async_queue_size", t.max_staleness]),
         (cluster.colocated, ["--train.colocate_all", "--vllm.enable_sleep", "--ds.enable_sleep"]),
         (c.colocate_all and t.async_enable, ["--train.colocate_all"]),  # OpenRLHF then colocates DeepSpeed models only
@@ -262,14 +372,33 @@ def openrlhf_args(cfg: SRFTConfig, files: RunFiles, resume: bool) -> list[str]:
         (cfg.model.gradient_checkpointing, ["--actor.gradient_checkpointing_enable"]),
         (c.save_hf_checkpoints, ["--ckpt.save_hf"]),
         (resume, ["--ckpt.load_enable"]),
-        (bool(d.eval) and t.eval_every > 0, ["--eval.dataset", files.eval_data, "--eval.steps", t.eval_every,
-                                             "--eval.temperature", r.eval_temperature,
-                                             "--eval.n_samples_per_prompt", 1]),
+        (
+            bool(d.eval) and t.eval_every > 0,
+            [
+                "--eval.dataset",
+                files.eval_data,
+                "--eval.steps",
+                t.eval_every,
+                "--eval.temperature",
+                r.eval_temperature,
+                "--eval.n_samples_per_prompt",
+                1,
+            ],
+        ),
         (lg.tensorboard, ["--logger.tensorboard_dir", files.tensorboard]),
         # WandbLogger logs in only without an API key in the environment; the key itself
         # travels as WANDB_API_KEY (never on the command line, which OpenRLHF prints).
-        (bool(lg.wandb_project), ["--logger.wandb.key", "WANDB_API_KEY", "--logger.wandb.project", lg.wandb_project,
-                                  "--logger.wandb.run_name", lg.wandb_run_name or files.root.name]),
+        (
+            bool(lg.wandb_project),
+            [
+                "--logger.wandb.key",
+                "WANDB_API_KEY",
+                "--logger.wandb.project",
+                lg.wandb_project,
+                "--logger.wandb.run_name",
+                lg.wandb_run_name or files.root.name,
+            ],
+        ),
     ]
     for on, extra in flags:
         if on:
@@ -297,8 +426,11 @@ def describe(cfg: SRFTConfig, args: list[str], files: RunFiles) -> str:
     plain = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists for YAML
     lines = [
         f"# SRFT on OpenRLHF {OPENRLHF_VERSION} (dry run: nothing is written or started)",
-        "", "## resolved SRFT config", yaml.safe_dump(plain, sort_keys=False).rstrip(),
-        "", "## layout",
+        "",
+        "## resolved SRFT config",
+        yaml.safe_dump(plain, sort_keys=False).rstrip(),
+        "",
+        "## layout",
         f"group: {layout.rollouts} rollouts + {layout.demos} demonstration(s) = {layout.size} samples per prompt "
         f"(loss.preset = {cfg.loss.preset}, demo_mode = {cfg.loss.demo_mode})",
         f"step: {cfg.train.prompts_per_step} prompts -> {samples} samples, one optimizer step; "
@@ -308,12 +440,17 @@ def describe(cfg: SRFTConfig, args: list[str], files: RunFiles) -> str:
         f"{samples // (cfg.train.micro_batch_size * cluster.actor_gpus)} accumulation steps",
         f"vLLM: {cluster.vllm_engines} engine(s) × tensor parallel {cluster.vllm_tensor_parallel}"
         + (" (colocated with training)" if cluster.colocated else ""),
-        "", "## files", f"run folder: {files.root}",
+        "",
+        "## files",
+        f"run folder: {files.root}",
         "written at launch: " + ", ".join(str(p.relative_to(files.root)) for p in written_files(cfg, files)),
         f"checkpoints: {files.checkpoints}; final model: {files.model}",
-        "", "## patch points (checked against the installed OpenRLHF when the run starts)",
+        "",
+        "## patch points (checked against the installed OpenRLHF when the run starts)",
         *(f"- {h.target}: {h.srft}" for h in HOOK_POINTS),
-        "", "## command", command_line(args),
+        "",
+        "## command",
+        command_line(args),
     ]
     return "\n".join(lines)
 
@@ -339,8 +476,9 @@ def openrlhf_prompt(tokenizer: Any, question: Any, cfg: SRFTConfig, where: str) 
     from srft_openrlhf.data import encode_example, render_prompt
 
     text = render_prompt(question, cfg.data.template, tokenizer)
-    ids = encode_example(tokenizer, text, None, cfg.data.max_prompt_len, cfg.data.max_response_len,
-                         where=where).prompt_ids
+    ids = encode_example(
+        tokenizer, text, None, cfg.data.max_prompt_len, cfg.data.max_response_len, where=where
+    ).prompt_ids
     bos = tokenizer.bos_token_id
     if bos is not None and ids and ids[0] == bos and not text.startswith(tokenizer.bos_token):
         text = tokenizer.bos_token + text
@@ -387,9 +525,16 @@ def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
 
         train_examples = toy.examples("train")[: d.max_train_rows]
     else:
-        train_examples = load_examples(d.train, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key,
-                                       demo_key=d.demo_key if layout.demos else None, require_demo=bool(layout.demos),
-                                       skip_invalid_rows=d.skip_invalid_rows, limit=d.max_train_rows).examples
+        train_examples = load_examples(
+            d.train,
+            split=d.split,
+            prompt_key=d.prompt_key,
+            answer_key=d.answer_key,
+            demo_key=d.demo_key if layout.demos else None,
+            require_demo=bool(layout.demos),
+            skip_invalid_rows=d.skip_invalid_rows,
+            limit=d.max_train_rows,
+        ).examples
     kept = _rendered(train_examples, tokenizer, cfg)
     if layout.demos:
         _write_jsonl(files.demos, ({"demonstrations": [ex.demonstration]} for ex, _ in kept))
@@ -397,13 +542,15 @@ def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
     # step (OpenRLHF reads the file in this order: patches.prepare_datasets_in_file_order).
     sampler = PromptSampler(len(kept), cfg.train.prompts_per_step, cfg.train.seed)
     order = [i for step in range(cfg.train.steps) for i in sampler.batch(step)]
-    _write_jsonl(files.train_data, ({"prompt": kept[i][1], "label": encode_label(kept[i][0].answer, i)}
-                                    for i in order))
+    _write_jsonl(files.train_data, ({"prompt": kept[i][1], "label": encode_label(kept[i][0].answer, i)} for i in order))
     if d.eval and cfg.train.eval_every > 0:
-        _write_jsonl(files.eval_data, (
-            {"prompt": text, "label": encode_label(ex.answer), "datasource": Path(ex.source).stem}
-            for ex, text in _rendered(eval_examples(cfg), tokenizer, cfg)
-        ))
+        _write_jsonl(
+            files.eval_data,
+            (
+                {"prompt": text, "label": encode_label(ex.answer), "datasource": Path(ex.source).stem}
+                for ex, text in _rendered(eval_examples(cfg), tokenizer, cfg)
+            ),
+        )
 
 
 TOY = "toy"  # model.path / data.train / data.eval: the toy task (srft_openrlhf.data.toy)
@@ -419,8 +566,15 @@ def eval_examples(cfg: SRFTConfig) -> list:
         return toy.examples("heldout")[: d.max_eval_rows]
     if not d.eval:
         raise ConfigError("data.eval is not set: there are no held-out examples to read")
-    return load_examples(d.eval, split=d.split, prompt_key=d.prompt_key, answer_key=d.answer_key, demo_key=None,
-                         skip_invalid_rows=d.skip_invalid_rows, limit=d.max_eval_rows).examples
+    return load_examples(
+        d.eval,
+        split=d.split,
+        prompt_key=d.prompt_key,
+        answer_key=d.answer_key,
+        demo_key=None,
+        skip_invalid_rows=d.skip_invalid_rows,
+        limit=d.max_eval_rows,
+    ).examples
 
 
 def resolve_model(cfg: SRFTConfig) -> SRFTConfig:
@@ -453,9 +607,11 @@ def held_out_accuracy(cfg: SRFTConfig, model_path: str | Path, tokenizer: Any) -
 def ray_runtime_env() -> dict:
     """OpenRLHF's own worker environment (it sets it only when it starts Ray itself) plus
     the credentials/caches set in this shell."""
-    env = {"TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "true"),
-           "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN"),
-           "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": os.environ.get("RAY_ENABLE_ZERO_COPY_TORCH_TENSORS", "1")}
+    env = {
+        "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "true"),
+        "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN"),
+        "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": os.environ.get("RAY_ENABLE_ZERO_COPY_TORCH_TENSORS", "1"),
+    }
     env.update({k: os.environ[k] for k in _PASS_THROUGH_ENV if k in os.environ})
     return {"env_vars": env}
 
@@ -496,8 +652,11 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     files.reward_func.write_text(reward_func_file_text(r.reward, r.reward_mode, r.reward_timeout_s, r.reward_workers))
     patches.install_driver(cfg)
     if cfg.logging.wandb_project and "WANDB_API_KEY" not in os.environ:
-        print("srft: logging.wandb_project is set but WANDB_API_KEY is not; wandb needs it (or a `wandb login` "
-              "on every node)", file=sys.stderr)
+        print(
+            "srft: logging.wandb_project is set but WANDB_API_KEY is not; wandb needs it (or a `wandb login` "
+            "on every node)",
+            file=sys.stderr,
+        )
 
     import ray
 
@@ -506,10 +665,14 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     if cfg.cluster.cpu:
         cluster = cluster_layout(cfg)
-        resources: dict[str, Any] = {} if cfg.cluster.ray_address else {
-            "num_gpus": cluster.actor_gpus, "num_cpus": cluster.actor_gpus + 4}  # logical, not cores
-        ray.init(address=cfg.cluster.ray_address, runtime_env=cpu_compat.ray_runtime_env(
-            ray_runtime_env()["env_vars"]), **resources)
+        resources: dict[str, Any] = (
+            {} if cfg.cluster.ray_address else {"num_gpus": cluster.actor_gpus, "num_cpus": cluster.actor_gpus + 4}
+        )  # logical, not cores
+        ray.init(
+            address=cfg.cluster.ray_address,
+            runtime_env=cpu_compat.ray_runtime_env(ray_runtime_env()["env_vars"]),
+            **resources,
+        )
     else:
         ray.init(address=cfg.cluster.ray_address, runtime_env=ray_runtime_env())
     argv = sys.argv

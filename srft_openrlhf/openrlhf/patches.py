@@ -33,11 +33,10 @@ from pathlib import Path
 from types import CodeType
 from typing import Any
 
+import openrlhf.utils
 import ray
 import torch
 import torch.distributed as dist
-
-import openrlhf.utils
 from openrlhf.trainer import ppo_trainer, ppo_trainer_async
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
@@ -46,6 +45,7 @@ from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray import ppo_actor
 from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
 from openrlhf.utils.loss_utils import _get_dp_group
+
 from srft_openrlhf.algorithm import LossConfig, StepTotals, batch_advantages, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig
 from srft_openrlhf.data import encode_example
@@ -103,8 +103,9 @@ def _problems(hook: HookPoint) -> list[str]:
         except (TypeError, ValueError):
             names = None
         if names is None or names[: len(hook.params)] != list(hook.params):
-            problems.append(f"signature is ({', '.join(names or ['?'])}), expected it to start with "
-                            f"({', '.join(hook.params)})")
+            problems.append(
+                f"signature is ({', '.join(names or ['?'])}), expected it to start with ({', '.join(hook.params)})"
+            )
     if hook.reads:
         code = getattr(inspect.unwrap(obj), "__code__", None)  # through decorators such as torch.no_grad
         used = _code_names(code) if code is not None else set()
@@ -141,8 +142,10 @@ check_hook_points()  # before subclassing, so a moved hook reads as a HookPointE
 def srft_config(args: Any) -> SRFTConfig:
     cfg = getattr(args, "srft", None)
     if not isinstance(cfg, SRFTConfig):
-        raise RuntimeError("OpenRLHF's args carry no SRFT config (args.srft): start OpenRLHF through "
-                           "`srft train --backend openrlhf`, which attaches it")
+        raise RuntimeError(
+            "OpenRLHF's args carry no SRFT config (args.srft): start OpenRLHF through "
+            "`srft train --backend openrlhf`, which attaches it"
+        )
     return cfg
 
 
@@ -196,8 +199,9 @@ class SRFTSamplesGenerator(SamplesGenerator):
         self.layout = layout_of(self.srft)
         self.demo_table = DemoTable(run_files(self.srft.logging.output_dir).demos) if self.layout.demos else None
         rollout = self.srft.rollout
-        self.reward_func = make_reward_func(rollout.reward, rollout.reward_mode, rollout.reward_timeout_s,
-                                            rollout.reward_workers)
+        self.reward_func = make_reward_func(
+            rollout.reward, rollout.reward_mode, rollout.reward_timeout_s, rollout.reward_workers
+        )
         # Demonstrations are encoded and graded in this thread while the engines generate (started
         # when the prompts are dispatched): in async mode generate_samples runs under OpenRLHF's
         # vLLM lock, which the weight broadcast waits for.
@@ -230,11 +234,13 @@ class SRFTSamplesGenerator(SamplesGenerator):
         n = self.layout.rollouts
         if len(samples) % n:
             raise RuntimeError(f"SRFT: {len(samples)} rollouts are not whole groups of {n} per prompt")
-        groups = [samples[i: i + n] for i in range(0, len(samples), n)]
+        groups = [samples[i : i + n] for i in range(0, len(samples), n)]
         for group in groups:
             if len({s.prompts[0] for s in group}) != 1:
-                raise RuntimeError("SRFT: a prompt's rollouts are not contiguous in OpenRLHF's samples; "
-                                   "the group layout needs them to be (see HOOK_POINTS)")
+                raise RuntimeError(
+                    "SRFT: a prompt's rollouts are not contiguous in OpenRLHF's samples; "
+                    "the group layout needs them to be (see HOOK_POINTS)"
+                )
             for s in group:
                 s.info["is_demo"] = torch.tensor([False])
         if not self.layout.demos:
@@ -248,8 +254,10 @@ class SRFTSamplesGenerator(SamplesGenerator):
         ahead = self._demos_ahead.get(key)
         graded = ahead.pop(0).result() if ahead else self.graded_demonstrations(*key)
         prompt_ids = rollout_prompt_ids(rollout)
-        return [demo_experience(rollout, prompt_ids or ids[0], ids[1], truncated, scored, 0)
-                for ids, truncated, scored in graded]
+        return [
+            demo_experience(rollout, prompt_ids or ids[0], ids[1], truncated, scored, 0)
+            for ids, truncated, scored in graded
+        ]
 
     def graded_demonstrations(self, prompt: str, label: str) -> list[tuple[tuple[list[int], list[int]], bool, dict]]:
         """((prompt ids, demo ids), truncated, reward dict) per demonstration of the prompt's example,
@@ -258,20 +266,33 @@ class SRFTSamplesGenerator(SamplesGenerator):
         _, row = decode_label(label)
         assert self.demo_table is not None  # called only when layout.demos > 0, which loads the table
         if row is None:
-            raise RuntimeError(f"SRFT: the label {label!r:.80} carries no training row, "
-                               "so its demonstrations are unknown")
+            raise RuntimeError(
+                f"SRFT: the label {label!r:.80} carries no training row, so its demonstrations are unknown"
+            )
         texts = self.demo_table[row][: self.layout.demos]
         if len(texts) < self.layout.demos:
-            raise RuntimeError(f"SRFT: example {row} has {len(texts)} demonstration(s), "
-                               f"{self.layout.demos} per group are configured")
+            raise RuntimeError(
+                f"SRFT: example {row} has {len(texts)} demonstration(s), {self.layout.demos} per group are configured"
+            )
         out: list[tuple[tuple[list[int], list[int]], bool, dict]] = []
         for text in texts:
-            encoded = encode_example(self.tokenizer, prompt, text, cfg.max_prompt_len, cfg.max_response_len,
-                                     where=f"{cfg.train} example {row}")
+            encoded = encode_example(
+                self.tokenizer,
+                prompt,
+                text,
+                cfg.max_prompt_len,
+                cfg.max_response_len,
+                where=f"{cfg.train} example {row}",
+            )
             assert encoded.demo_ids is not None  # encode_example encodes the demonstration text it is given
             query = self.tokenizer.decode(encoded.prompt_ids + encoded.demo_ids, skip_special_tokens=False)
-            out.append(((encoded.prompt_ids, encoded.demo_ids), encoded.demo_truncated,
-                        self.reward_func([query], [prompt], [label])))
+            out.append(
+                (
+                    (encoded.prompt_ids, encoded.demo_ids),
+                    encoded.demo_truncated,
+                    self.reward_func([query], [prompt], [label]),
+                )
+            )
         return out
 
 
@@ -282,13 +303,17 @@ def check_samples(samples: list[Experience]) -> None:
     without a reward, which would otherwise fail much later in batching."""
     for s in samples:
         if s.rewards is None:
-            raise RuntimeError(f"SRFT: a rollout of the prompt {s.prompts[0][-300:]!r} (label {s.labels[0]!r}) came "
-                               "back without a reward: the reward function failed in the rollout engine (its log "
-                               "says '[SingleTurnExecutor] Failed to fetch reward')")
+            raise RuntimeError(
+                f"SRFT: a rollout of the prompt {s.prompts[0][-300:]!r} (label {s.labels[0]!r}) came "
+                "back without a reward: the reward function failed in the rollout engine (its log "
+                "says '[SingleTurnExecutor] Failed to fetch reward')"
+            )
         if s.rollout_log_probs is None:
-            raise RuntimeError(f"SRFT: a rollout of the prompt {s.prompts[0][-300:]!r} came back without the engine's "
-                               "log-probs, which SRFT uses as π_old (the launcher asks for them with "
-                               "--algo.advantage.is_correction_level; start runs with `srft train`)")
+            raise RuntimeError(
+                f"SRFT: a rollout of the prompt {s.prompts[0][-300:]!r} came back without the engine's "
+                "log-probs, which SRFT uses as π_old (the launcher asks for them with "
+                "--algo.advantage.is_correction_level; start runs with `srft train`)"
+            )
 
 
 def rollout_prompt_ids(rollout: Experience) -> list[int]:
@@ -299,20 +324,21 @@ def rollout_prompt_ids(rollout: Experience) -> list[int]:
     return rollout.sequences[0, : int(response[0]) + 1].tolist()
 
 
-def demo_experience(rollout: Experience, prompt_ids: list[int], demo_ids: list[int], truncated: bool,
-                    scored: dict, i: int) -> Experience:
+def demo_experience(
+    rollout: Experience, prompt_ids: list[int], demo_ids: list[int], truncated: bool, scored: dict, i: int
+) -> Experience:
     """A demonstration as an OpenRLHF sample, laid out like ``_process_response_into_experience``
     lays out a rollout; its ``info`` has the same keys as the rollout's (OpenRLHF batches
     samples key by key), zero where a key has no meaning for a demo."""
     sequence = torch.tensor(prompt_ids + demo_ids, dtype=torch.long)
     length = sequence.numel()
     action_mask = torch.zeros(length, dtype=torch.long)
-    action_mask[len(prompt_ids):] = 1
-    reward = scored["rewards"][i: i + 1].float()
-    score = scored["scores"][i: i + 1].float()
+    action_mask[len(prompt_ids) :] = 1
+    reward = scored["rewards"][i : i + 1].float()
+    score = scored["scores"][i : i + 1].float()
     info = {key: torch.zeros_like(value) for key, value in rollout.info.items()}
     values = {"reward": reward, "score": score, "is_demo": torch.tensor([True])}
-    values.update({key: value[i: i + 1] for key, value in scored.get("extra_logs", {}).items()})
+    values.update({key: value[i : i + 1] for key, value in scored.get("extra_logs", {}).items()})
     info.update({key: value for key, value in values.items() if key in info})
     return Experience(
         sequences=sequence[None],
@@ -343,8 +369,7 @@ def entropy_needed(loss: LossConfig) -> tuple[bool, bool]:
     """(demo rows, rollout rows): whose step-mean entropy the batch-scope weights w_SFT (Eq. 8) and
     w_RL (Eq. 12) need; the sequence and token scopes and fixed weights need none."""
     batch = loss.entropy_scope == "batch"
-    return (batch and loss.sft_demo and loss.w_sft_fixed is None,
-            batch and loss.rl_rollout and loss.w_rl_fixed is None)
+    return (batch and loss.sft_demo and loss.w_sft_fixed is None, batch and loss.rl_rollout and loss.w_rl_fixed is None)
 
 
 class SRFTExperienceMaker(RemoteExperienceMaker):
@@ -368,16 +393,25 @@ class SRFTExperienceMaker(RemoteExperienceMaker):
         colocated = args.train.colocate_all or args.train.colocate_actor_ref
         entropy_ref = None
         if any(bool(r.any()) for r in rows):
-            entropy_ref = self._dispatch(self.actor_model_group, "srft_entropy_sums", colocated,
-                                         sequences=[s.sequences for s in samples_list],
-                                         action_mask=[s.action_mask for s in samples_list],
-                                         attention_mask=[s.attention_mask for s in samples_list], rows=rows)
+            entropy_ref = self._dispatch(
+                self.actor_model_group,
+                "srft_entropy_sums",
+                colocated,
+                sequences=[s.sequences for s in samples_list],
+                action_mask=[s.action_mask for s in samples_list],
+                attention_mask=[s.attention_mask for s in samples_list],
+                rows=rows,
+            )
         base_ref = None
         if self.initial_model_group is not None:
-            base_ref = self._dispatch(self.initial_model_group, "forward", colocated,
-                                      sequences=[s.sequences for s in samples_list],
-                                      action_mask=[s.action_mask for s in samples_list],
-                                      attention_mask=[s.attention_mask for s in samples_list])
+            base_ref = self._dispatch(
+                self.initial_model_group,
+                "forward",
+                colocated,
+                sequences=[s.sequences for s in samples_list],
+                action_mask=[s.action_mask for s in samples_list],
+                attention_mask=[s.attention_mask for s in samples_list],
+            )
         duplicate = args.ds.ring_attn_size * args.ds.tensor_parallel_size
         entropy_sums = self._flatten_results(entropy_ref, duplicate) if entropy_ref else [None] * len(samples_list)
         base = self._flatten_results(base_ref, duplicate) if base_ref else [None] * len(samples_list)
@@ -388,8 +422,9 @@ class SRFTExperienceMaker(RemoteExperienceMaker):
             s.kl = torch.zeros_like(s.action_log_probs)  # SRFT's KL is a loss term (loss.kl_coef), not a reward
             s.info["kl"] = torch.zeros(len(is_demo))
             s.info["logprobs_diff"] = torch.zeros(len(is_demo))
-            s.info[ENTROPY_SUM] = sums if sums is not None else torch.full((len(is_demo),), math.nan,
-                                                                          dtype=torch.float64)
+            s.info[ENTROPY_SUM] = (
+                sums if sums is not None else torch.full((len(is_demo),), math.nan, dtype=torch.float64)
+            )
         return samples_list
 
     def _dispatch(self, group, method: str, sync: bool, **batch):
@@ -435,8 +470,10 @@ def srft_old_log_probs(samples: Experience, is_demo: torch.Tensor) -> torch.Tens
     Out of place: the samples' tensors may be Ray's zero-copy views of the object store."""
     if samples.rollout_log_probs is None:
         if bool((~is_demo).any()):
-            raise RuntimeError("SRFT: rollouts without the engine's sampling log-probs (π_old); the launcher asks "
-                               "vLLM for them with --algo.advantage.is_correction_level")
+            raise RuntimeError(
+                "SRFT: rollouts without the engine's sampling log-probs (π_old); the launcher asks "
+                "vLLM for them with --algo.advantage.is_correction_level"
+            )
         return torch.zeros(samples.action_mask.shape)
     old = samples.rollout_log_probs.float() * samples.action_mask.float()
     return old.masked_fill(is_demo.reshape(-1, 1).to(old.device), 0.0)
@@ -448,8 +485,10 @@ def check_groups(group_ids: torch.Tensor, is_demo: torch.Tensor, layout: GroupLa
     demos = torch.bincount(group_ids, weights=is_demo.double())
     present = (rollouts + demos) > 0
     if not (torch.all(rollouts[present] == layout.rollouts) and torch.all(demos[present] == layout.demos)):
-        raise RuntimeError(f"SRFT: the step's samples are not groups of {layout.rollouts} rollouts + "
-                           f"{layout.demos} demos (OpenRLHF changed how it orders or indexes samples?)")
+        raise RuntimeError(
+            f"SRFT: the step's samples are not groups of {layout.rollouts} rollouts + "
+            f"{layout.demos} demos (OpenRLHF changed how it orders or indexes samples?)"
+        )
 
 
 def group_reward_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -462,6 +501,7 @@ def group_reward_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Te
 
 
 # ----------------------------------------------------------------------------- 3. actor loss
+
 
 def srft_step_windows(data_iter, strategy, accumulated_gradient: int, mask_fn=None):
     """Replaces ``iter_grad_accum_global_norm`` in ``ppo_actor``, whose ``ppo_train`` calls it
@@ -496,8 +536,9 @@ def experience_totals(experience: Experience) -> StepTotals:
         return totals
     sums = (torch.stack(list(sums)) if isinstance(sums, list) else sums).double().reshape(-1).cpu()
     is_demo = is_demo.cpu()
-    return dataclasses.replace(totals, demo_entropy_sum=float(sums[is_demo].sum()),
-                               rollout_entropy_sum=float(sums[~is_demo].sum()))
+    return dataclasses.replace(
+        totals, demo_entropy_sum=float(sums[is_demo].sum()), rollout_entropy_sum=float(sums[~is_demo].sum())
+    )
 
 
 def _known(totals: StepTotals) -> StepTotals:
@@ -506,8 +547,9 @@ def _known(totals: StepTotals) -> StepTotals:
     nan_demo, nan_rollout = demo is not None and math.isnan(demo), rollout is not None and math.isnan(rollout)
     if not (nan_demo or nan_rollout):
         return totals
-    return dataclasses.replace(totals, demo_entropy_sum=None if nan_demo else demo,
-                               rollout_entropy_sum=None if nan_rollout else rollout)
+    return dataclasses.replace(
+        totals, demo_entropy_sum=None if nan_demo else demo, rollout_entropy_sum=None if nan_rollout else rollout
+    )
 
 
 def _with_totals(window: list[Experience], dp_group, dp_size: int) -> Iterator[tuple[Experience, dict]]:
@@ -528,10 +570,20 @@ def _with_totals(window: list[Experience], dp_group, dp_size: int) -> Iterator[t
 # srft_loss metric -> the token count it is a mean over (None: one value per micro-batch; for the
 # loss terms that is the micro-batch's share times gas · dp_size, whose mean is the step's loss).
 _METRIC_WEIGHTS = {
-    "loss": None, "loss_sft_demo": None, "loss_rl_demo": None, "loss_rl_rollout": None, "loss_kl": None,
-    "loss_entropy_bonus": None, "w_sft": "n_demo_tokens", "entropy_demo": "n_demo_tokens",
-    "w_rl": "n_rollout_tokens", "entropy_rollout": "n_rollout_tokens", "clip_frac": "n_rollout_tokens",
-    "entropy": "n_tokens", "kl": "n_tokens", "low_entropy_drop_frac": "n_tokens",
+    "loss": None,
+    "loss_sft_demo": None,
+    "loss_rl_demo": None,
+    "loss_rl_rollout": None,
+    "loss_kl": None,
+    "loss_entropy_bonus": None,
+    "w_sft": "n_demo_tokens",
+    "entropy_demo": "n_demo_tokens",
+    "w_rl": "n_rollout_tokens",
+    "entropy_rollout": "n_rollout_tokens",
+    "clip_frac": "n_rollout_tokens",
+    "entropy": "n_tokens",
+    "kl": "n_tokens",
+    "low_entropy_drop_frac": "n_tokens",
 }
 
 
@@ -558,15 +610,23 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
 
     def training_step(self, experience: Experience, kl_ctl: float, step: int, loss_batch_info=None) -> dict:
         if not loss_batch_info or "srft_totals" not in loss_batch_info:
-            raise RuntimeError("SRFT: the training step got no StepTotals; ppo_train must pair micro-batches "
-                               "through srft_step_windows (patches.install(); dynamic batching is not supported)")
+            raise RuntimeError(
+                "SRFT: the training step got no StepTotals; ppo_train must pair micro-batches "
+                "through srft_step_windows (patches.install(); dynamic batching is not supported)"
+            )
         config = srft_config(self.args).loss
         self.actor.train()
         log_probs, entropy, aux_loss = self.token_logprobs_and_entropy(experience, config.entropy_bonus > 0)
         is_demo = demo_flags(experience).to(log_probs.device)
         share, metrics = srft_loss(
-            log_probs, experience.action_log_probs, entropy, experience.action_mask,
-            sequence_advantages(experience), experience.rewards, is_demo, config,
+            log_probs,
+            experience.action_log_probs,
+            entropy,
+            experience.action_mask,
+            sequence_advantages(experience),
+            experience.rewards,
+            is_demo,
+            config,
             ref_log_probs=experience.base_action_log_probs if config.kl_coef > 0 else None,
             totals=loss_batch_info["srft_totals"],
         )
@@ -588,23 +648,35 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
 
     def token_logprobs_and_entropy(self, experience: Experience, entropy_grad: bool):
         """log πθ and H(πθ) of each response token [B, A], plus the MoE aux loss (or None)."""
-        return self.response_logprobs_and_entropy(experience.sequences, experience.attention_mask,
-                                                  experience.action_mask.shape[1], entropy_grad)
+        return self.response_logprobs_and_entropy(
+            experience.sequences, experience.attention_mask, experience.action_mask.shape[1], entropy_grad
+        )
 
-    def response_logprobs_and_entropy(self, sequences: torch.Tensor, attention_mask: torch.Tensor, width: int,
-                                      entropy_grad: bool):
-        output = self.actor(sequences, None, attention_mask=attention_mask, return_output=True,
-                            ring_attn_group=self.strategy.ring_attn_group)
+    def response_logprobs_and_entropy(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, width: int, entropy_grad: bool
+    ):
+        output = self.actor(
+            sequences,
+            None,
+            attention_mask=attention_mask,
+            return_output=True,
+            ring_attn_group=self.strategy.ring_attn_group,
+        )
         # Targets rolled by one (as OpenRLHF does) rather than slicing the logits: the kernel's
         # in-place backward then reuses the logits buffer instead of a padded copy of it.
-        log_probs, entropy = token_logprobs_and_entropy(output["logits"], torch.roll(sequences, -1, dims=1),
-                                                        entropy_grad=entropy_grad, inplace_backward=True)
+        log_probs, entropy = token_logprobs_and_entropy(
+            output["logits"], torch.roll(sequences, -1, dims=1), entropy_grad=entropy_grad, inplace_backward=True
+        )
         return log_probs[:, :-1][:, -width:], entropy[:, :-1][:, -width:], getattr(output, "aux_loss", None)
 
     def _record_srft_metrics(self, metrics: dict[str, float], scale: float) -> None:
         sums = self.__dict__.setdefault("_srft_sums", {})  # reset by ppo_train at each step
-        counts = {"n_tokens": metrics["n_tokens"], "n_demo_tokens": metrics["n_demo_tokens"],
-                  "n_rollout_tokens": metrics["n_tokens"] - metrics["n_demo_tokens"], None: 1.0}
+        counts = {
+            "n_tokens": metrics["n_tokens"],
+            "n_demo_tokens": metrics["n_demo_tokens"],
+            "n_rollout_tokens": metrics["n_tokens"] - metrics["n_demo_tokens"],
+            None: 1.0,
+        }
         for name, count_key in _METRIC_WEIGHTS.items():
             weight = counts[count_key]
             value = metrics[name] * (scale if name.startswith("loss") else 1.0)  # a share of the step's loss
@@ -615,16 +687,22 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
     def _srft_step_metrics(self) -> dict[str, float]:
         """Weighted means over the step's micro-batches of every rank, as ``srft/<name>``; and the
         step's StepTotals, with whether every rank used the same (``srft/step_totals_ranks_agree``)."""
-        summed = self.strategy.all_reduce({name: torch.tensor(v, dtype=torch.float64)
-                                           for name, v in self._srft_sums.items()}, op="sum")
+        summed = self.strategy.all_reduce(
+            {name: torch.tensor(v, dtype=torch.float64) for name, v in self._srft_sums.items()}, op="sum"
+        )
         out = {}
         for name, value in summed.items():
             total, weight = torch.as_tensor(value).tolist()
             out[f"srft/{name}"] = total / weight if weight > 0 else 0.0
         totals = getattr(self, "_srft_step_totals", None)
         if totals is not None:
-            values = torch.tensor([float(getattr(totals, f.name) if getattr(totals, f.name) is not None else -1.0)
-                                   for f in dataclasses.fields(totals)], dtype=torch.float64)
+            values = torch.tensor(
+                [
+                    float(getattr(totals, f.name) if getattr(totals, f.name) is not None else -1.0)
+                    for f in dataclasses.fields(totals)
+                ],
+                dtype=torch.float64,
+            )
             high = self.strategy.all_reduce(values.clone(), op="max")
             low = -self.strategy.all_reduce(-values, op="max")
             out["srft/step_totals_ranks_agree"] = float(torch.equal(high, low))
@@ -638,8 +716,11 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
 
     def _openrlhf_status(self, experience: Experience, loss: torch.Tensor) -> dict:
         """The step status in the form OpenRLHF's ``ppo_train`` reduces (metrics + weights)."""
-        metrics: dict[str, Any] = {"policy_loss": loss.detach(), "actor_lr": self.actor_scheduler.get_last_lr()[0],
-                                   "actor_grad_norm": self.strategy.get_grad_norm(self.actor)}
+        metrics: dict[str, Any] = {
+            "policy_loss": loss.detach(),
+            "actor_lr": self.actor_scheduler.get_last_lr()[0],
+            "actor_grad_norm": self.strategy.get_grad_norm(self.actor),
+        }
         # "sample": micro-batches hold equally many samples, so ppo_train's mean of these scaled shares
         # (training_step) is the step's loss
         weights: dict[str, str | None] = {"policy_loss": "sample", "actor_lr": None, "actor_grad_norm": None}
@@ -656,8 +737,12 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
             if isinstance(value, torch.Tensor) and name not in metrics:
                 metrics[name] = value
                 weights[name] = "sample"
-        return {"metrics": metrics, "weights": weights, "num_samples": float(experience.action_mask.shape[0]),
-                "num_action_tokens": float(experience.action_mask.sum().item())}
+        return {
+            "metrics": metrics,
+            "weights": weights,
+            "num_samples": float(experience.action_mask.shape[0]),
+            "num_action_tokens": float(experience.action_mask.sum().item()),
+        }
 
 
 # ----------------------------------------------------------------------------- Ray actors
@@ -682,24 +767,27 @@ class _SRFTTrainerLogs:
         length = torch.cat([e.response_length for e in experiences]).float()
         truncated = torch.cat([e.truncated for e in experiences]).float()
         total = torch.cat([e.total_length for e in experiences]).float()
-        group = (torch.tensor([i for e in experiences for i in e.index]) // layout_of(srft_config(self.args)).size)
+        group = torch.tensor([i for e in experiences for i in e.index]) // layout_of(srft_config(self.args)).size
         roll = ~is_demo
-        stats.update({
-            "rollout/reward_mean": reward[roll].mean().item(),
-            "rollout/reward_std": reward[roll].std().item() if roll.sum() > 1 else 0.0,
-            "rollout/response_length_mean": length[roll].mean().item(),
-            "rollout/truncated_rate": truncated[roll].mean().item(),
-            "rollout/num_samples": float(roll.sum()),
-            "reward": reward[roll].mean().item(),
-            "response_length": length[roll].mean().item(),
-            "total_length": total[roll].mean().item(),
-            "truncated": truncated[roll].mean().item(),
-            "rollout/num_groups": float(group.unique().numel()),
-            "rollout/min_group_rollouts": float(torch.bincount(group[roll]).min()) if roll.any() else 0.0,
-            "rollout/min_group_demos": float(torch.bincount(group[is_demo], minlength=int(group.max()) + 1).min())
-            if is_demo.any() else 0.0,
-            "rollout/max_group_demos": float(torch.bincount(group[is_demo]).max()) if is_demo.any() else 0.0,
-        })
+        stats.update(
+            {
+                "rollout/reward_mean": reward[roll].mean().item(),
+                "rollout/reward_std": reward[roll].std().item() if roll.sum() > 1 else 0.0,
+                "rollout/response_length_mean": length[roll].mean().item(),
+                "rollout/truncated_rate": truncated[roll].mean().item(),
+                "rollout/num_samples": float(roll.sum()),
+                "reward": reward[roll].mean().item(),
+                "response_length": length[roll].mean().item(),
+                "total_length": total[roll].mean().item(),
+                "truncated": truncated[roll].mean().item(),
+                "rollout/num_groups": float(group.unique().numel()),
+                "rollout/min_group_rollouts": float(torch.bincount(group[roll]).min()) if roll.any() else 0.0,
+                "rollout/min_group_demos": float(torch.bincount(group[is_demo], minlength=int(group.max()) + 1).min())
+                if is_demo.any()
+                else 0.0,
+                "rollout/max_group_demos": float(torch.bincount(group[is_demo]).max()) if is_demo.any() else 0.0,
+            }
+        )
         if "weights_version" in experiences[0].info:  # the CPU layer's rollout engine tags each rollout
             version = torch.cat([e.info["weights_version"] for e in experiences]).float()[roll]
             stats["rollout/weights_version_min"] = version.min().item()
@@ -708,12 +796,14 @@ class _SRFTTrainerLogs:
         if "score" in experiences[0].info:
             stats["score"] = torch.cat([e.info["score"] for e in experiences]).float()[roll].mean().item()
         if is_demo.any():
-            stats.update({
-                "rollout/demo_reward_mean": reward[is_demo].mean().item(),
-                "rollout/demo_response_length_mean": length[is_demo].mean().item(),
-                "rollout/demo_truncated_rate": truncated[is_demo].mean().item(),
-                "rollout/num_demos": float(is_demo.sum()),
-            })
+            stats.update(
+                {
+                    "rollout/demo_reward_mean": reward[is_demo].mean().item(),
+                    "rollout/demo_response_length_mean": length[is_demo].mean().item(),
+                    "rollout/demo_truncated_rate": truncated[is_demo].mean().item(),
+                    "rollout/num_demos": float(is_demo.sum()),
+                }
+            )
         return stats
 
     def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None) -> None:
@@ -744,8 +834,9 @@ class SRFTPolicyModelActor(unwrap(ppo_actor.PolicyModelActor)):  # type: ignore[
         super().__init__(*args, **kwargs)
 
     @torch.no_grad()
-    def srft_entropy_sums(self, sequences: torch.Tensor, action_mask: torch.Tensor, attention_mask: torch.Tensor,
-                          rows: torch.Tensor) -> torch.Tensor:
+    def srft_entropy_sums(
+        self, sequences: torch.Tensor, action_mask: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
         """Σ H(πθ) over each response's tokens [B] (float64, NaN outside ``rows``), with the current
         weights: the same forward and kernel as the training step's (``SRFTExperienceMaker``)."""
         sums = torch.full((sequences.shape[0],), math.nan, dtype=torch.float64)
@@ -757,7 +848,8 @@ class SRFTPolicyModelActor(unwrap(ppo_actor.PolicyModelActor)):  # type: ignore[
         self.actor.eval()
         try:
             _, entropy, _ = self.trainer.response_logprobs_and_entropy(
-                sequences[picked].to(device), attention_mask[picked].to(device), mask.shape[1], entropy_grad=False)
+                sequences[picked].to(device), attention_mask[picked].to(device), mask.shape[1], entropy_grad=False
+            )
         finally:
             self.actor.train()
         sums[picked] = (entropy.double() * mask.double()).sum(-1).cpu()
@@ -841,8 +933,9 @@ PATCHES: dict[tuple[Any, str], Any] = {
     (ppo_actor, "PolicyModelActor"): rewrap(SRFTPolicyModelActor, ppo_actor.PolicyModelActor),
     (ppo_trainer, "PPOTrainer"): rewrap(SRFTPPOTrainer, ppo_trainer.PPOTrainer),
     (ppo_trainer_async, "PPOTrainerAsync"): rewrap(SRFTPPOTrainerAsync, ppo_trainer_async.PPOTrainerAsync),
-    (ppo_trainer_async, "GenerateSamplesActor"): rewrap(SRFTGenerateSamplesActor,
-                                                         ppo_trainer_async.GenerateSamplesActor),
+    (ppo_trainer_async, "GenerateSamplesActor"): rewrap(
+        SRFTGenerateSamplesActor, ppo_trainer_async.GenerateSamplesActor
+    ),
     (ppo_trainer_async, "TrainingActor"): rewrap(SRFTTrainingActor, ppo_trainer_async.TrainingActor),
 }
 

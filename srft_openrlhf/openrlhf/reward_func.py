@@ -53,13 +53,14 @@ def response_text(query: str, prompt: str) -> str:
     after the last ``</think>``, which the response writes after anything in the prompt.
     """
     if query.startswith(prompt):
-        return query[len(prompt):]
+        return query[len(prompt) :]
     logger.warning("reward: the decoded query does not start with its prompt; grading the whole text")
     return query
 
 
-def grade_never_raising(responses: list[str], answers: list[str], kind: str, mode: str, timeout_s: float,
-                        num_workers: int) -> BatchRewards:
+def grade_never_raising(
+    responses: list[str], answers: list[str], kind: str, mode: str, timeout_s: float, num_workers: int
+) -> BatchRewards:
     """``batch_rewards`` that does not raise: OpenRLHF's executor swallows an exception from
     ``reward_func`` and leaves the rollout without a reward, which fails much later, far from the
     cause. If the worker pool fails (a worker that does not start, ...), the batch is graded in
@@ -68,13 +69,13 @@ def grade_never_raising(responses: list[str], answers: list[str], kind: str, mod
     try:
         return batch_rewards(responses, answers, kind=kind, mode=mode, timeout_s=timeout_s, num_workers=num_workers)
     except Exception as exc:  # noqa: BLE001 - anything, see the docstring
-        logger.warning("reward: grading in worker processes failed (%s: %s); grading in process",
-                       type(exc).__name__, exc)
+        logger.warning(
+            "reward: grading in worker processes failed (%s: %s); grading in process", type(exc).__name__, exc
+        )
     try:
         return batch_rewards(responses, answers, kind=kind, mode=mode, timeout_s=timeout_s, num_workers=0)
     except Exception as exc:  # noqa: BLE001
-        logger.error("reward: grading failed (%s: %s); %d sample(s) score 0", type(exc).__name__, exc,
-                     len(responses))
+        logger.error("reward: grading failed (%s: %s); %d sample(s) score 0", type(exc).__name__, exc, len(responses))
         error = f"{type(exc).__name__}: {exc}"[:300]
         details = [{"status": "error", "correct": False, "extracted": None, "error": error} for _ in responses]
         return BatchRewards(rewards=[0.0] * len(responses), details=details, timeouts=0, errors=len(responses))
@@ -121,15 +122,20 @@ class CoalescingGrader:
         for responses, _, future in batch:
             end = start + len(responses)
             details = graded.details[start:end]
-            future.set_result(BatchRewards(
-                rewards=graded.rewards[start:end], details=details,
-                timeouts=sum(d["status"] == "timeout" for d in details),
-                errors=sum(d["status"] == "error" for d in details)))
+            future.set_result(
+                BatchRewards(
+                    rewards=graded.rewards[start:end],
+                    details=details,
+                    timeouts=sum(d["status"] == "timeout" for d in details),
+                    errors=sum(d["status"] == "error" for d in details),
+                )
+            )
             start = end
 
 
-def make_reward_func(kind: str = "math", mode: str = "either", timeout_s: float = 5.0,
-                     num_workers: int = 2) -> RewardFunc:
+def make_reward_func(
+    kind: str = "math", mode: str = "either", timeout_s: float = 5.0, num_workers: int = 2
+) -> RewardFunc:
     """``reward_func(queries, prompts, labels)`` returning OpenRLHF's reward dict; never raises.
 
     ``rewards`` and ``scores`` are float tensors [B] of 1.0 / 0.0 (``batch_rewards``, graded in
@@ -137,8 +143,9 @@ def make_reward_func(kind: str = "math", mode: str = "either", timeout_s: float 
     ``CoalescingGrader``); ``extra_logs["reward_timeout"]`` marks samples whose grading timed
     out (OpenRLHF logs it as a per-sample metric).
     """
-    grader = CoalescingGrader(lambda responses, answers: grade_never_raising(
-        responses, answers, kind, mode, timeout_s, num_workers))
+    grader = CoalescingGrader(
+        lambda responses, answers: grade_never_raising(responses, answers, kind, mode, timeout_s, num_workers)
+    )
 
     def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[str]) -> dict:
         responses = [response_text(q, p) for q, p in zip(queries, prompts)]

@@ -41,7 +41,6 @@ from srft_openrlhf.reward.math_grader import (
     time_limit,
 )
 
-
 KINDS = ("math", "choice")
 HARD_TIMEOUT_FACTOR = 1.5
 HARD_TIMEOUT_GRACE_S = 1.0
@@ -66,7 +65,11 @@ def _failed_detail(response: str, status: str, error: str | None = None) -> dict
     except Exception:
         extracted = None
     detail: dict[str, Any] = {
-        "status": status, "correct": False, "extracted": extracted, "math_verify": None, "oat": None,
+        "status": status,
+        "correct": False,
+        "extracted": extracted,
+        "math_verify": None,
+        "oat": None,
     }
     if error is not None:
         detail["error"] = error
@@ -83,8 +86,11 @@ def score_math_sample(response: str, ground_truth: str, mode: str, timeout_s: fl
     except Exception as exc:
         return 0.0, _failed_detail(response, "error", f"{type(exc).__name__}: {exc}"[:300])
     detail = {
-        "status": "ok", "correct": grade.correct, "extracted": grade.extracted,
-        "math_verify": grade.math_verify, "oat": grade.oat,
+        "status": "ok",
+        "correct": grade.correct,
+        "extracted": grade.extracted,
+        "math_verify": grade.math_verify,
+        "oat": grade.oat,
     }
     return (1.0 if grade.correct else 0.0), detail
 

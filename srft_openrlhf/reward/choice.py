@@ -23,9 +23,7 @@ _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textrm)\s*\{([^{}]*)
 _CHOICE = r"(?P<c>[A-J]|10|[1-9])"
 # Box content: the choice alone, or followed by ")" / "." / ":" and the option text.
 # "A + B" (an expression) and "1.5" (a number) are not choices.
-_BOX_CHOICE = re.compile(
-    r"^[\s(\[*]*" + _CHOICE + r"(?:[*\s]*$|\s*[)\]](?:.*)$|\s*[.:](?!\d).*$)", re.S
-)
+_BOX_CHOICE = re.compile(r"^[\s(\[*]*" + _CHOICE + r"(?:[*\s]*$|\s*[)\]](?:.*)$|\s*[.:](?!\d).*$)", re.S)
 # Bounded repetitions: a megabyte of spaces after "answer" must not backtrack quadratically.
 _PHRASE_CHOICE = re.compile(
     r"(?i:\banswer)(?:\s{1,10}is)?[\s:*$({\[]{0,20}(?:(?i:option|choice)\s{1,5})?"

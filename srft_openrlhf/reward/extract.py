@@ -26,9 +26,7 @@ _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])[ \t]*")
 # spaces, `$` and braces.
 _BRACELESS_ARGUMENT = re.compile(r"[^\s${}]+")
 _BRACE = re.compile(r"[{}]")
-_ANSWER_PHRASE = re.compile(
-    r"(?i:\banswer)\s*(?:is|:|=)\s*:?[ \t]*\**[ \t]*(?P<rest>[^\n]*)"
-)
+_ANSWER_PHRASE = re.compile(r"(?i:\banswer)\s*(?:is|:|=)\s*:?[ \t]*\**[ \t]*(?P<rest>[^\n]*)")
 _INLINE_MATH = re.compile(r"^\$+(?P<m>[^$]+)\$+|^\\\((?P<p>.+?)\\\)|^\\\[(?P<b>.+?)\\\]")
 # A fallback answer longer than this is prose, not an answer.
 _MAX_PHRASE_ANSWER_CHARS = 200
@@ -51,7 +49,7 @@ def as_text(value: object) -> str:
 def solution_part(response: str) -> str:
     """The text after the last ``</think>``, or the whole response when there is none."""
     cut = response.rfind(THINK_END)
-    return response if cut < 0 else response[cut + len(THINK_END):]
+    return response if cut < 0 else response[cut + len(THINK_END) :]
 
 
 def _matching_braces(text: str, wanted: set[int]) -> dict[int, int]:
@@ -88,7 +86,7 @@ def boxed_spans(text: str) -> list[tuple[int, int, str]]:
         if m.end() in opening:
             if m.end() in closing:
                 end = closing[m.end()] + 1
-                spans.append((m.start(), end, text[m.end() + 1:end - 1].strip()))
+                spans.append((m.start(), end, text[m.end() + 1 : end - 1].strip()))
             continue
         arg = _BRACELESS_ARGUMENT.match(text, m.end())
         if arg is not None:
@@ -116,11 +114,10 @@ def last_boxed(text: str) -> str | None:
 
 def _answer_phrase(text: str) -> str | None:
     """The X of the last "answer is X" / "Answer: X" (first math span or first sentence)."""
-    last = None
-    for last in _ANSWER_PHRASE.finditer(text):
-        pass
-    if last is None:
+    matches = list(_ANSWER_PHRASE.finditer(text))
+    if not matches:
         return None
+    last = matches[-1]
     rest = last.group("rest").strip()
     math = _INLINE_MATH.match(rest)
     if math is not None:

@@ -30,18 +30,16 @@ import sympy
 
 MAX_ANSWER_CHARS = 1000
 MAX_DIGITS = 10_000
-NUMBER_REL_TOL = 1e-4      # as OAT/Qwen's numeric check; integers are matched exactly
+NUMBER_REL_TOL = 1e-4  # as OAT/Qwen's numeric check; integers are matched exactly
 EXPRESSION_REL_TOL = 1e-9  # at 30 digits, equal expressions agree far beyond this
-EVALUATION_NOISE = 1e-20   # |x| below this counts as 0 when evaluating at sample points
+EVALUATION_NOISE = 1e-20  # |x| below this counts as 0 when evaluating at sample points
 # Irrational-looking values in (0.5, 2): away from the roots and poles answers tend to have.
 _SAMPLE_POINTS = (0.5772156649, 1.3247179572, 1.1560939428)
 
 # ---------------------------------------------------------------- normalisation
 
 _DOLLAR = re.compile(r"\\\$|(?<!\\)\$")
-_TEXT_UNIT_AT_END = re.compile(
-    r"(?<=[\d}])\s*\\(?:text|mbox|mathrm|textrm)\s*\{[A-Za-z~ .]*\}(?:\^\{?\d\}?)?\s*$"
-)
+_TEXT_UNIT_AT_END = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm|textrm)\s*\{[A-Za-z~ .]*\}(?:\^\{?\d\}?)?\s*$")
 _PLAIN_UNIT_AT_END = re.compile(
     r"(?<=[\d}])\s+(?:square\s+|sq\.?\s*|cubic\s+)?"
     r"(?:units?|degrees?|cm|mm|km|meters?|metres?|inches|inch|feet|foot|ft|miles?|"
@@ -63,9 +61,7 @@ _FRAC_GROUP_THEN_CHAR = re.compile(r"(\\frac\{[^{}]*\})(\w)")
 _SQRT_CHAR = re.compile(r"\\sqrt(\w)")
 _LEADING_DOT = re.compile(r"(?<![\w}.])\.(\d)")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_ASSIGNMENT = re.compile(
-    r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[\w\\]+\}?)?(?:\([A-Za-z]\))?(?:=|\\in(?![A-Za-z]))(?!=)"
-)
+_ASSIGNMENT = re.compile(r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[\w\\]+\}?)?(?:\([A-Za-z]\))?(?:=|\\in(?![A-Za-z]))(?!=)")
 _LETTER_IN_PARENS = re.compile(r"^\(([A-Z])\)$")
 
 
@@ -99,15 +95,15 @@ def _strip_outer_braces(s: str) -> str:
     depth = 0
     while depth < len(s) - 1 - depth and s[depth] == "{" and closing.get(depth) == len(s) - 1 - depth:
         depth += 1
-    return s[depth:len(s) - depth]
+    return s[depth : len(s) - depth]
 
 
 def strip_assignment(s: str) -> str:
     """``x=5`` -> ``5``, ``f(x)=2x`` -> ``2x``, ``x\\in[-2,7]`` -> ``[-2,7]`` (spaces removed)."""
     match = _ASSIGNMENT.match(s)
-    if match is None or not s[match.end():]:
+    if match is None or not s[match.end() :]:
         return s
-    return s[match.end():]
+    return s[match.end() :]
 
 
 def normalize(answer: str) -> str:
@@ -235,9 +231,7 @@ def _structured_equal(pred: str, ref: str) -> bool:
         if pred_wrapped is None or (pred_wrapped[0], pred_wrapped[2]) != (ref_wrapped[0], ref_wrapped[2]):
             return False
         pred_items, ref_items = split_top_level(pred_wrapped[1]), split_top_level(ref_wrapped[1])
-        return len(pred_items) == len(ref_items) and all(
-            _structured_equal(p, r) for p, r in zip(pred_items, ref_items)
-        )
+        return len(pred_items) == len(ref_items) and all(_structured_equal(p, r) for p, r in zip(pred_items, ref_items))
     return _element_equal(pred, ref)
 
 
@@ -304,10 +298,20 @@ _GREEK = frozenset(
     "Xi Sigma Upsilon Phi Psi Omega hbar ell".split()
 )
 _FUNCTIONS: dict[str, Callable[[sympy.Expr], sympy.Expr]] = {
-    "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot,
-    "sec": sympy.sec, "csc": sympy.csc, "arcsin": sympy.asin, "arccos": sympy.acos,
-    "arctan": sympy.atan, "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh,
-    "ln": sympy.log, "exp": sympy.exp,
+    "sin": sympy.sin,
+    "cos": sympy.cos,
+    "tan": sympy.tan,
+    "cot": sympy.cot,
+    "sec": sympy.sec,
+    "csc": sympy.csc,
+    "arcsin": sympy.asin,
+    "arccos": sympy.acos,
+    "arctan": sympy.atan,
+    "sinh": sympy.sinh,
+    "cosh": sympy.cosh,
+    "tanh": sympy.tanh,
+    "ln": sympy.log,
+    "exp": sympy.exp,
 }
 _MULTIPLY = frozenset({"*", "\\cdot", "\\times"})
 _DIVIDE = frozenset({"/", "\\div"})
@@ -318,7 +322,7 @@ def _tokenize(text: str) -> list[str]:
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if match is None:
-            raise _Unparsable(text[pos:pos + 10])
+            raise _Unparsable(text[pos : pos + 10])
         if match.lastgroup != "space":
             tokens.append(match.group())
         pos = match.end()

@@ -3,8 +3,9 @@
 
 def _unavailable(name: str):
     def fail(*args, **kwargs):
-        raise NotImplementedError(f"flash_attn.bert_padding.{name}: flash-attn is not available on CPU "
-                                  "(sample packing needs it)")
+        raise NotImplementedError(
+            f"flash_attn.bert_padding.{name}: flash-attn is not available on CPU (sample packing needs it)"
+        )
 
     fail.__name__ = name
     return fail
