@@ -18,6 +18,7 @@ import json
 import os
 import runpy
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,6 +113,20 @@ def test_moved_hook_points_fail_naming_them(patches, monkeypatch):
     assert "openrlhf==0.11.2" in message
     with pytest.raises(patches.HookPointError, match="openrlhf.trainer.gone:X: not found"):
         patches.check_hook_points((HookPoint("openrlhf.trainer.gone:X", "test"),))
+
+
+def test_patches_do_not_import_the_launcher(patches):
+    code = "import sys, srft_openrlhf.openrlhf.patches; print('srft_openrlhf.openrlhf.launcher' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STUB), str(ROOT)])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_every_srft_ray_actor_installs_first(patches):
+    actors = [new for new in patches.PATCHES.values() if hasattr(new, "__ray_metadata__")]
+    assert len(actors) == 5
+    for actor in actors:
+        assert patches.unwrap(actor).__mro__[1] is patches.InstallFirst
 
 
 def test_install_assigns_the_subclasses_and_the_config(patches, monkeypatch):

@@ -1,15 +1,17 @@
 """SRFT's changes to OpenRLHF 0.11.2: subclasses, assigned into OpenRLHF's modules.
 
 Importing this module imports OpenRLHF (and so ray, vllm, deepspeed) and first checks
-``HOOK_POINTS`` against it, so that an OpenRLHF that moved something fails here, naming it.
+``HOOK_POINTS`` against it (``hooks.check_hook_points``), so that an OpenRLHF that moved
+something fails here, naming it. The group layout the samples and advantages follow is
+``layout.layout_of``, the launcher's too (this module does not import the launcher).
 
 How the subclasses reach OpenRLHF's code without a fork. OpenRLHF builds its objects through
 module globals (``SamplesGenerator(...)`` in ``ppo_trainer``, ``ActorPPOTrainer(...)`` in
 ``ppo_actor``, ...), so assigning a subclass to that global is enough, in the process where
 the object is built. Those processes are Ray actors; their classes are replaced the same way
 (``unwrap`` the Ray actor class to the Python class, subclass, ``rewrap`` with the same Ray
-options). Every SRFT Ray actor calls ``install()`` first thing in its ``__init__``, so the
-assignments happen in exactly the processes that build OpenRLHF objects: the driver
+options). Every SRFT Ray actor calls ``install()`` first thing in its ``__init__`` (the
+``InstallFirst`` mixin), so the assignments happen in exactly the processes that build OpenRLHF objects: the driver
 (``install_driver``), the trainer, the generator and the policy actors. (A job-wide
 ``worker_process_setup_hook`` would also run in the vLLM engine processes, and this module
 imports DeepSpeed, which OpenRLHF keeps out of them.) The SRFT classes below are module-level
@@ -22,15 +24,11 @@ The SRFT config reaches every actor as ``args.srft`` (``install_driver`` wraps O
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.metadata
-import inspect
 import json
 import math
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from types import CodeType
 from typing import Any
 
 import openrlhf.utils
@@ -49,89 +47,12 @@ from openrlhf.utils.loss_utils import _get_dp_group
 from srft_openrlhf.algorithm import LossConfig, StepTotals, batch_advantages, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig
 from srft_openrlhf.data import encode_example
-from srft_openrlhf.errors import UserError
 from srft_openrlhf.kernels import token_logprobs_and_entropy
-from srft_openrlhf.openrlhf import HOOK_POINTS, OPENRLHF_VERSION, GroupLayout, HookPoint, run_files
-from srft_openrlhf.openrlhf.launcher import layout_of
+from srft_openrlhf.openrlhf import run_files
+from srft_openrlhf.openrlhf.hooks import HookPointError as HookPointError  # re-exported, as before the split
+from srft_openrlhf.openrlhf.hooks import check_hook_points, rewrap, unwrap
+from srft_openrlhf.openrlhf.layout import check_groups, layout_of
 from srft_openrlhf.openrlhf.reward_func import decode_label, make_reward_func
-
-# ----------------------------------------------------------------------------- hook points
-
-
-class HookPointError(UserError):
-    """The installed OpenRLHF lacks (or changed) something the SRFT patches rely on."""
-
-
-def unwrap(obj: Any) -> Any:
-    """The Python class behind a Ray actor class (``@ray.remote class X``); anything else as is."""
-    meta = getattr(obj, "__ray_metadata__", None)
-    return meta.modified_class.__ray_actor_class__ if meta is not None else obj
-
-
-def rewrap(cls: type, like: Any) -> Any:
-    """``cls`` as a Ray actor class with the options of the Ray actor class ``like``."""
-    options = dict(like._default_options)
-    return ray.remote(**options)(cls) if options else ray.remote(cls)
-
-
-def _resolve(target: str) -> Any:
-    module_name, _, qualname = target.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(unwrap(obj), part)
-    return unwrap(obj)
-
-
-def _code_names(code: CodeType) -> set[str]:
-    """Names and string constants a code object (and the functions nested in it) uses."""
-    names = set(code.co_names) | {c for c in code.co_consts if isinstance(c, str)}
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            names |= _code_names(const)
-    return names
-
-
-def _problems(hook: HookPoint) -> list[str]:
-    try:
-        obj = _resolve(hook.target)
-    except (ImportError, AttributeError) as e:
-        return [f"not found ({type(e).__name__}: {e})"]
-    problems = []
-    if hook.params is not None:
-        try:
-            names = [p for p in inspect.signature(obj).parameters if p != "self"]
-        except (TypeError, ValueError):
-            names = None
-        if names is None or names[: len(hook.params)] != list(hook.params):
-            problems.append(
-                f"signature is ({', '.join(names or ['?'])}), expected it to start with ({', '.join(hook.params)})"
-            )
-    if hook.reads:
-        code = getattr(inspect.unwrap(obj), "__code__", None)  # through decorators such as torch.no_grad
-        used = _code_names(code) if code is not None else set()
-        missing = [name for name in hook.reads if name not in used]
-        if missing:
-            problems.append(f"no longer reads {', '.join(missing)}")
-    if hook.fields:
-        have = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
-        missing = [name for name in hook.fields if name not in have]
-        if missing:
-            problems.append(f"has no field(s) {', '.join(missing)}")
-    return problems
-
-
-def check_hook_points(hooks: tuple[HookPoint, ...] = HOOK_POINTS) -> None:
-    """Raise ``HookPointError`` listing every hook point the installed OpenRLHF moved."""
-    lines = [f"  - {hook.target}: {problem} (SRFT: {hook.srft})" for hook in hooks for problem in _problems(hook)]
-    if lines:
-        installed = importlib.metadata.version("openrlhf")
-        raise HookPointError(
-            f"openrlhf {installed} does not have what the SRFT patches rely on (written for "
-            f"openrlhf=={OPENRLHF_VERSION}):\n" + "\n".join(lines) + "\nInstall openrlhf=="
-            f"{OPENRLHF_VERSION} (requirements-gpu.txt), or port srft_openrlhf/openrlhf/patches.py "
-            "and HOOK_POINTS to this version."
-        )
-
 
 check_hook_points()  # before subclassing, so a moved hook reads as a HookPointError, not an AttributeError
 
@@ -479,18 +400,6 @@ def srft_old_log_probs(samples: Experience, is_demo: torch.Tensor) -> torch.Tens
     return old.masked_fill(is_demo.reshape(-1, 1).to(old.device), 0.0)
 
 
-def check_groups(group_ids: torch.Tensor, is_demo: torch.Tensor, layout: GroupLayout) -> None:
-    """Every group has ``layout.rollouts`` rollouts and ``layout.demos`` demos, or fail loudly."""
-    rollouts = torch.bincount(group_ids, weights=(~is_demo).double())
-    demos = torch.bincount(group_ids, weights=is_demo.double())
-    present = (rollouts + demos) > 0
-    if not (torch.all(rollouts[present] == layout.rollouts) and torch.all(demos[present] == layout.demos)):
-        raise RuntimeError(
-            f"SRFT: the step's samples are not groups of {layout.rollouts} rollouts + "
-            f"{layout.demos} demos (OpenRLHF changed how it orders or indexes samples?)"
-        )
-
-
 def group_reward_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """Per sample, the (unbiased) std of its group's rewards: 0 marks groups with no signal."""
     count = torch.bincount(group_ids).double()
@@ -827,12 +736,18 @@ def append_metrics(path: Path, step: int, logs: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
-class SRFTPolicyModelActor(unwrap(ppo_actor.PolicyModelActor)):  # type: ignore[misc]
+class InstallFirst:
+    """Ray actor mixin: ``install()`` in the actor's process before OpenRLHF's ``__init__`` runs
+    (first in the bases of each SRFT Ray actor class below, so its ``__init__`` comes first)."""
+
     def __init__(self, *args, **kwargs):
         install()
         super().__init__(*args, **kwargs)
 
+
+# The SRFT Ray actor classes (re-wrapped in PATCHES). unwrap: the plain class under OpenRLHF's
+# Ray actor (a dynamic base to mypy).
+class SRFTPolicyModelActor(InstallFirst, unwrap(ppo_actor.PolicyModelActor)):  # type: ignore[misc]
     @torch.no_grad()
     def srft_entropy_sums(
         self, sequences: torch.Tensor, action_mask: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor
@@ -856,33 +771,19 @@ class SRFTPolicyModelActor(unwrap(ppo_actor.PolicyModelActor)):  # type: ignore[
         return sums
 
 
-# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
-class SRFTPPOTrainer(_SRFTTrainerLogs, unwrap(ppo_trainer.PPOTrainer)):  # type: ignore[misc]
-    def __init__(self, *args, **kwargs):
-        install()
-        super().__init__(*args, **kwargs)
+class SRFTPPOTrainer(InstallFirst, _SRFTTrainerLogs, unwrap(ppo_trainer.PPOTrainer)):  # type: ignore[misc]
+    pass
 
 
-# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
-class SRFTPPOTrainerAsync(unwrap(ppo_trainer_async.PPOTrainerAsync)):  # type: ignore[misc]
-    def __init__(self, *args, **kwargs):
-        install()
-        super().__init__(*args, **kwargs)
+class SRFTPPOTrainerAsync(InstallFirst, unwrap(ppo_trainer_async.PPOTrainerAsync)):  # type: ignore[misc]
+    pass
 
 
-# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
-class SRFTGenerateSamplesActor(unwrap(ppo_trainer_async.GenerateSamplesActor)):  # type: ignore[misc]
-    def __init__(self, *args, **kwargs):
-        install()
-        super().__init__(*args, **kwargs)
+class SRFTGenerateSamplesActor(InstallFirst, unwrap(ppo_trainer_async.GenerateSamplesActor)):  # type: ignore[misc]
+    pass
 
 
-# unwrap: the plain class under OpenRLHF's Ray actor (a dynamic base to mypy)
-class SRFTTrainingActor(_SRFTTrainerLogs, unwrap(ppo_trainer_async.TrainingActor)):  # type: ignore[misc]
-    def __init__(self, *args, **kwargs):
-        install()
-        super().__init__(*args, **kwargs)
-
+class SRFTTrainingActor(InstallFirst, _SRFTTrainerLogs, unwrap(ppo_trainer_async.TrainingActor)):  # type: ignore[misc]
     def broadcast_to_vllm(self) -> None:
         """OpenRLHF's ``TrainingActor.broadcast_to_vllm`` (the vLLM lock around the base class's
         broadcast), with the base class named: its zero-argument ``super()`` raised "super(type,
