@@ -22,6 +22,16 @@ import yaml
 from srft_openrlhf.algorithm import LossConfig
 from srft_openrlhf.errors import ConfigError
 
+# Every value check that does not depend on the backend is a section's ``validate()``, run by
+# ``build_config``; each backend adds its own constraints in one function (local:
+# ``local.trainer.check_config``, openrlhf: ``openrlhf.launcher.check_config``).
+
+DTYPES = ("bf16", "fp16", "fp32")
+GENERATORS = ("auto", "vllm", "hf")
+ENGINES = ("torch", "deepspeed")
+ZERO_STAGES = (0, 1, 2, 3)
+SCHEDULES = ("joint", "sft_then_rl", "rl_then_sft")
+
 
 @dataclass
 class ModelConfig:
@@ -29,6 +39,10 @@ class ModelConfig:
     dtype: str = "bf16"  # bf16 | fp16 | fp32 (training and generation)
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
 
 @dataclass
@@ -46,6 +60,11 @@ class DataConfig:
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
 
+    def validate(self) -> None:
+        for key in ("max_prompt_len", "max_response_len"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+
 
 @dataclass
 class RolloutConfig:
@@ -60,6 +79,26 @@ class RolloutConfig:
     reward_mode: str = "either"  # either | math_verify | oat
     reward_timeout_s: float = 5.0
     reward_workers: int = 2
+
+    @staticmethod
+    def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
+        """The sampling values any generation call needs (temperature 0 = greedy is allowed here)."""
+        if n < 1 or max_new_tokens < 1:
+            raise ConfigError(f"rollout: n_samples_per_prompt ({n}) and max_new_tokens ({max_new_tokens}) must be >= 1")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ConfigError(f"rollout: need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+
+    def validate(self) -> None:
+        if self.generator not in GENERATORS:
+            raise ConfigError(f"rollout.generator: {self.generator!r} is not one of {', '.join(GENERATORS)}")
+        self.check_sampling(self.n_samples_per_prompt, self.temperature, self.top_p, self.max_new_tokens)
+        if not self.temperature > 0:
+            raise ConfigError(
+                f"rollout.temperature must be > 0 for training rollouts, got {self.temperature} "
+                "(greedy decoding is rollout.eval_temperature)"
+            )
+        if not self.eval_temperature >= 0:
+            raise ConfigError(f"rollout.eval_temperature must be >= 0 (0 = greedy), got {self.eval_temperature}")
 
 
 @dataclass
@@ -84,6 +123,40 @@ class TrainConfig:
     keep_checkpoints: int = 2
     num_threads: int = 0  # local backend: torch CPU threads (0 = torch's default)
 
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.schedule != "joint" and not 0 < self.switch_step < self.steps:
+            raise ConfigError(
+                f"train.switch_step: train.schedule={self.schedule} needs 0 < switch_step < train.steps "
+                f"({self.steps}), got {self.switch_step}"
+            )
+        for key in ("prompts_per_step", "micro_batch_size", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("steps", "save_every", "eval_every", "max_staleness", "num_threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        # Optimizer values, checked here rather than met as torch's ValueError once the model is built.
+        if not 0 < self.lr < float("inf"):
+            raise ConfigError(f"train.lr must be > 0 and finite, got {self.lr} (the paper uses 1e-6)")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise ConfigError(f"train.weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if not self.grad_clip >= 0:
+            raise ConfigError(f"train.grad_clip must be > 0, or 0 to turn clipping off, got {self.grad_clip}")
+        if not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(
+                f"train.adam_betas must be two numbers in [0, 1), got {list(self.adam_betas)} (e.g. [0.9, 0.999])"
+            )
+        if not 0 <= self.lr_warmup_steps <= self.steps:
+            raise ConfigError(
+                f"train.lr_warmup_steps: {self.lr_warmup_steps} must be between 0 and train.steps ({self.steps})"
+            )
+        if self.engine not in ENGINES:
+            raise ConfigError(f"train.engine: {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.zero_stage not in ZERO_STAGES:
+            raise ConfigError(f"train.zero_stage: {self.zero_stage} is not one of 0, 1, 2, 3")
+
 
 @dataclass
 class LoggingConfig:
@@ -92,6 +165,11 @@ class LoggingConfig:
     wandb_project: str | None = None
     wandb_run_name: str | None = None
     tensorboard: bool = False
+
+    def validate(self) -> None:
+        """Values only; whether wandb / tensorboard are installed is each backend's check."""
+        if self.log_every < 1:
+            raise ConfigError(f"logging.log_every must be >= 1, got {self.log_every}")
 
 
 @dataclass
@@ -113,6 +191,11 @@ class ClusterConfig:
     save_hf_checkpoints: bool = False  # also save Hugging Face weights with every checkpoint
     cpu: bool = False  # no GPU: OpenRLHF through srft_openrlhf/openrlhf/cpu_compat.py (the laptop path)
 
+    def validate(self) -> None:
+        for key in ("nodes", "gpus_per_node", "vllm_num_engines", "vllm_tensor_parallel_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"cluster.{key} must be at least 1, got {getattr(self, key)}")
+
 
 @dataclass
 class SRFTConfig:
@@ -123,6 +206,11 @@ class SRFTConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def validate(self) -> None:
+        """Every backend-independent value check, section by section (ConfigError naming the key)."""
+        for section in (self.model, self.data, self.rollout, self.loss, self.train, self.logging, self.cluster):
+            section.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -260,7 +348,7 @@ def build_config(values: dict[str, Any]) -> SRFTConfig:
             raise ConfigError(f"loss.preset: {e}") from None
     _apply(cfg, values, "")
     _apply(cfg.loss, loss_values, "loss.")
-    cfg.loss.validate()
+    cfg.validate()
     return cfg
 
 

@@ -205,6 +205,27 @@ def test_config_errors_name_the_key(tmp_path, overrides, key):
         check_config(config(tmp_path, *overrides))
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("train.lr=-1", "train.lr must be > 0 and finite, got -1.0"),
+        ("train.lr_warmup_steps=501", "train.lr_warmup_steps: 501 must be between 0 and train.steps (500)"),
+        ("train.weight_decay=-0.1", "train.weight_decay must be >= 0 and finite, got -0.1"),
+        ("train.adam_betas=[0.9,1.0]", "train.adam_betas must be two numbers in [0, 1)"),
+        ("train.grad_clip=-1", "train.grad_clip must be > 0, or 0 to turn clipping off"),
+    ],
+)
+def test_dry_run_rejects_the_values_the_local_backend_rejects(capsys, tmp_path, setting, message):
+    """The same backend-independent checks as `srft train` (local): one line, before anything starts."""
+    run_dir = tmp_path / "run"
+    argv = ["--config", str(ROOT / "configs" / "qwen2.5-math-7b.yaml"), "--output-dir", str(run_dir)]
+    assert cli_main(["train", "--backend", "openrlhf", *argv, "--set", setting, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("srft train: error: "), err
+    assert message in err, err
+    assert not run_dir.exists()
+
+
 # ----------------------------------------------------------------------------- data files
 
 

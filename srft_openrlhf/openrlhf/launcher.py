@@ -33,8 +33,7 @@ import yaml
 
 from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.openrlhf import HOOK_POINTS, OPENRLHF_VERSION, RunFiles, run_files
-from srft_openrlhf.openrlhf.layout import GroupLayout, layout_of
+from srft_openrlhf.openrlhf import HOOK_POINTS, OPENRLHF_VERSION, GroupLayout, RunFiles, group_layout, run_files
 from srft_openrlhf.openrlhf.reward_func import encode_label, reward_func_file_text
 
 CLI_MODULE = "openrlhf.cli.train_ppo_ray"
@@ -107,6 +106,28 @@ class ClusterLayout:
         return self.actor_nodes * self.actor_gpus_per_node
 
 
+def layout_of(cfg: SRFTConfig) -> GroupLayout:
+    """The group layout, or ConfigError naming the loss/rollout key that makes it impossible."""
+    loss = cfg.loss
+    if loss.needs_demos and loss.demos_per_group != 1:
+        raise ConfigError(
+            f"loss.demos_per_group = {loss.demos_per_group}: the training data has one "
+            "demonstration per example, so use 1"
+        )
+    layout = group_layout(cfg.rollout.n_samples_per_prompt, loss.demos_per_group, loss.demo_mode, loss.needs_demos)
+    if layout.rollouts < 1:
+        raise ConfigError(
+            f"rollout.n_samples_per_prompt = {cfg.rollout.n_samples_per_prompt} leaves no rollout "
+            f"once {layout.demos} demo(s) replace rollouts (loss.demo_mode = replace); raise it"
+        )
+    if layout.size < 2:
+        raise ConfigError(
+            "rollout.n_samples_per_prompt = 1 without demonstrations makes groups of one sample, "
+            "whose advantage is always 0; use at least 2"
+        )
+    return layout
+
+
 def cluster_layout(cfg: SRFTConfig) -> ClusterLayout:
     """Split ``cluster.nodes × cluster.gpus_per_node`` GPUs between vLLM and DeepSpeed.
 
@@ -115,10 +136,7 @@ def cluster_layout(cfg: SRFTConfig) -> ClusterLayout:
     and training ``cluster.actor_gpus`` (default: the rest). In async mode OpenRLHF colocates
     only the DeepSpeed models, so vLLM always gets its own GPUs there.
     """
-    c = cfg.cluster
-    for key in ("nodes", "gpus_per_node", "vllm_num_engines", "vllm_tensor_parallel_size"):
-        if getattr(c, key) < 1:
-            raise ConfigError(f"cluster.{key} must be at least 1, got {getattr(c, key)}")
+    c = cfg.cluster  # its counts are >= 1 (ClusterConfig.validate)
     total = c.nodes * c.gpus_per_node
     vllm_gpus = c.vllm_num_engines * c.vllm_tensor_parallel_size
     colocated = c.colocate_all and not cfg.train.async_enable
@@ -151,10 +169,10 @@ def cluster_layout(cfg: SRFTConfig) -> ClusterLayout:
 
 
 def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
-    """Every OpenRLHF-backend constraint on the config, as ConfigErrors naming the key."""
-    cfg.loss.validate()
-    if cfg.train.steps < 1 or cfg.train.prompts_per_step < 1 or cfg.train.micro_batch_size < 1:
-        raise ConfigError("train.steps, train.prompts_per_step and train.micro_batch_size must be at least 1")
+    """Every OpenRLHF-backend constraint on the config, as ConfigErrors naming the key. The
+    backend-independent value checks ran when the config was built (``SRFTConfig.validate``)."""
+    if cfg.train.steps < 1:
+        raise ConfigError(f"train.steps must be at least 1 for the openrlhf backend, got {cfg.train.steps}")
     if cfg.train.schedule != "joint":
         raise ConfigError(
             f"train.schedule = {cfg.train.schedule}: the openrlhf backend runs one phase per job; "
