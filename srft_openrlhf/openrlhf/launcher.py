@@ -33,7 +33,8 @@ import yaml
 
 from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.openrlhf import HOOK_POINTS, OPENRLHF_VERSION, GroupLayout, RunFiles, group_layout, run_files
+from srft_openrlhf.openrlhf import HOOK_POINTS, OPENRLHF_VERSION, RunFiles, run_files
+from srft_openrlhf.openrlhf.layout import GroupLayout, layout_of
 from srft_openrlhf.openrlhf.reward_func import encode_label, reward_func_file_text
 
 CLI_MODULE = "openrlhf.cli.train_ppo_ray"
@@ -104,28 +105,6 @@ class ClusterLayout:
     @property
     def actor_gpus(self) -> int:
         return self.actor_nodes * self.actor_gpus_per_node
-
-
-def layout_of(cfg: SRFTConfig) -> GroupLayout:
-    """The group layout, or ConfigError naming the loss/rollout key that makes it impossible."""
-    loss = cfg.loss
-    if loss.needs_demos and loss.demos_per_group != 1:
-        raise ConfigError(
-            f"loss.demos_per_group = {loss.demos_per_group}: the training data has one "
-            "demonstration per example, so use 1"
-        )
-    layout = group_layout(cfg.rollout.n_samples_per_prompt, loss.demos_per_group, loss.demo_mode, loss.needs_demos)
-    if layout.rollouts < 1:
-        raise ConfigError(
-            f"rollout.n_samples_per_prompt = {cfg.rollout.n_samples_per_prompt} leaves no rollout "
-            f"once {layout.demos} demo(s) replace rollouts (loss.demo_mode = replace); raise it"
-        )
-    if layout.size < 2:
-        raise ConfigError(
-            "rollout.n_samples_per_prompt = 1 without demonstrations makes groups of one sample, "
-            "whose advantage is always 0; use at least 2"
-        )
-    return layout
 
 
 def cluster_layout(cfg: SRFTConfig) -> ClusterLayout:
