@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "toy_openrlhf_cpu.yaml"
 SMALL = [
     "train.steps=3",
+    "train.lr_warmup_steps=1",  # the config's 5 would exceed the run (a config error)
     "train.prompts_per_step=8",
     "train.micro_batch_size=5",
     "train.save_every=2",
