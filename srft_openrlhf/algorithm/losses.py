@@ -123,7 +123,7 @@ def self_rollout_token_loss(log_probs: Tensor, positive: Tensor, w_rl: Tensor) -
     return torch.where(positive, -w_rl * log_probs, log_probs)
 
 
-def importance_weight(log_probs: Tensor, old_log_probs: Tensor, cap: float | None) -> Tensor:
+def importance_weight(log_probs: Tensor, old_log_probs: Tensor, cap: float | None) -> tuple[Tensor, Tensor]:
     """Off-policy correction of Eq. 12: the truncated importance weight sg(min(πθ/π_old, cap)).
 
     Eq. 12 is an expectation over the current policy's rollouts. On rollouts of an older
@@ -134,10 +134,13 @@ def importance_weight(log_probs: Tensor, old_log_probs: Tensor, cap: float | Non
     πθ/π_old turns the expectation back into one over πθ; truncation at ``cap`` bounds the
     variance. The weight is 1 on-policy, so the synchronous loss and gradient are Eq. 12's.
     ``cap`` None: weight 1 everywhere (Eq. 12 as written, whatever the staleness).
+
+    Returns the weight and the tokens whose ratio exceeded ``cap`` (truncated).
     """
     if cap is None:
-        return torch.ones_like(log_probs)
-    return torch.exp(log_probs.detach() - old_log_probs.detach()).clamp(max=cap)
+        return torch.ones_like(log_probs), torch.zeros_like(log_probs, dtype=torch.bool)
+    ratio = torch.exp(log_probs.detach() - old_log_probs.detach())
+    return ratio.clamp(max=cap), ratio > cap
 
 
 def grpo_token_loss(
@@ -300,12 +303,9 @@ def paper_rollout_term(
     Two means, one per expectation of Eq. 12 (positive and negative rollouts), not one mean
     over all rollout tokens.
     """
-    weight = importance_weight(x.logp_rl, x.old, config.rollout_is_cap)
+    weight, capped = importance_weight(x.logp_rl, x.old, config.rollout_is_cap)
     per_token = weight * self_rollout_token_loss(x.logp_rl, sets.pos, w_rl)
-    capped = torch.zeros_like(sets.response)
-    if config.rollout_is_cap is not None:
-        capped = sets.rollout & (torch.exp(x.logp_rl.detach() - x.old) > config.rollout_is_cap)
-    return agg(per_token, sets.pos, "pos") + agg(per_token, sets.neg, "neg"), capped
+    return agg(per_token, sets.pos, "pos") + agg(per_token, sets.neg, "neg"), capped & sets.rollout
 
 
 def grpo_rollout_term(
