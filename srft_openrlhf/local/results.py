@@ -80,10 +80,14 @@ def sweep_runs(method_dir: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def best_lr(method_dir: Path) -> str:
+def best_of(runs: dict[str, dict[str, Any]]) -> str:
     """The lr (as its folder spells it) with the highest held-out accuracy; ties: the smaller."""
-    runs = sweep_runs(method_dir)
     return max(runs, key=lambda lr: (runs[lr]["accuracy_after"], -float(lr)))
+
+
+def best_lr(method_dir: Path) -> str:
+    """The best lr of the finished ``method_dir/lr-LR`` runs (``best_of``)."""
+    return best_of(sweep_runs(method_dir))
 
 
 def collect(root: Path) -> dict[str, Any]:
@@ -191,7 +195,7 @@ def sweep_markdown(sweep: dict[str, dict[str, dict]]) -> str:
     ]
     names = dict(m for _, methods in PARADIGMS for m in methods) | dict(ABLATIONS)
     for method, runs in sweep.items():
-        best = max(runs, key=lambda lr: (runs[lr]["accuracy_after"], -float(lr)))
+        best = best_of(runs)
         cells = []
         for lr in lrs:
             if lr not in runs:
