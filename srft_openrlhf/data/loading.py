@@ -21,9 +21,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from srft_openrlhf.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from srft_openrlhf.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -348,3 +351,32 @@ def load_examples(
         detail = f" ({skipped} invalid rows skipped; first: {first_problem})" if skipped else ""
         raise DataError(f"{source}: no valid rows{detail}")
     return LoadedExamples(examples=examples, skipped=skipped)
+
+
+def config_examples(
+    source: str,
+    data: DataConfig,
+    *,
+    heldout: bool = False,
+    demo_key: str | None = None,
+    require_demo: bool = False,
+) -> list[Example]:
+    """The examples of ``source`` as both backends read ``data.train`` / ``data.eval``: "toy" is
+    the toy task's training split (its held-out split with ``heldout``), anything else goes
+    through ``load_examples`` with the ``data.*`` keys; capped at ``data.max_train_rows``
+    (``data.max_eval_rows`` with ``heldout``)."""
+    from srft_openrlhf.data import toy
+
+    limit = data.max_eval_rows if heldout else data.max_train_rows
+    if source == toy.SOURCE:
+        return toy.examples("heldout" if heldout else "train")[:limit]
+    return load_examples(
+        source,
+        split=data.split,
+        prompt_key=data.prompt_key,
+        answer_key=data.answer_key,
+        demo_key=demo_key,
+        require_demo=require_demo,
+        skip_invalid_rows=data.skip_invalid_rows,
+        limit=limit,
+    ).examples

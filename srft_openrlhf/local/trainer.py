@@ -135,7 +135,8 @@ def load_tokenizer(cfg: SRFTConfig):
 def load_data(cfg: SRFTConfig) -> RunData:
     """Load, render and tokenise the training (and eval) set: every data error surfaces here,
     before a model is built. Demonstrations are required when some phase trains on them."""
-    from srft_openrlhf.data import load_examples, toy
+    from srft_openrlhf.data import toy
+    from srft_openrlhf.data.loading import config_examples
 
     d = cfg.data
     tokenizer = load_tokenizer(cfg)
@@ -145,38 +146,15 @@ def load_data(cfg: SRFTConfig) -> RunData:
             f"loss preset {cfg.loss.preset!r} (schedule {cfg.train.schedule}) trains on "
             "demonstrations but data.demo_key is null; set data.demo_key"
         )
-    if d.train == TOY:
-        train = toy.examples("train")[: d.max_train_rows]
-    else:
-        train = load_examples(
-            d.train,
-            split=d.split,
-            prompt_key=d.prompt_key,
-            answer_key=d.answer_key,
-            demo_key=d.demo_key,
-            require_demo=needs_demos,
-            skip_invalid_rows=d.skip_invalid_rows,
-            limit=d.max_train_rows,
-        ).examples
+    train = config_examples(d.train, d, demo_key=d.demo_key, require_demo=needs_demos)
     eval_source = d.eval or (TOY if d.train == TOY else None)
-    evaluation: list[Example] = []
+    evaluation: list[Example] = config_examples(eval_source, d, heldout=True) if eval_source else []
     groups: list[str] | None = None
     if eval_source == TOY:
-        evaluation = toy.examples("heldout")[: d.max_eval_rows]
         groups = []
         for ex in evaluation:
             assert isinstance(ex.prompt, str)  # toy.examples builds every prompt as a question string
             groups.append(toy.problem_group(ex.prompt))
-    elif eval_source:
-        evaluation = load_examples(
-            eval_source,
-            split=d.split,
-            prompt_key=d.prompt_key,
-            answer_key=d.answer_key,
-            demo_key=None,
-            skip_invalid_rows=d.skip_invalid_rows,
-            limit=d.max_eval_rows,
-        ).examples
     encode = dict(
         tokenizer=tokenizer, template=d.template, max_prompt_len=d.max_prompt_len, max_response_len=d.max_response_len
     )

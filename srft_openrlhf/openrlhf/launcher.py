@@ -492,25 +492,13 @@ def _write_jsonl(path: Path, rows) -> None:
 
 def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
     """train.jsonl (steps × prompts_per_step prompts), demos.jsonl and eval.jsonl, as OpenRLHF reads them."""
-    from srft_openrlhf.data import load_examples
+    from srft_openrlhf.data.loading import config_examples
     from srft_openrlhf.local.rollout import PromptSampler
 
     d, layout = cfg.data, layout_of(cfg)
-    if d.train == TOY:
-        from srft_openrlhf.data import toy
-
-        train_examples = toy.examples("train")[: d.max_train_rows]
-    else:
-        train_examples = load_examples(
-            d.train,
-            split=d.split,
-            prompt_key=d.prompt_key,
-            answer_key=d.answer_key,
-            demo_key=d.demo_key if layout.demos else None,
-            require_demo=bool(layout.demos),
-            skip_invalid_rows=d.skip_invalid_rows,
-            limit=d.max_train_rows,
-        ).examples
+    train_examples = config_examples(
+        d.train, d, demo_key=d.demo_key if layout.demos else None, require_demo=bool(layout.demos)
+    )
     kept = _rendered(train_examples, tokenizer, cfg)
     if layout.demos:
         _write_jsonl(files.demos, ({"demonstrations": [ex.demonstration]} for ex, _ in kept))
@@ -533,24 +521,11 @@ TOY = "toy"  # model.path / data.train / data.eval: the toy task (srft_openrlhf.
 
 
 def eval_examples(cfg: SRFTConfig) -> list:
-    from srft_openrlhf.data import load_examples
+    from srft_openrlhf.data.loading import config_examples
 
-    d = cfg.data
-    if d.eval == TOY:
-        from srft_openrlhf.data import toy
-
-        return toy.examples("heldout")[: d.max_eval_rows]
-    if not d.eval:
+    if not cfg.data.eval:
         raise ConfigError("data.eval is not set: there are no held-out examples to read")
-    return load_examples(
-        d.eval,
-        split=d.split,
-        prompt_key=d.prompt_key,
-        answer_key=d.answer_key,
-        demo_key=None,
-        skip_invalid_rows=d.skip_invalid_rows,
-        limit=d.max_eval_rows,
-    ).examples
+    return config_examples(cfg.data.eval, cfg.data, heldout=True)
 
 
 def resolve_model(cfg: SRFTConfig) -> SRFTConfig:
