@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import subprocess_env
 
 from srft_openrlhf.data import toy
 
@@ -43,8 +43,7 @@ def test_base_model_starts_in_the_band(toy_cache):
 
 def test_asynchronous_training_at_a_large_lr_does_not_collapse(toy_cache, tmp_path):
     run_dir = tmp_path / "async"
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
-    env.update(SRFT_CACHE=str(toy_cache), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = {**subprocess_env(), "SRFT_CACHE": str(toy_cache)}
     cmd = [
         sys.executable,
         "-m",
