@@ -46,6 +46,20 @@ class Completion:
     finish_reason: str  # "stop" | "length"
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How one ``generate`` call samples: ``n`` completions a prompt, at most ``max_new_tokens`` each.
+
+    ``seed`` None draws from the generator's own stream; an int makes the call reproducible.
+    """
+
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int | None = None
+
+
 class Generator:
     """Samples completions and receives new policy weights."""
 
@@ -62,6 +76,12 @@ class Generator:
         seed: int | None = None,
     ) -> list[list[Completion]]:
         """``n`` completions for every prompt, as ``[prompt][sample]``."""
+        # direct callers get the rollout section's own sampling check
+        RolloutConfig.check_sampling(n, temperature, top_p, max_new_tokens)
+        return self.sample_groups(prompt_ids, Sampling(n, temperature, top_p, max_new_tokens, seed))
+
+    def sample_groups(self, prompt_ids: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        """The engine's side of :meth:`generate`, with checked settings."""
         raise NotImplementedError
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -70,11 +90,6 @@ class Generator:
 
     def close(self) -> None:
         """Release the engine (processes, memory)."""
-
-
-def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
-    """For direct callers of ``generate``: the ``rollout`` section's own sampling check."""
-    RolloutConfig.check_sampling(n, temperature, top_p, max_new_tokens)
 
 
 def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -163,27 +178,16 @@ class HFGenerator(Generator):
         """A generator over the training module itself (no second copy of the weights)."""
         return cls(model, tokenizer, shared=True, seed=seed)
 
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        n: int,
-        *,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
-        check_sampling(n, temperature, top_p, max_new_tokens)
-        rng = self.rng if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+    def sample_groups(self, prompt_ids: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        rng = self.rng if sampling.seed is None else torch.Generator(device=self.device).manual_seed(sampling.seed)
+        n = sampling.n
         rows = [p for p in prompt_ids for _ in range(n)]
         flat: list[Completion] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(rows), self.max_batch_size):
-                tokens, logprobs = self.sample(
-                    rows[start : start + self.max_batch_size], temperature, top_p, max_new_tokens, rng
-                )
+                tokens, logprobs = self.sample(rows[start : start + self.max_batch_size], sampling, rng)
                 flat.extend(self.completion(t, lp) for t, lp in zip(tokens, logprobs))
         finally:
             self.model.train(was_training)
@@ -195,14 +199,10 @@ class HFGenerator(Generator):
 
     @torch.no_grad()
     def sample(
-        self,
-        rows: list[list[int]],
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        rng: torch.Generator,
+        self, rows: list[list[int]], sampling: Sampling, rng: torch.Generator
     ) -> tuple[list[list[int]], list[list[float]]]:
         """Generate up to ``max_new_tokens`` for each row; rows stop together once all hit EOS."""
+        temperature, top_p, max_new_tokens = sampling.temperature, sampling.top_p, sampling.max_new_tokens
         input_ids, mask = left_pad(rows, self.pad_id, self.device)
         positions = position_ids(mask)
         out = self.model(
@@ -339,28 +339,18 @@ class VLLMGenerator(Generator):
             worker_extension_cls=f"{__name__}.VLLMWeightLoader",
         )
 
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        n: int,
-        *,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
+    def sample_groups(self, prompt_ids: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        check_sampling(n, temperature, top_p, max_new_tokens)
         params = [
             SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_new_tokens,
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
                 logprobs=0,
-                seed=None if seed is None else request_seed(seed, i),
+                seed=None if sampling.seed is None else request_seed(sampling.seed, i),
             )
             for i in range(len(prompt_ids))
         ]
