@@ -669,7 +669,7 @@ def test_both_backends_give_the_same_loss_and_gradient(
     replay buffer, 8 micro-batches of 2 under DeepSpeed-style accumulation): same loss and gradient."""
     from openrlhf.trainer.ppo_utils.experience import make_experience_batch
 
-    from srft_openrlhf.local.engine import TorchEngine
+    from srft_openrlhf.local.engine import Optimization, TorchEngine
     from srft_openrlhf.local.rollout import TrainBatch
     from srft_openrlhf.local.trainer import optimize
 
@@ -696,7 +696,9 @@ def test_both_backends_give_the_same_loss_and_gradient(
         is_demo=patches.demo_flags(whole),
     )
     assert (batch.advantages != 0).any()
-    engine = TorchEngine(local_model, lr=0.1, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=0.0, warmup_steps=0)
+    engine = TorchEngine(
+        local_model, Optimization(lr=0.1, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=0.0, warmup_steps=0)
+    )
     grads = {}
     monkeypatch.setattr(
         engine,

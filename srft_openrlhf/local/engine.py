@@ -24,6 +24,7 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,13 +130,36 @@ def warmup_constant(warmup_steps: int):
     return factor
 
 
+@dataclass(frozen=True)
+class Optimization:
+    """AdamW at ``lr`` after a linear warm-up, gradients clipped to norm ``grad_clip`` (0: off)."""
+
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    grad_clip: float
+    warmup_steps: int
+
+    def build(self, model: torch.nn.Module) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+        """The optimizer over ``model``'s trainable parameters and its LR schedule."""
+        params = adamw_param_groups(model, self.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=adam_betas(self.betas))
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(self.warmup_steps))
+
+
 class TrainEngine:
     """The HF causal LM being trained, with its optimizer and LR schedule."""
 
     model: PreTrainedModel  # the HF causal LM (unwrapped)
     device: torch.device
+    fused_head: bool  # log-probs from the hidden states and the LM head weight (see causal_token_logprobs)
+    autocast_dtype: torch.dtype | None = None
     # saved next to the weights so that a checkpoint is a loadable model folder
     tokenizer: PreTrainedTokenizerBase | None = None
+
+    def forward_module(self) -> torch.nn.Module:
+        """What ``causal_token_logprobs`` calls: the HF model, or a wrapper that owns its forward."""
+        return self.model
 
     def token_logprobs(
         self,
@@ -146,7 +170,15 @@ class TrainEngine:
         entropy_grad: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """log πθ(input_ids[:, 1:]) and entropy per position, [B, L−1] (see ``causal_token_logprobs``)."""
-        raise NotImplementedError
+        return causal_token_logprobs(
+            self.forward_module(),
+            input_ids,
+            attention_mask,
+            temperature=temperature,
+            entropy_grad=entropy_grad,
+            fused_head=self.fused_head,
+            autocast_dtype=self.autocast_dtype,
+        )
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate gradients of ``loss`` (already scaled for accumulation by the caller)."""
@@ -182,34 +214,14 @@ class TorchEngine(TrainEngine):
     """Plain torch: AdamW on fp32 parameters, optional bf16 autocast."""
 
     def __init__(
-        self,
-        model: PreTrainedModel,
-        *,
-        lr: float,
-        weight_decay: float,
-        betas: tuple[float, float],
-        grad_clip: float,
-        warmup_steps: int,
-        autocast_dtype: torch.dtype | None = None,
+        self, model: PreTrainedModel, optimization: Optimization, *, autocast_dtype: torch.dtype | None = None
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
-        self.grad_clip = grad_clip
+        self.grad_clip = optimization.grad_clip
         self.autocast_dtype = autocast_dtype
         self.fused_head = fused_head_supported(model)
-        self.optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr, betas=adam_betas(betas))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_constant(warmup_steps))
-
-    def token_logprobs(self, input_ids, attention_mask, *, temperature=1.0, entropy_grad=False):
-        return causal_token_logprobs(
-            self.model,
-            input_ids,
-            attention_mask,
-            temperature=temperature,
-            entropy_grad=entropy_grad,
-            fused_head=self.fused_head,
-            autocast_dtype=self.autocast_dtype,
-        )
+        self.optimizer, self.scheduler = optimization.build(model)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -307,43 +319,26 @@ class DeepSpeedEngine(TrainEngine):
     """DeepSpeed ZeRO 0–3 in a single-process world, with a torch AdamW client optimizer."""
 
     def __init__(
-        self,
-        model: PreTrainedModel,
-        *,
-        zero_stage: int,
-        dtype: str,
-        lr: float,
-        weight_decay: float,
-        betas: tuple[float, float],
-        grad_clip: float,
-        warmup_steps: int,
-        device: torch.device,
+        self, model: PreTrainedModel, optimization: Optimization, *, zero_stage: int, dtype: str, device: torch.device
     ) -> None:
         import deepspeed
 
         init_single_process_group(device)
-        optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr, betas=adam_betas(betas))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(warmup_steps))
+        optimizer, scheduler = optimization.build(model)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
             lr_scheduler=scheduler,
-            config=deepspeed_config(zero_stage, dtype, grad_clip),
+            config=deepspeed_config(zero_stage, dtype, optimization.grad_clip),
         )
         self.model = self.ds.module
         self.device = device
         self.zero_stage = zero_stage
         self.fused_head = zero_stage < 3 and fused_head_supported(self.model)
 
-    def token_logprobs(self, input_ids, attention_mask, *, temperature=1.0, entropy_grad=False):
-        return causal_token_logprobs(
-            self.model if self.fused_head else self.ds,
-            input_ids,
-            attention_mask,
-            temperature=temperature,
-            entropy_grad=entropy_grad,
-            fused_head=self.fused_head,
-        )
+    def forward_module(self) -> torch.nn.Module:
+        # the logits path must go through DeepSpeed's forward (ZeRO-3 gathers parameters there)
+        return self.model if self.fused_head else self.ds
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss, scale_wrt_gas=False)
@@ -454,28 +449,12 @@ def make_engine(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
+    optimization = Optimization(lr, weight_decay, adam_betas(betas), grad_clip, warmup_steps)
     if engine == "torch":
-        result: TrainEngine = TorchEngine(
-            model,
-            autocast_dtype=None if dtype == "fp32" else DTYPES[dtype],
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            grad_clip=grad_clip,
-            warmup_steps=warmup_steps,
-        )
+        autocast_dtype = None if dtype == "fp32" else DTYPES[dtype]
+        result: TrainEngine = TorchEngine(model, optimization, autocast_dtype=autocast_dtype)
     else:
-        result = DeepSpeedEngine(
-            model,
-            zero_stage=zero_stage,
-            dtype=dtype,
-            device=torch_device,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            grad_clip=grad_clip,
-            warmup_steps=warmup_steps,
-        )
+        result = DeepSpeedEngine(model, optimization, zero_stage=zero_stage, dtype=dtype, device=torch_device)
     result.tokenizer = AutoTokenizer.from_pretrained(model_path)
     return result
 
