@@ -65,22 +65,16 @@ def parser() -> argparse.ArgumentParser:
         prog="srft analyze", description="The SRFT paper's analyses for your own models and runs."
     )
     sub = p.add_subparsers(dest="command", required=True)
-    ts = sub.add_parser(
-        "token-shift",
-        help="token probability change vs the base model (Fig. 2 / A1)",
-        description=token_shift.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    token_shift.add_arguments(ts)
-    add_common(ts)
-    tr = sub.add_parser(
-        "trajectory",
-        help="checkpoints as points by their distances to references (Fig. 3 / App. E)",
-        description=trajectory.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    trajectory.add_arguments(tr)
-    add_common(tr)
+    commands = {
+        "token-shift": (token_shift, "token probability change vs the base model (Fig. 2 / A1)"),
+        "trajectory": (trajectory, "checkpoints as points by their distances to references (Fig. 3 / App. E)"),
+    }
+    for name, (module, summary) in commands.items():
+        command = sub.add_parser(
+            name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_arguments(command)
+        add_common(command)
     return p
 
 

@@ -351,6 +351,48 @@ def fill_task_defaults(args: Any) -> bool:
     return toy_task
 
 
+def command_prompts(args: Any, first: ModelRef, toy_task: bool, **toy: Any) -> list[Prompt]:
+    """``load_prompts`` of the command line's ``--data``, rendered with the tokenizer of the first
+    model (the toy's on the toy task); ``toy``: ``toy_split`` / ``toy_balanced``."""
+    tokenizer = toy_tokenizer() if toy_task else load_tokenizer(first)
+    return load_prompts(
+        args.data,
+        template=args.template,
+        tokenizer=tokenizer,
+        limit=args.limit,
+        prompt_key=args.prompt_key,
+        answer_key=args.answer_key,
+        demo_key=args.demo_key,
+        **toy,
+    )
+
+
+def generation_options(args: Any, cache: Path) -> dict[str, Any]:
+    """``scoring.generate_responses``' keyword arguments from the command line (both analyses)."""
+    return {
+        "cache_dir": cache,
+        "temperature": args.temperature,
+        "max_new_tokens": args.max_new_tokens,
+        "samples": getattr(args, "samples", 1),  # token-shift scores one response a prompt
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+
+
+def scoring_options(args: Any, tokenizer: Any, cache: Path) -> dict[str, Any]:
+    """``scoring.score_responses``' keyword arguments from the command line and the shared tokenizer."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {
+        "pad_id": pad_id,
+        "cache_dir": cache,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_batch_tokens": args.max_batch_tokens,
+    }
+
+
 # ----------------------------------------------------------------------------- tokenizers
 
 

@@ -133,10 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     if isinstance(source, sources.ModelRef) and source not in named.values():
         everyone.append(source)
     tokenizer, prompts, responses = prepare(args, source, everyone, toy_task, cache)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    score = dict(
-        pad_id=pad_id, cache_dir=cache, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens
-    )
+    score = sources.scoring_options(args, tokenizer, cache)
     base_lp = scoring.score_responses(base, responses, **score)
     benchmarks = [r.benchmark for r in responses]
     report: dict = {
@@ -175,33 +172,13 @@ def prepare(args, source, everyone: list[sources.ModelRef], toy_task: bool, cach
         if not toy_task:
             sources.shared_tokenizer(everyone, probes + [tokenizer.decode(r.token_ids) for r in responses[:16]], False)
         return tokenizer, prompts, responses
-    first = sources.toy_tokenizer() if toy_task else sources.load_tokenizer(everyone[0])
-    prompts = sources.load_prompts(
-        args.data,
-        template=args.template,
-        tokenizer=first,
-        limit=args.limit,
-        prompt_key=args.prompt_key,
-        answer_key=args.answer_key,
-        demo_key=args.demo_key,
-    )
+    prompts = sources.command_prompts(args, everyone[0], toy_task)
     texts = sources.reference_texts(source, prompts) if isinstance(source, str) else []
     tokenizer = sources.shared_tokenizer(everyone, [p.text for p in prompts[:16]] + texts[:16], toy_task)
     if isinstance(source, str):
         responses = scoring.text_responses(tokenizer, prompts, texts)
     else:
-        responses = scoring.generate_responses(
-            source,
-            tokenizer,
-            prompts,
-            cache_dir=cache,
-            temperature=args.temperature,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=args.device,
-            dtype=args.dtype,
-        )
+        responses = scoring.generate_responses(source, tokenizer, prompts, **sources.generation_options(args, cache))
     return tokenizer, prompts, responses
 
 

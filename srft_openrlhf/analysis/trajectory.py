@@ -210,43 +210,18 @@ def run(args: argparse.Namespace) -> dict:
     points = [p for pts in runs.values() for p in pts] + [Point(m.name, 0, m, None) for m in singles]
     ref_models = [r.model for r in refs if r.model is not None]
     everyone = list({m.path: m for m in ref_models + [p.model for p in points]}.values())
-    first = sources.toy_tokenizer() if toy_task else sources.load_tokenizer(everyone[0])
-    prompts = sources.load_prompts(
-        args.data,
-        template=args.template,
-        tokenizer=first,
-        limit=args.limit,
-        toy_split="train",
-        toy_balanced=toy_task,
-        prompt_key=args.prompt_key,
-        answer_key=args.answer_key,
-        demo_key=args.demo_key,
-    )
+    prompts = sources.command_prompts(args, everyone[0], toy_task, toy_split="train", toy_balanced=toy_task)
     texts = {r.name: sources.reference_texts(r.source, prompts) for r in refs if r.model is None}
     probes = [p.text for p in prompts[:16]] + [t for ts in texts.values() for t in ts[:8]]
     tokenizer = sources.shared_tokenizer(everyone, probes, toy_task)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    score = dict(
-        pad_id=pad_id, cache_dir=cache, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens
-    )
+    score = sources.scoring_options(args, tokenizer, cache)
 
     for r in refs:  # reference responses, made once and cached
         if r.model is None:
             r.responses = scoring.text_responses(tokenizer, prompts, texts[r.name])
         else:
-            r.responses = scoring.generate_responses(
-                r.model,
-                tokenizer,
-                prompts,
-                cache_dir=cache,
-                temperature=args.temperature,
-                max_new_tokens=args.max_new_tokens,
-                samples=args.samples,
-                seed=args.seed,
-                batch_size=args.batch_size,
-                device=args.device,
-                dtype=args.dtype,
-            )
+            options = sources.generation_options(args, cache)
+            r.responses = scoring.generate_responses(r.model, tokenizer, prompts, **options)
             r.own_logprobs = scoring.score_responses(r.model, r.responses, **score)
         r.groups = response_groups(prompts, r.responses)
 
