@@ -312,27 +312,17 @@ class SRFTExperienceMaker(RemoteExperienceMaker):
         flags = [demo_flags(s) for s in samples_list]
         rows = [(f & need_demo) | (~f & need_rollout) for f in flags]
         colocated = args.train.colocate_all or args.train.colocate_actor_ref
+        batch = {
+            "sequences": [s.sequences for s in samples_list],
+            "action_mask": [s.action_mask for s in samples_list],
+            "attention_mask": [s.attention_mask for s in samples_list],
+        }
         entropy_ref = None
         if any(bool(r.any()) for r in rows):
-            entropy_ref = self._dispatch(
-                self.actor_model_group,
-                "srft_entropy_sums",
-                colocated,
-                sequences=[s.sequences for s in samples_list],
-                action_mask=[s.action_mask for s in samples_list],
-                attention_mask=[s.attention_mask for s in samples_list],
-                rows=rows,
-            )
+            entropy_ref = self._dispatch(self.actor_model_group, "srft_entropy_sums", colocated, **batch, rows=rows)
         base_ref = None
         if self.initial_model_group is not None:
-            base_ref = self._dispatch(
-                self.initial_model_group,
-                "forward",
-                colocated,
-                sequences=[s.sequences for s in samples_list],
-                action_mask=[s.action_mask for s in samples_list],
-                attention_mask=[s.attention_mask for s in samples_list],
-            )
+            base_ref = self._dispatch(self.initial_model_group, "forward", colocated, **batch)
         duplicate = args.ds.ring_attn_size * args.ds.tensor_parallel_size
         entropy_sums = self._flatten_results(entropy_ref, duplicate) if entropy_ref else [None] * len(samples_list)
         base = self._flatten_results(base_ref, duplicate) if base_ref else [None] * len(samples_list)
