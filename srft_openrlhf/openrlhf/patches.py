@@ -831,12 +831,6 @@ PATCHES: dict[tuple[Any, str], Any] = {
 }
 
 
-def patch_points() -> Iterator[str]:
-    """``module.attribute -> replacement`` lines, for --dry-run and logs."""
-    for (module, name), new in PATCHES.items():
-        yield f"{module.__name__}.{name} -> {__name__}.{unwrap(new).__name__}"
-
-
 def install() -> None:
     """Assign the SRFT classes into OpenRLHF's modules (idempotent)."""
     for (module, name), new in PATCHES.items():
