@@ -145,6 +145,24 @@ def offline_runs(run_dir: Path, run_id: str) -> list[Path]:
     return sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
 
 
+def test_a_run_that_fails_is_a_failed_wandb_run(tmp_path, tiny_model_dir, offline_wandb, monkeypatch):
+    from srft_openrlhf.local import trainer
+
+    def fail(self):
+        raise RuntimeError("out of memory in step 1")
+
+    monkeypatch.setattr(trainer.Trainer, "fit", fail)
+    config = tiny_run_config(tmp_path, tiny_model_dir, logging={"wandb_project": PROJECT})
+    with pytest.raises(RuntimeError, match="out of memory"):
+        srft_train("--config", config)
+    wandb.teardown()
+    run = tmp_path / "run"
+    run_id = (run / "wandb_id").read_text().strip()
+    [folder] = offline_runs(run, run_id)
+    records = wandb_records(folder / f"run-{run_id}.wandb")
+    assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [1]
+
+
 def test_offline_wandb_run_mirrors_metrics_and_resume_continues_it(tmp_path, tiny_model_dir, offline_wandb):
     config = tiny_run_config(tmp_path, tiny_model_dir, logging={"wandb_project": PROJECT})
     run = tmp_path / "run"

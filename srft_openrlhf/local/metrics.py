@@ -140,10 +140,11 @@ class MetricsLogger:
         """A console line that does not break the progress bar."""
         self.bar.write(text)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """``failed``: the run stopped on an error (or was interrupted); wandb marks it failed."""
         self.bar.close()
         self.file.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=1 if failed else 0)
         if self.tensorboard is not None:
             self.tensorboard.close()

@@ -210,10 +210,12 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     trainer = Trainer(cfg, data, run_dir, resume=resume, started=started)
+    failed = True
     try:
         summary = trainer.fit()
+        failed = False
     finally:
-        trainer.close()
+        trainer.close(failed)
     print_summary(summary)
     return 0
 
@@ -501,9 +503,9 @@ class Trainer:
         (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
         return summary
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.rollouts.close()
-        self.logger.close()
+        self.logger.close(failed)
         if self.generator is not None:
             self.generator.close()
 
