@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -141,8 +142,11 @@ def train(*args) -> None:
 
 
 def offline_runs(run_dir: Path, run_id: str) -> list[Path]:
-    """The offline run folders of ``run_id``, oldest first (their names start with a timestamp)."""
-    return sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    """The offline run folders of ``run_id``, oldest first: ``offline-run-<time>-<id>``, and
+    wandb appends ``-1``, ``-2``, ... when a session starts within the same second as another."""
+    name = re.compile(rf"offline-run-(\d{{8}}_\d{{6}})-{run_id}(?:-(\d+))?")
+    found = [(m[1], int(m[2] or 0), p) for p in (run_dir / "wandb").iterdir() if (m := name.fullmatch(p.name))]
+    return [p for _, _, p in sorted(found)]
 
 
 def test_a_run_that_fails_is_a_failed_wandb_run(tmp_path, tiny_model_dir, offline_wandb, monkeypatch):
