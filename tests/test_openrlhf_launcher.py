@@ -7,9 +7,11 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from helpers import subprocess_env
 
 from srft_openrlhf.cli import main as cli_main
 from srft_openrlhf.config import load_config
@@ -496,3 +498,50 @@ def test_baseline_script_runs_sft_then_rl_as_two_jobs(tmp_path, fake_srft):
     assert "cluster.colocate_all=true" in sft and "cluster.vllm_num_engines=8" in sft
     assert "--algo grpo" in rl and f"model.path={out}/sft/model" in rl and "train.steps=150" in rl
     assert "prepare-model" not in log.read_text()  # LLaMA needs no preparation
+
+
+RAY_JOB_DRIVER = """
+import json, os, sys
+import ray
+from srft_openrlhf.config import load_config
+from srft_openrlhf.openrlhf.launcher import init_ray
+
+init_ray(load_config(sys.argv[1], sys.argv[2:]))
+
+@ray.remote
+def probe():
+    import only_in_working_dir  # shipped by the job's working_dir, installed nowhere
+
+    return {"module": only_in_working_dir.VALUE, "job_var": os.environ.get("SRFT_TEST_JOB_VAR")}
+
+print("PROBE " + json.dumps(ray.get(probe.remote())))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu", [False, True], ids=["gpu-cluster-env", "cpu-layer-env"])
+def test_a_ray_jobs_working_dir_reaches_the_workers(tmp_path, cpu):
+    """``ray job submit --working-dir D --runtime-env-json ...``: the driver runs with the job's
+    runtime env in RAY_JOB_CONFIG_JSON_ENV_VAR (what Ray's job supervisor sets); the launcher's
+    own runtime env must not discard the job's working_dir or its environment variables."""
+    working_dir = tmp_path / "job"
+    working_dir.mkdir()
+    (working_dir / "only_in_working_dir.py").write_text("VALUE = 42\n")
+    driver = tmp_path / "driver.py"
+    driver.write_text(RAY_JOB_DRIVER)
+    job = {"runtime_env": {"working_dir": str(working_dir), "env_vars": {"SRFT_TEST_JOB_VAR": "from-the-job"}}}
+    env = {k: v for k, v in subprocess_env().items() if k not in ("RAY_ADDRESS", "RAY_OVERRIDE_JOB_RUNTIME_ENV")}
+    env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps(job)
+    overrides = [f"cluster.cpu={str(cpu).lower()}", "cluster.ray_address=null"]
+    out = subprocess.run(
+        [sys.executable, str(driver), str(ROOT / "configs/toy_openrlhf_cpu.yaml"), *overrides],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    [probe] = [json.loads(line.removeprefix("PROBE ")) for line in out.stdout.splitlines() if line.startswith("PROBE ")]
+    assert probe == {"module": 42, "job_var": "from-the-job"}

@@ -567,6 +567,33 @@ def ray_runtime_env() -> dict:
     return {"env_vars": env}
 
 
+def init_ray(cfg: SRFTConfig) -> None:
+    """Connect to (or start) Ray with the workers' environment.
+
+    Under ``ray job submit`` Ray merges the job's runtime env with this one key by key: the
+    job's ``working_dir``, ``py_modules``, ``pip`` stay, and of the environment variables both
+    set, ours win (read from that same environment, so they are the job's values) instead of
+    failing on the duplicate keys.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
+    if not cfg.cluster.cpu:
+        ray.init(address=cfg.cluster.ray_address, runtime_env=ray_runtime_env())
+        return
+    from srft_openrlhf.openrlhf import cpu_compat
+
+    cluster = cluster_layout(cfg)
+    resources: dict[str, Any] = (
+        {} if cfg.cluster.ray_address else {"num_gpus": cluster.actor_gpus, "num_cpus": cluster.actor_gpus + 4}
+    )  # logical, not cores
+    ray.init(
+        address=cfg.cluster.ray_address,
+        runtime_env=cpu_compat.ray_runtime_env(ray_runtime_env()["env_vars"]),
+        **resources,
+    )
+
+
 def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     """Train with OpenRLHF (see the module docstring); returns the exit code."""
     cfg = absolute_output_dir(cfg)
@@ -611,21 +638,7 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
 
     import ray
 
-    # Under `ray job submit` the job's runtime env holds the same variables; let ours (read
-    # from that same environment) win instead of failing on the duplicate keys.
-    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
-    if cfg.cluster.cpu:
-        cluster = cluster_layout(cfg)
-        resources: dict[str, Any] = (
-            {} if cfg.cluster.ray_address else {"num_gpus": cluster.actor_gpus, "num_cpus": cluster.actor_gpus + 4}
-        )  # logical, not cores
-        ray.init(
-            address=cfg.cluster.ray_address,
-            runtime_env=cpu_compat.ray_runtime_env(ray_runtime_env()["env_vars"]),
-            **resources,
-        )
-    else:
-        ray.init(address=cfg.cluster.ray_address, runtime_env=ray_runtime_env())
+    init_ray(cfg)
     argv = sys.argv
     sys.argv = [CLI_MODULE, *args]
     sys.modules.pop(CLI_MODULE, None)  # imported as a module by the hook check; runpy runs it afresh
