@@ -132,7 +132,7 @@ def collect_rollouts(
     t1 = time.perf_counter()
     texts = [c.text for group in completions for c in group]
     answers = [p.answer for p, group in zip(prompts, completions) for _ in group]
-    demo_prompts = [p for p in prompts if loss.needs_demos]
+    demo_prompts = prompts if loss.needs_demos else []
     graded = grade(texts + [p.demo_text for p in demo_prompts], answers + [p.answer for p in demo_prompts], cfg)
     rewards = iter(graded.rewards)
     rollouts = [

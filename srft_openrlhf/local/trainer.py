@@ -43,7 +43,10 @@ from srft_openrlhf.algorithm import LossConfig, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.data.encode import check_round_trip, demo_continuation
 from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.local.async_rollout import AsyncRollouts, SyncRollouts
 from srft_openrlhf.local.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
+from srft_openrlhf.local.engine import make_engine, make_reference
+from srft_openrlhf.local.generation import HFGenerator, make_generator, vllm_available
 from srft_openrlhf.local.metrics import MetricsLogger, check_logging
 from srft_openrlhf.local.rollout import (
     PromptItem,
@@ -60,8 +63,6 @@ from srft_openrlhf.local.rollout import (
 
 if TYPE_CHECKING:
     from srft_openrlhf.data import Example
-    from srft_openrlhf.local.async_rollout import AsyncRollouts, SyncRollouts
-    from srft_openrlhf.local.generation import HFGenerator
 
 TOY = "toy"
 SUMMARY_FILE = "summary.json"
@@ -236,11 +237,9 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 class Trainer:
     def __init__(self, cfg: SRFTConfig, data: RunData, run_dir: Path, *, resume: bool, started: float) -> None:
-        from srft_openrlhf.local.engine import make_engine, make_reference
-
         self.cfg, self.data, self.run_dir, self.started = cfg, data, run_dir, started
         t = cfg.train
-        self.async_enabled = t.async_enable and any(loss.needs_rollouts for loss in phase_losses(cfg))
+        self.async_enabled = t.async_enable and self.needs_generation()
         self.model_path = self.resolve_model()
         self.engine = make_engine(
             self.model_path,
@@ -281,8 +280,6 @@ class Trainer:
         self.generator = self.make_generator() if (data.eval or self.needs_generation()) else None
         self.eval_generator: HFGenerator | None = None
         if self.async_enabled:
-            from srft_openrlhf.local.async_rollout import AsyncRollouts
-
             assert self.generator is not None  # async_enabled implies needs_generation()
             self.rollouts: AsyncRollouts | SyncRollouts
             self.rollouts = AsyncRollouts(
@@ -294,8 +291,6 @@ class Trainer:
                 pending=pending,
             )
         else:
-            from srft_openrlhf.local.async_rollout import SyncRollouts
-
             self.rollouts = SyncRollouts(self.generator, self.produce)
         # the generator starts from the model folder; after a resume it needs the restored weights
         if self.generator is not None and self.start_step > 0:
@@ -314,8 +309,6 @@ class Trainer:
         return any(loss.needs_rollouts for loss in phase_losses(self.cfg))
 
     def generator_kind(self) -> str:
-        from srft_openrlhf.local.generation import vllm_available
-
         kind = self.cfg.rollout.generator
         return ("vllm" if vllm_available() else "hf") if kind == "auto" else kind
 
@@ -325,8 +318,6 @@ class Trainer:
     def make_generator(self):
         """Synchronous HF generation shares the training module (no copy, no weight sync);
         vLLM, and any generator of the asynchronous thread, holds its own weights."""
-        from srft_openrlhf.local.generation import HFGenerator, make_generator
-
         kind = self.generator_kind()
         if kind == "hf" and not self.async_enabled and not self.zero3():
             return HFGenerator.from_module(self.engine.model, self.data.tokenizer, seed=self.cfg.train.seed)
@@ -460,8 +451,6 @@ class Trainer:
         if not self.async_enabled:
             return self.generator
         if self.eval_generator is None:
-            from srft_openrlhf.local.generation import HFGenerator
-
             self.eval_generator = HFGenerator.from_module(
                 self.engine.model, self.data.tokenizer, seed=self.cfg.train.seed
             )
