@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from srft_openrlhf.algorithm import PRESETS, LossConfig, StepTotals, srft_loss, step_totals
+from srft_openrlhf.algorithm import METRIC_TOKENS, PRESETS, LossConfig, StepTotals, srft_loss, step_totals
 
 B, T = 10, 6
 IS_DEMO = [False, False, False, False, True, False, False, False, False, True]  # two groups of 4 + 1 demo
@@ -78,6 +78,26 @@ def test_summed_micro_batches_equal_the_whole_step(preset, overrides, split):
     torch.testing.assert_close(leaves["log_probs"].grad, whole["log_probs"].grad, rtol=1e-12, atol=1e-14)
     if cfg.entropy_bonus > 0:  # the only path from the entropy to the loss
         torch.testing.assert_close(leaves["entropy"].grad, whole["entropy"].grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("split", range(len(SPLITS)))
+@pytest.mark.parametrize("preset,overrides", CONFIGS, ids=[f"{p}-{'-'.join(o) or 'preset'}" for p, o in CONFIGS])
+def test_token_weighted_micro_batch_metrics_are_the_step_metrics(preset, overrides, split):
+    """Every mean metric of srft_loss is named in METRIC_TOKENS with the token set it averages,
+    and the micro-batches' values weighted by those counts give the whole step's value."""
+    cfg = dataclasses.replace(LossConfig.from_preset(preset), **overrides)
+    step = random_step(split)
+    _, whole = loss_of(step, cfg)
+    means = {k for k in whole if not k.startswith(("loss", "n_"))}
+    assert means == set(METRIC_TOKENS)
+    totals = step_totals(step["mask"], step["rewards"], step["is_demo"], step["entropy"])
+    parts = [loss_of(part(step, rows), cfg, totals)[1] for rows in SPLITS[split]]
+    for m in [whole, *parts]:
+        m["n_rollout_tokens"] = m["n_tokens"] - m["n_demo_tokens"]
+    for key, count in METRIC_TOKENS.items():
+        weight = sum(m[count] for m in parts)
+        combined = sum(m[key] * m[count] for m in parts) / max(weight, 1)
+        assert combined == pytest.approx(whole[key], rel=1e-12, abs=1e-14), key
 
 
 def test_without_totals_the_averaged_micro_batches_differ():

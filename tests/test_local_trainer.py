@@ -162,11 +162,12 @@ def _reference_loss(model, batch, rows, loss_cfg, totals=None) -> float:
     return float(loss)
 
 
+@pytest.mark.parametrize("weights", ["fixed", "batch_entropy"])
 @pytest.mark.parametrize("micro_batch_size", [6, 4, 1])  # the batch has 6 sequences
-def test_optimize_loss_matches_independent_computation(tiny_model_dir, micro_batch_size):
+def test_optimize_loss_matches_independent_computation(tiny_model_dir, micro_batch_size, weights):
     """The step's loss is srft_loss of the whole batch in one piece, however it is cut into
-    micro-batches (the step's denominators), with log-probs aligned to the right tokens.
-    The entropy weights are fixed here: batch-scope weights stay per micro-batch."""
+    micro-batches (the step's denominators and, for the paper's batch-scope w_SFT / w_RL, the
+    step's mean entropies), with log-probs aligned to the right tokens."""
     from srft_openrlhf.local.engine import make_engine
     from srft_openrlhf.local.trainer import optimize
 
@@ -185,11 +186,20 @@ def test_optimize_loss_matches_independent_computation(tiny_model_dir, micro_bat
         gradient_checkpointing=False,
         device="cpu",
     )
-    loss_cfg = LossConfig(w_sft_fixed=0.5, w_rl_fixed=0.1)
+    # A peaked LM head: a random tiny model's entropies are all about log V, so the micro-batch
+    # and step mean entropies would agree to 1e-4 and per-micro-batch weights would go unnoticed.
+    with torch.no_grad():
+        engine.model.get_output_embeddings().weight.mul_(30.0)
+    loss_cfg = LossConfig(w_sft_fixed=0.5, w_rl_fixed=0.1) if weights == "fixed" else LossConfig.from_preset("srft")
+    assert loss_cfg.entropy_scope == "batch"
     batch = build_train_batch(_items(), _rollout_batch(), loss_cfg)
     expected = _reference_loss(engine.model, batch, list(range(len(batch))), loss_cfg)
+    whole = optimize(engine, batch, loss_cfg, micro_batch_size=len(batch), pad_id=0, temperature=1.0)
     metrics = optimize(engine, batch, loss_cfg, micro_batch_size=micro_batch_size, pad_id=0, temperature=1.0)
-    assert metrics["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # the step's metrics, however the step is cut: token-set means weighted by the set's tokens
+    for key in ("w_sft", "w_rl", "entropy", "entropy_demo", "entropy_rollout", "ratio_mean", "kl", "n_pos_tokens"):
+        assert metrics[key] == pytest.approx(whole[key], rel=1e-5), key
     assert metrics["n_tokens"] == sum(len(s) - p for s, p in zip(batch.sequences, batch.prompt_lens))
 
 

@@ -7,10 +7,11 @@ Both backends call these functions; they know nothing about OpenRLHF, Ray, vLLM 
 from srft_openrlhf.algorithm.advantages import batch_advantages, group_advantages
 from srft_openrlhf.algorithm.config import PRESETS, LossConfig
 from srft_openrlhf.algorithm.groups import AugmentedGroups, Response, augment_groups
-from srft_openrlhf.algorithm.losses import srft_loss
-from srft_openrlhf.algorithm.totals import StepTotals, step_totals
+from srft_openrlhf.algorithm.losses import METRIC_TOKENS, srft_loss
+from srft_openrlhf.algorithm.totals import StepTotals, entropy_needed, step_totals
 
 __all__ = [
+    "METRIC_TOKENS",
     "PRESETS",
     "AugmentedGroups",
     "LossConfig",
@@ -18,6 +19,7 @@ __all__ = [
     "StepTotals",
     "augment_groups",
     "batch_advantages",
+    "entropy_needed",
     "group_advantages",
     "srft_loss",
     "step_totals",

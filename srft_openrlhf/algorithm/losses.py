@@ -341,6 +341,21 @@ def entropy_bonus_term(x: MaskedInputs, sets: TokenSets, config: LossConfig, agg
     return x.logp.new_zeros(())
 
 
+# The token count each mean of ``loss_metrics`` is taken over (``n_rollout_tokens`` =
+# ``n_tokens`` − ``n_demo_tokens``): a step's value from its micro-batches' is their mean
+# weighted by these counts.
+METRIC_TOKENS = {
+    "w_sft": "n_demo_tokens",
+    "entropy_demo": "n_demo_tokens",
+    "w_rl": "n_rollout_tokens",
+    "entropy_rollout": "n_rollout_tokens",
+    "clip_frac": "n_rollout_tokens",
+    "entropy": "n_tokens",
+    "kl": "n_tokens",
+    "low_entropy_drop_frac": "n_tokens",
+}
+
+
 def loss_metrics(
     terms: dict[str, Tensor],
     x: MaskedInputs,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from srft_openrlhf.algorithm.config import LossConfig
 from srft_openrlhf.algorithm.token_sets import token_sets
 
 _COUNTS = ("sequences", "demo_tokens", "pos_tokens", "neg_tokens", "demo_seqs", "pos_seqs", "neg_seqs")
@@ -31,9 +32,9 @@ class StepTotals:
     Token sets as in ``srft_loss`` (``token_sets``): demo = response tokens of demonstrations; positive /
     negative = response tokens of self-rollouts with reward > 0.5 / ≤ 0.5. ``*_seqs`` count
     the sequences having at least one token in the set (the divisor of
-    ``seq_mean_token_mean``). ``demo_entropy_sum`` / ``rollout_entropy_sum`` are None when the
-    backend cannot know the step's entropies before its first backward: the batch-scope
-    weights of Eq. 8 / Eq. 12 then use each micro-batch's own mean entropy.
+    ``seq_mean_token_mean``). ``demo_entropy_sum`` / ``rollout_entropy_sum`` are None when not
+    computed (``entropy_needed`` says when the loss needs them): the batch-scope weights of
+    Eq. 8 / Eq. 12 then use each micro-batch's own mean entropy.
     """
 
     sequences: int  # B: every sequence of the step, also those without response tokens
@@ -84,6 +85,13 @@ class StepTotals:
             mine, theirs = getattr(self, name), getattr(other, name)
             values[name] = None if mine is None or theirs is None else mine + theirs
         return dataclasses.replace(self, **values)
+
+
+def entropy_needed(loss: LossConfig) -> tuple[bool, bool]:
+    """(demo rows, rollout rows): whose step-mean entropy the batch-scope weights w_SFT (Eq. 8) and
+    w_RL (Eq. 12) need; the sequence and token scopes and fixed weights need none."""
+    batch = loss.entropy_scope == "batch"
+    return (batch and loss.sft_demo and loss.w_sft_fixed is None, batch and loss.rl_rollout and loss.w_rl_fixed is None)
 
 
 def step_totals(mask: Tensor, rewards: Tensor, is_demo: Tensor, entropy: Tensor | None = None) -> StepTotals:

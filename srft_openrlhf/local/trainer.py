@@ -13,10 +13,11 @@ One training step (paper Sec. 4, Eq. 13)::
 Micro-batches: the step's batch is cut into ``train.micro_batch_size`` sequences and the
 gradients of the micro-batch losses are summed before one optimizer step. Every micro-batch
 divides by the step's token and sequence counts (``StepTotals``), so the summed loss is the
-loss of the whole step in one batch; only the batch-scope entropy weights w_SFT, w_RL
-(Eq. 8, 12) use each micro-batch's own entropy (the step's is unknown before the first
-backward). With one micro-batch per step (the toy configs) everything is exactly the
-paper's batch quantity. Advantages are always computed over whole groups first.
+loss of the whole step in one batch. The batch-scope entropy weights w_SFT, w_RL (Eq. 8, 12)
+use the step's mean entropies: a step of several micro-batches first runs one
+gradient-free forward over them (``micro_batch_entropy``); with one micro-batch per step
+(the toy configs) the loss's own forward gives them. Advantages are always computed over
+whole groups first.
 
 Schedules (paper Table 1): ``joint`` trains with ``loss`` (a preset) at every step;
 ``sft_then_rl`` runs the ``sft`` preset for ``train.switch_step`` steps, then ``grpo``;
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from srft_openrlhf.algorithm import LossConfig, srft_loss, step_totals
+from srft_openrlhf.algorithm import METRIC_TOKENS, LossConfig, entropy_needed, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.data.encode import check_round_trip, demo_continuation
 from srft_openrlhf.errors import ConfigError
@@ -49,6 +50,7 @@ from srft_openrlhf.local.engine import make_engine, make_reference
 from srft_openrlhf.local.generation import HFGenerator, make_generator, vllm_available
 from srft_openrlhf.local.metrics import MetricsLogger, check_logging
 from srft_openrlhf.local.rollout import (
+    MicroBatch,
     PromptItem,
     PromptSampler,
     RolloutBatch,
@@ -499,6 +501,10 @@ class Trainer:
             self.generator.close()
 
 
+# The token count each per-micro-batch mean of ``srft_loss`` and ``ratio_stats`` is taken over.
+MEAN_OVER = {**METRIC_TOKENS, "ratio_mean": "n_rollout_tokens", "log_ratio_abs_mean": "n_rollout_tokens"}
+
+
 def optimize(
     engine,
     batch: TrainBatch,
@@ -510,11 +516,20 @@ def optimize(
     reference=None,
 ) -> dict[str, float]:
     """One optimizer step on ``batch``: srft_loss per micro-batch with the step's
-    denominators, gradients summed. Returns the metrics of the step."""
+    denominators and, for batch-scope entropy weights, the step's mean entropies (one
+    gradient-free forward first when the step has several micro-batches), gradients summed.
+    Returns the metrics of the step."""
     chunks = list(batch.micro_batches(micro_batch_size, pad_id, engine.device))
-    parts = [step_totals(mb.mask, mb.rewards, mb.is_demo) for mb in chunks]
+    step_entropy = len(chunks) > 1 and any(entropy_needed(loss_cfg))
+    parts = [
+        step_totals(
+            mb.mask, mb.rewards, mb.is_demo, micro_batch_entropy(engine, mb, temperature) if step_entropy else None
+        )
+        for mb in chunks
+    ]
     step = sum(parts[1:], parts[0])
     totals: dict[str, float] = defaultdict(float)
+    weighted: dict[str, float] = defaultdict(float)  # Σ (micro-batch mean × its token count)
     for mb in chunks:
         log_probs, entropy = engine.token_logprobs(
             mb.input_ids, mb.attention_mask, temperature=temperature, entropy_grad=loss_cfg.entropy_bonus > 0
@@ -534,17 +549,28 @@ def optimize(
         )
         engine.backward(loss)
         metrics.update(ratio_stats(log_probs.detach(), mb.old_log_probs, mb.mask & ~mb.is_demo[:, None]))
+        metrics["n_rollout_tokens"] = metrics["n_tokens"] - metrics["n_demo_tokens"]
         for key, value in metrics.items():
-            # token counts and loss shares add up over micro-batches, maxima are maxima,
-            # the rest are means
+            # token counts and loss shares add up over micro-batches, maxima are maxima, a
+            # mean over a token set is weighted by the set's tokens in each micro-batch
             if key.startswith(("n_", "loss")):
                 totals[key] += value
             elif key.endswith("_max"):
                 totals[key] = max(totals.get(key, value), value)
             else:
-                totals[key] += value / len(chunks)
+                weighted[key] += value * metrics[MEAN_OVER[key]]
+    for key, value in weighted.items():
+        totals[key] = value / max(totals[MEAN_OVER[key]], 1)
+    del totals["n_rollout_tokens"]
     totals.update(engine.step())
     return dict(totals)
+
+
+@torch.no_grad()
+def micro_batch_entropy(engine, mb: MicroBatch, temperature: float) -> torch.Tensor:
+    """H(πθ) at every position of ``mb`` with the weights of the step, before its updates."""
+    _, entropy = engine.token_logprobs(mb.input_ids, mb.attention_mask, temperature=temperature)
+    return entropy
 
 
 def ratio_stats(log_probs: torch.Tensor, old_log_probs: torch.Tensor, rollout_tokens: torch.Tensor) -> dict[str, float]:

@@ -44,7 +44,7 @@ from openrlhf.trainer.ray import ppo_actor
 from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
 from openrlhf.utils.loss_utils import _get_dp_group
 
-from srft_openrlhf.algorithm import LossConfig, StepTotals, batch_advantages, srft_loss, step_totals
+from srft_openrlhf.algorithm import METRIC_TOKENS, StepTotals, batch_advantages, entropy_needed, srft_loss, step_totals
 from srft_openrlhf.config import SRFTConfig
 from srft_openrlhf.data import encode_example
 from srft_openrlhf.kernels import token_logprobs_and_entropy
@@ -286,13 +286,6 @@ ENTROPY_SUM = "srft_entropy_sum"  # info key: Σ H over a sample's response toke
 _NOT_LOGGED = ("is_demo", ENTROPY_SUM)  # info keys that are bookkeeping, not per-sample metrics
 
 
-def entropy_needed(loss: LossConfig) -> tuple[bool, bool]:
-    """(demo rows, rollout rows): whose step-mean entropy the batch-scope weights w_SFT (Eq. 8) and
-    w_RL (Eq. 12) need; the sequence and token scopes and fixed weights need none."""
-    batch = loss.entropy_scope == "batch"
-    return (batch and loss.sft_demo and loss.w_sft_fixed is None, batch and loss.rl_rollout and loss.w_rl_fixed is None)
-
-
 class SRFTExperienceMaker(RemoteExperienceMaker):
     """OpenRLHF's experience maker with SRFT's old log-probs and Eq. 7 over the augmented group.
 
@@ -468,21 +461,9 @@ def _with_totals(window: list[Experience], dp_group, dp_size: int) -> Iterator[t
 
 # srft_loss metric -> the token count it is a mean over (None: one value per micro-batch; for the
 # loss terms that is the micro-batch's share times gas · dp_size, whose mean is the step's loss).
-_METRIC_WEIGHTS = {
-    "loss": None,
-    "loss_sft_demo": None,
-    "loss_rl_demo": None,
-    "loss_rl_rollout": None,
-    "loss_kl": None,
-    "loss_entropy_bonus": None,
-    "w_sft": "n_demo_tokens",
-    "entropy_demo": "n_demo_tokens",
-    "w_rl": "n_rollout_tokens",
-    "entropy_rollout": "n_rollout_tokens",
-    "clip_frac": "n_rollout_tokens",
-    "entropy": "n_tokens",
-    "kl": "n_tokens",
-    "low_entropy_drop_frac": "n_tokens",
+_METRIC_WEIGHTS: dict[str, str | None] = {
+    **dict.fromkeys(("loss", "loss_sft_demo", "loss_rl_demo", "loss_rl_rollout", "loss_kl", "loss_entropy_bonus")),
+    **METRIC_TOKENS,
 }
 
 
