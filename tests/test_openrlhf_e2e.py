@@ -99,3 +99,20 @@ def test_toy_openrlhf_cpu_sync_resume_and_async(tmp_path):
     # one batch in the queue: step k trains on rollouts of the weights after k - 2 or k - 1 steps
     assert all(max(k - 2, 0) <= v <= k - 1 for k, v in enumerate(versions, start=1)), versions
     assert versions == sorted(versions) and versions[-1] >= 1
+
+
+def test_toy_openrlhf_cpu_reference_model_kl(tmp_path):
+    """``loss.kl_coef > 0``: OpenRLHF's reference model (the base) scores every step's samples and
+    SRFT's KL term compares the policy with it. With one warm-up step OpenRLHF's first optimizer
+    step runs at lr 0 (docs/cluster.md), so the policy is still the base at step 2 and has moved by
+    step 3."""
+    out = tmp_path / "kl"
+    settings = SMALL + ["train.async_enable=false", "train.save_every=0", "loss.kl_coef=0.05"]
+    srft_train(out, "--config", str(CONFIG), "--output-dir", str(out), *[a for s in settings for a in ("--set", s)])
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    check_steps(rows)
+    kl = [r["srft/kl"] for r in rows]
+    assert abs(kl[0]) < 1e-6 and abs(kl[1]) < 1e-6, kl  # the reference forward is the policy's, to fp32
+    assert kl[2] > 1e-5, kl
+    assert rows[2]["srft/loss_kl"] == pytest.approx(0.05 * kl[2], rel=1e-2)  # the loss term is kl_coef x KL
