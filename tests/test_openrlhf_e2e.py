@@ -48,8 +48,17 @@ def srft_train(out: Path, *args: str, timeout: int = 600) -> subprocess.Complete
     return result
 
 
-def metrics(out: Path) -> list[dict]:
+def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def metrics(out: Path) -> list[dict]:
+    """The training steps' records (OpenRLHF's periodic evaluations are lines of their own)."""
+    return [r for r in records(out) if "policy_loss" in r]
+
+
+def evaluations(out: Path) -> list[dict]:
+    return [r for r in records(out) if "eval_toy_pass1" in r]
 
 
 def check_steps(rows: list[dict], rollouts: int = 4) -> None:
@@ -90,7 +99,7 @@ def test_toy_openrlhf_cpu_sync_resume_and_async(tmp_path):
     assert resumed[0]["actor_lr"] == pytest.approx(rows[2]["actor_lr"])  # the scheduler resumed too
 
     asynchronous = tmp_path / "async"
-    sets = [a for s in SMALL + ["train.async_enable=true"] for a in ("--set", s)]
+    sets = [a for s in SMALL + ["train.async_enable=true", "train.eval_every=2"] for a in ("--set", s)]
     srft_train(asynchronous, "--config", str(CONFIG), "--output-dir", str(asynchronous), *sets)
     rows = metrics(asynchronous)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -99,6 +108,10 @@ def test_toy_openrlhf_cpu_sync_resume_and_async(tmp_path):
     # one batch in the queue: step k trains on rollouts of the weights after k - 2 or k - 1 steps
     assert all(max(k - 2, 0) <= v <= k - 1 for k, v in enumerate(versions, start=1)), versions
     assert versions == sorted(versions) and versions[-1] >= 1
+    # OpenRLHF's periodic evaluation (greedy, the 16 held-out prompts), from the async trainer
+    [evaluation] = evaluations(asynchronous)
+    assert evaluation["step"] == 2 and evaluation["eval_num_samples"] == 16
+    assert 0 <= evaluation["eval_toy_pass1"] <= 1
 
 
 def test_toy_openrlhf_cpu_reference_model_kl(tmp_path):
@@ -107,7 +120,7 @@ def test_toy_openrlhf_cpu_reference_model_kl(tmp_path):
     step runs at lr 0 (docs/cluster.md), so the policy is still the base at step 2 and has moved by
     step 3."""
     out = tmp_path / "kl"
-    settings = SMALL + ["train.async_enable=false", "train.save_every=0", "loss.kl_coef=0.05"]
+    settings = SMALL + ["train.async_enable=false", "train.save_every=0", "loss.kl_coef=0.05", "train.eval_every=3"]
     srft_train(out, "--config", str(CONFIG), "--output-dir", str(out), *[a for s in settings for a in ("--set", s)])
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -116,3 +129,6 @@ def test_toy_openrlhf_cpu_reference_model_kl(tmp_path):
     assert abs(kl[0]) < 1e-6 and abs(kl[1]) < 1e-6, kl  # the reference forward is the policy's, to fp32
     assert kl[2] > 1e-5, kl
     assert rows[2]["srft/loss_kl"] == pytest.approx(0.05 * kl[2], rel=1e-2)  # the loss term is kl_coef x KL
+    # OpenRLHF's periodic evaluation, from the sync trainer: a metrics.jsonl line of its own
+    [evaluation] = evaluations(out)
+    assert evaluation["step"] == 3 and evaluation["eval_num_samples"] == 16

@@ -126,6 +126,11 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         params=("global_step", "logs_dict", "client_states"),
     ),
     HookPoint(
+        f"{_SYNC}:BasePPOTrainer.save_best_checkpoint",
+        "extended: also writes each periodic evaluation's metrics to metrics.jsonl (sync and async trainers)",
+        params=("eval_metrics", "global_step", "client_states"),
+    ),
+    HookPoint(
         f"{_SYNC}:BasePPOTrainer._compute_rollout_stats",
         "overridden: rollout reward/length statistics without the demonstrations",
         params=("experiences",),

@@ -693,6 +693,14 @@ class _SRFTTrainerLogs:
         # a mixin, as above
         super().save_logs_and_checkpoints(global_step, logs_dict, client_states)  # type: ignore[misc]
 
+    def save_best_checkpoint(self, eval_metrics, global_step, client_states=None) -> None:
+        """OpenRLHF's best-checkpoint bookkeeping, after one ``metrics.jsonl`` line of the periodic
+        evaluation's metrics (``eval_<dataset>_pass1``, ...): both trainers pass every evaluation
+        through here, and it is the only place the sync trainer's are seen outside wandb / tensorboard."""
+        if eval_metrics:
+            append_metrics(run_files(srft_config(self.args).logging.output_dir).metrics, global_step, eval_metrics)
+        super().save_best_checkpoint(eval_metrics, global_step, client_states)  # type: ignore[misc]
+
 
 def append_metrics(path: Path, step: int, logs: dict) -> None:
     """{"step": step, name: number, ...} as one JSON line (non-numeric entries left out)."""
