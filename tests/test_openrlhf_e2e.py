@@ -93,10 +93,11 @@ def test_toy_openrlhf_cpu_sync_resume_and_async(tmp_path):
 
     # --resume: OpenRLHF restores step 2 (weights, optimizer, dataloader) and trains step 3 again
     srft_train(sync, "--resume", str(sync))
-    resumed = metrics(sync)[3:]
-    assert [r["step"] for r in resumed] == [3]
-    assert resumed[0]["rollout/weights_version_max"] == 2.0  # the checkpoint's weights reached the engine
-    assert resumed[0]["actor_lr"] == pytest.approx(rows[2]["actor_lr"])  # the scheduler resumed too
+    resumed = metrics(sync)
+    # metrics.jsonl reads as one run: the step after the checkpoint is logged once, by the resumed run
+    assert [r["step"] for r in resumed] == [1, 2, 3] and resumed[:2] == rows[:2]
+    assert resumed[2]["rollout/weights_version_max"] == 2.0  # the checkpoint's weights reached the engine
+    assert resumed[2]["actor_lr"] == pytest.approx(rows[2]["actor_lr"])  # the scheduler resumed too
 
     asynchronous = tmp_path / "async"
     sets = [a for s in SMALL + ["train.async_enable=true", "train.eval_every=2"] for a in ("--set", s)]

@@ -16,8 +16,9 @@ from helpers import subprocess_env
 from srft_openrlhf.cli import main as cli_main
 from srft_openrlhf.config import load_config
 from srft_openrlhf.errors import ConfigError, DataError
+from srft_openrlhf.local.metrics import drop_records_after
 from srft_openrlhf.openrlhf import group_layout, run_files
-from srft_openrlhf.openrlhf.launcher import check_config, openrlhf_args, openrlhf_prompt, write_data
+from srft_openrlhf.openrlhf.launcher import check_config, openrlhf_args, openrlhf_prompt, resumed_step, write_data
 from srft_openrlhf.openrlhf.reward_func import (
     decode_label,
     encode_label,
@@ -545,3 +546,18 @@ def test_a_ray_jobs_working_dir_reaches_the_workers(tmp_path, cpu):
     assert out.returncode == 0, out.stderr[-3000:]
     [probe] = [json.loads(line.removeprefix("PROBE ")) for line in out.stdout.splitlines() if line.startswith("PROBE ")]
     assert probe == {"module": 42, "job_var": "from-the-job"}
+
+
+def test_a_resume_drops_the_logged_steps_after_its_checkpoint(tmp_path):
+    files = run_files(tmp_path / "run")
+    assert resumed_step(files) == 0  # no checkpoint: OpenRLHF starts over
+    actor = files.checkpoints / "_actor"
+    actor.mkdir(parents=True)
+    for tag, step in (("global_step4", 4), ("best_global_step6\n", 6), ("something_else", None)):
+        (actor / "latest").write_text(tag)
+        assert resumed_step(files) == step, tag
+
+    lines = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}, {"step": 2, "eval_toy_pass1": 0.4}, {"step": 3}]
+    files.metrics.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 4, "lo')  # cut by a kill
+    drop_records_after(files.metrics, 2)
+    assert [json.loads(line) for line in files.metrics.read_text().splitlines()] == lines[:3]

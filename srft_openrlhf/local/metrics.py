@@ -48,7 +48,10 @@ def check_logging(cfg: LoggingConfig) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
+    return read_records(Path(run_dir) / METRICS_FILE)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
@@ -59,6 +62,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:  # a line cut by a kill mid-write
                 continue
     return records
+
+
+def drop_records_after(path: Path, step: int) -> None:
+    """Rewrite the metrics file ``path`` without the records of steps after ``step``, which a run
+    resumed from ``step`` logs again (and without lines cut by a kill mid-write)."""
+    kept = [r for r in read_records(path) if r.get("step", 0) <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _plain(value: Any) -> Any:
@@ -77,8 +87,7 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.log_every = cfg.logging.log_every
-        kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= start_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        drop_records_after(self.path, start_step)
         self.file = self.path.open("a")
         # wandb first: wandb.init prints a few lines to the console that would split the bar
         self.wandb = self._start_wandb(cfg) if cfg.logging.wandb_project else None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import runpy
 import shlex
 import sys
@@ -33,6 +34,7 @@ import yaml
 
 from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.local.metrics import drop_records_after
 from srft_openrlhf.openrlhf import HOOK_POINTS, OPENRLHF_VERSION, RunFiles, run_files
 from srft_openrlhf.openrlhf.layout import GroupLayout, layout_of
 from srft_openrlhf.openrlhf.reward_func import encode_label, reward_func_file_text
@@ -567,6 +569,17 @@ def ray_runtime_env() -> dict:
     return {"env_vars": env}
 
 
+def resumed_step(files: RunFiles) -> int | None:
+    """The optimizer step a ``--resume`` continues after: DeepSpeed's ``latest`` tag of the policy's
+    checkpoints (``global_step<N>`` or OpenRLHF's ``best_global_step<N>``); 0 without any
+    checkpoint (OpenRLHF then starts over), None if the tag is not one of these."""
+    latest = files.checkpoints / "_actor" / "latest"
+    if not latest.is_file():
+        return 0
+    match = re.fullmatch(r"(?:best_)?global_step(\d+)", latest.read_text().strip())
+    return int(match[1]) if match else None
+
+
 def init_ray(cfg: SRFTConfig) -> None:
     """Connect to (or start) Ray with the workers' environment.
 
@@ -621,6 +634,8 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     if not resume:  # a resumed run keeps its data: OpenRLHF's saved dataloader state indexes it
         write_data(cfg, files, tokenizer)
+    elif (step := resumed_step(files)) is not None:
+        drop_records_after(files.metrics, step)  # the steps after the checkpoint are logged again
     summary = json.loads(files.summary.read_text()) if files.summary.is_file() else {}
     if cfg.cluster.cpu and cfg.data.eval and "accuracy_before" not in summary:
         summary["accuracy_before"] = held_out_accuracy(cfg, cfg.model.path, tokenizer)
