@@ -47,7 +47,7 @@ from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.local.async_rollout import AsyncRollouts, SyncRollouts
 from srft_openrlhf.local.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from srft_openrlhf.local.engine import make_engine, make_reference
-from srft_openrlhf.local.generation import HFGenerator, make_generator, vllm_available
+from srft_openrlhf.local.generation import Generator, HFGenerator, make_generator, vllm_available
 from srft_openrlhf.local.metrics import MetricsLogger, check_logging
 from srft_openrlhf.local.rollout import (
     MicroBatch,
@@ -279,7 +279,7 @@ class Trainer:
         elif resume:
             self.logger.message(f"{run_dir} has no checkpoint yet: starting from step 0")
 
-        self.generator = self.make_generator() if (data.eval or self.needs_generation()) else None
+        self.generator = self.rollout_generator() if (data.eval or self.needs_generation()) else None
         self.eval_generator: HFGenerator | None = None
         if self.async_enabled:
             assert self.generator is not None  # async_enabled implies needs_generation()
@@ -317,7 +317,7 @@ class Trainer:
     def zero3(self) -> bool:
         return self.cfg.train.engine == "deepspeed" and self.cfg.train.zero_stage == 3
 
-    def make_generator(self):
+    def rollout_generator(self) -> Generator:
         """Synchronous HF generation shares the training module (no copy, no weight sync);
         vLLM, and any generator of the asynchronous thread, holds its own weights."""
         kind = self.generator_kind()
