@@ -41,6 +41,45 @@ def test_series_picks_rollout_entropy_and_falls_back_for_sft(tmp_path):
     assert plot.series(mixed, "entropy")[1] == pytest.approx([0.5, 0.5, 0.3, 0.2, 0.1])
 
 
+def test_series_of_an_openrlhf_run(tmp_path):
+    """The OpenRLHF backend's metrics.jsonl: step records with policy_loss, the same series under
+    rollout/* and srft/*, and lines of OpenRLHF's periodic evaluation in between."""
+    folder = tmp_path / "openrlhf"
+    folder.mkdir()
+    lines = []
+    for step in range(1, 4):
+        lines.append(
+            {
+                "step": step,
+                "policy_loss": -0.5,
+                "reward": 0.9,  # OpenRLHF's own name: must not be read (demos included on old runs)
+                "rollout/reward_mean": 0.1 * step,
+                "rollout/response_length_mean": 30.0 + step,
+                "srft/entropy_rollout": 0.6 - 0.1 * step,
+                "srft/entropy": 0.7,
+            }
+        )
+    lines.insert(2, {"step": 2, "eval_toy_pass1": 0.4, "eval_num_samples": 16.0})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    from srft_openrlhf.local.metrics import read_metrics
+
+    records = read_metrics(folder)
+    assert plot.series(records, "reward_mean") == ([1, 2, 3], pytest.approx([0.1, 0.2, 0.3]))
+    assert plot.series(records, "response_length") == ([1, 2, 3], [31.0, 32.0, 33.0])
+    assert plot.series(records, "entropy")[1] == pytest.approx([0.5, 0.4, 0.3])
+    out = tmp_path / "curves.png"
+    assert cli.main(["plot", str(folder), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG
+
+
+def test_plot_of_a_run_without_step_records_is_a_user_error(tmp_path):
+    folder = tmp_path / "starting"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval_accuracy": 0.2}) + "\n")
+    with pytest.raises(ConfigError, match="no training step records"):
+        plot.plot_runs([folder], tmp_path / "x.png")
+
+
 def test_moving_average_by_hand():
     assert plot.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert plot.moving_average([1.0, 2.0], 1) == [1.0, 2.0]

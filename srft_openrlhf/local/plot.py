@@ -1,10 +1,11 @@
-"""Training curves and result tables of local runs.
+"""Training curves and result tables of runs.
 
 ``srft plot RUN_DIR [RUN_DIR ...] [--out PNG] [--smooth K]``
     Three panels in the style of the paper's Fig. 6: training reward (mean reward of the
     self-rollouts), response length (mean tokens of the self-rollouts) and entropy (of the
     policy on the rollout tokens; on the demonstration tokens at steps without rollouts,
-    e.g. SFT). Several runs are overlaid, with a legend.
+    e.g. SFT). Several runs are overlaid, with a legend. Run folders of either backend: the
+    OpenRLHF backend's ``metrics.jsonl`` names the same series ``rollout/*`` and ``srft/*``.
 
 ``srft plot --aggregate ROOT [--out PNG] [--table MD]``
     ROOT holds ``METHOD/seed-N/`` run folders (as ``scripts/reproduce_toy.sh`` writes
@@ -30,14 +31,31 @@ PANELS = (
 )
 
 
+# The OpenRLHF backend's names of the local backend's series (its step records hold
+# ``policy_loss``; the SRFT loss metrics are ``srft/*``, the rollout-only statistics ``rollout/*``).
+OPENRLHF_NAMES = {
+    "reward_mean": "rollout/reward_mean",
+    "response_length": "rollout/response_length_mean",
+    "entropy_rollout": "srft/entropy_rollout",
+    "entropy": "srft/entropy",
+}
+
+
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of a training metric; for "entropy", at each step the entropy on the
     rollout tokens when the step had rollouts, else on its demonstration tokens (SFT steps)."""
     points = []
     for r in records:
-        if "loss" not in r:  # evaluation and timing records
+        if "loss" in r:
+            names: dict[str, str] = {}
+        elif "policy_loss" in r:
+            names = OPENRLHF_NAMES
+        else:  # evaluation and timing records
             continue
-        name = ("entropy_rollout" if "reward_mean" in r else "entropy") if key == "entropy" else key
+        name = key
+        if key == "entropy":
+            name = "entropy_rollout" if names.get("reward_mean", "reward_mean") in r else "entropy"
+        name = names.get(name, name)
         if r.get(name) is not None:
             points.append((r["step"], r[name]))
     return [s for s, _ in points], [v for _, v in points]
@@ -95,8 +113,13 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, smooth: int = 1) -> None:
         records = read_metrics(run_dir)
         if not records:
             raise ConfigError(f"{run_dir}: no metrics.jsonl (is it a run folder?)")
-        for ax, (key, _) in zip(axes, PANELS):
-            steps, values = series(records, key)
+        curves = {key: series(records, key) for key, _ in PANELS}
+        if not any(steps for steps, _ in curves.values()):
+            raise ConfigError(
+                f"{run_dir}/metrics.jsonl has no training step records yet (lines with 'loss' or "
+                "'policy_loss'): nothing to plot"
+            )
+        for ax, (steps, values) in zip(axes, curves.values()):
             if steps:  # one colour per run in every panel, though some runs lack some curves
                 ax.plot(steps, moving_average(values, smooth), label=label, color=f"C{i % 10}")
     _save(fig, axes, out)
