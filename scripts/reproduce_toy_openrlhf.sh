@@ -5,7 +5,8 @@
 #   bash scripts/reproduce_toy_openrlhf.sh [OUTPUT_ROOT] [--set key=value ...]
 #   (default runs/reproduce_toy_openrlhf; SEEDS default "42 1 2")
 # Runs: OUTPUT_ROOT/seed-N. A finished run is skipped and an interrupted one resumed: re-run
-# the script after an interruption. At the end: OUTPUT_ROOT/results.json and a table.
+# the script after an interruption. At the end: OUTPUT_ROOT/results.json, a table and
+# OUTPUT_ROOT/curves.png (training reward, response length, entropy of every seed).
 # Budget on 2 cores: about 3 minutes a seed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +37,7 @@ for seed in $SEEDS; do
     || { echo "[reproduce] seed $seed failed: see $dir.log" >&2; exit 1; }
 done
 
+"$PY" -m srft_openrlhf.cli plot $(for seed in $SEEDS; do echo "$OUT/seed-$seed"; done) --smooth 5 --out "$OUT/curves.png"
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 "$PY" - "$OUT" "$COMMIT" $SEEDS <<'EOF'
 import json
