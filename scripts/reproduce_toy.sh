@@ -18,12 +18,9 @@
 # and OUTPUT_ROOT/curves.png (mean ± std over seeds of every method).
 # Budget on 2 cores (JOBS=2): about 40 minutes for the 7 methods (28 sweep + 14 seed runs).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 OUT="${1:-runs/reproduce_toy}"
 shift || true
-source scripts/install_cpu.sh
-export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+source "$(dirname "${BASH_SOURCE[0]}")/_cpu_env.sh"
 PY="$VENV/bin/python"
 CONFIG=configs/toy_cpu.yaml
 METHODS="${METHODS:-srft grpo sft sft_then_rl luffy srft_no_wsft srft_no_wrl}"

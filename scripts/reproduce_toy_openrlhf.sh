@@ -9,12 +9,9 @@
 # OUTPUT_ROOT/curves.png (training reward, response length, entropy of every seed).
 # Budget on 2 cores: about 3 minutes a seed.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 OUT="${1:-runs/reproduce_toy_openrlhf}"
 shift || true
-source scripts/install_cpu.sh
-export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+source "$(dirname "${BASH_SOURCE[0]}")/_cpu_env.sh"
 unset RAY_ADDRESS  # each run starts and stops its own local Ray
 PY="$VENV/bin/python"
 CONFIG=configs/toy_openrlhf_cpu.yaml
