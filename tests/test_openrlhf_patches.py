@@ -835,3 +835,38 @@ def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypat
     assert "worker_process_setup_hook" not in seen["init"]["runtime_env"]  # the CPU layer: only with cluster.cpu
     assert "num_gpus" not in seen["init"]
     assert seen["shutdown"]
+
+
+def test_cpu_rollout_engine_samples_do_not_depend_on_request_order(tiny_model_dir, tiny_tokenizer):
+    """OpenRLHF sends one request per prompt, concurrently: the CPU rollout engine's samples for
+    a prompt are fixed by the seed, the weights version, the prompt and its repeat count (a
+    shared random stream made two runs of the same config train on different rollouts)."""
+    from srft_openrlhf.local.generation import HFGenerator
+    from srft_openrlhf.openrlhf.cpu_compat import CPURolloutActor
+
+    class Executor:  # OpenRLHF's executor, reduced to what the engine hands it
+        async def execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine):
+            out = await llm_engine.generate(None, sampling_params)
+            return {"tokens": out.outputs[0].token_ids}
+
+    def engine(version: int = 0) -> CPURolloutActor:
+        actor = CPURolloutActor.__new__(CPURolloutActor)
+        actor.generator = HFGenerator.load(str(tiny_model_dir), dtype="fp32", device="cpu", seed=0)
+        actor.executor, actor.seed, actor.version, actor.requests = Executor(), 3, version, {}
+        return actor
+
+    params = SimpleNamespace(max_tokens=8, temperature=1.0, top_p=1.0, logprobs=None)
+
+    def rollouts(actor: CPURolloutActor, prompts: list[str]) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for prompt in prompts:
+            samples = asyncio.run(actor.generate_responses(prompt, "", params, 64, tiny_tokenizer, num_samples=3))
+            out.setdefault(prompt, []).append([s["tokens"] for s in samples])
+        return out
+
+    prompts = ["1+2=", "35+47=", "100+999="]
+    forward = rollouts(engine(), prompts + prompts[:1])
+    backward = rollouts(engine(), prompts[::-1] + prompts[:1])
+    assert forward == backward
+    assert forward["1+2="][0] != forward["1+2="][1]  # a repeated request is sampled afresh
+    assert rollouts(engine(version=1), prompts)["35+47="][0] != forward["35+47="][0]  # new weights, new draws

@@ -32,6 +32,7 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -328,6 +329,17 @@ def _rollout_actor_class():
     return ray.remote(CPURolloutActor)
 
 
+def rollout_seed(seed: int, version: int, prompt: str, repeat: int) -> int:
+    """The sampling seed of one request: fixed by the engine's seed, the weights version, the
+    prompt and how often it was requested before at that version, not by the order in which
+    OpenRLHF's concurrent requests reach the engine (a shared random stream would make a run
+    irreproducible)."""
+    from srft_openrlhf.local.generation import request_seed
+
+    key = zlib.crc32(f"{version}\x00{repeat}\x00{prompt}".encode())
+    return request_seed(seed, key)
+
+
 class _Replay:
     """The ``llm_engine`` handed to OpenRLHF's executor: returns precomputed completions in the
     shape of a vLLM ``RequestOutput``."""
@@ -364,7 +376,9 @@ class CPURolloutActor:
         torch.set_num_threads(1)
         self.generator = HFGenerator.load(pretrain, dtype="fp32", device="cpu", seed=seed)
         self.executor = SingleTurnAgentExecutor(remote_rm_url)
+        self.seed = seed
         self.version = 0
+        self.requests: dict[tuple[int, str], int] = {}  # (version, prompt) -> requests so far
 
     async def generate_responses(
         self, prompt: str, label: str, sampling_params, max_length: int, hf_tokenizer, num_samples: int = 1, images=None
@@ -372,12 +386,15 @@ class CPURolloutActor:
         prompt_ids = hf_tokenizer(text=prompt, add_special_tokens=False)["input_ids"]
         max_tokens = sampling_params.max_tokens or max(1, max_length - len(prompt_ids))
         version = self.version
+        repeat = self.requests.get((version, prompt), 0)
+        self.requests[(version, prompt)] = repeat + 1
         completions = self.generator.generate(
             [prompt_ids],
             num_samples,
             temperature=sampling_params.temperature,
             top_p=sampling_params.top_p,
             max_new_tokens=max_tokens,
+            seed=rollout_seed(self.seed, version, prompt, repeat),
         )[0]
         engine = _Replay(completions, sampling_params.logprobs is not None)
         outputs = []
@@ -390,6 +407,7 @@ class CPURolloutActor:
         return outputs
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int, checksum: float) -> int:
+        self.requests.clear()  # no request of an older version comes after this
         self.generator.update_weights(state.items(), version)
         loaded = dict(self.generator.model.named_parameters())
         got = weights_checksum(loaded[name] for name in state)
