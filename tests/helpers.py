@@ -165,6 +165,30 @@ def tiny_run_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
     return path
 
 
+def openrlhf_test_config(tmp_path: Path, data: Path, *overrides: str):
+    """An OpenRLHF-backend config on ``data`` (qwen_math template, 3 rollouts a prompt, one node of
+    2 GPUs with one vLLM engine), run folder ``tmp_path/run``; ``overrides`` as ``--set``."""
+    from srft_openrlhf.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"model.path={tmp_path}",
+            f"data.train={data}",
+            "data.template=qwen_math",
+            "data.max_prompt_len=200",
+            "data.max_response_len=64",
+            "rollout.n_samples_per_prompt=3",
+            "rollout.max_new_tokens=32",
+            "cluster.nodes=1",
+            "cluster.gpus_per_node=2",
+            "cluster.vllm_num_engines=1",
+            f"logging.output_dir={tmp_path / 'run'}",
+            *overrides,
+        ],
+    )
+
+
 def srft_train(*args: str) -> int:
     return cli.main(["train", *map(str, args)])
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import subprocess_env
+from helpers import openrlhf_test_config, subprocess_env
 
 from srft_openrlhf.cli import main as cli_main
 from srft_openrlhf.config import load_config
@@ -245,25 +245,8 @@ EXAMPLES = [
 
 
 def small_config(tmp_path, data: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"model.path={tmp_path}",
-            f"data.train={data}",
-            "data.template=qwen_math",
-            "data.max_prompt_len=200",
-            "data.max_response_len=64",
-            "rollout.n_samples_per_prompt=3",
-            "rollout.max_new_tokens=32",
-            "train.steps=2",
-            "train.prompts_per_step=2",
-            "train.micro_batch_size=1",
-            "cluster.nodes=1",
-            "cluster.gpus_per_node=2",
-            "cluster.vllm_num_engines=1",
-            f"logging.output_dir={tmp_path / 'run'}",
-            *overrides,
-        ],
+    return openrlhf_test_config(
+        tmp_path, data, "train.steps=2", "train.prompts_per_step=2", "train.micro_batch_size=1", *overrides
     )
 
 

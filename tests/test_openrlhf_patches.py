@@ -25,6 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import openrlhf_test_config
 
 from srft_openrlhf.algorithm import srft_loss
 from srft_openrlhf.config import load_config
@@ -212,27 +213,8 @@ def small_run(tmp_path, tokenizer, parser, *overrides: str):
     """Config, OpenRLHF args and run files of a 4-prompt step of 3 rollouts + 1 demo each."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
-    cfg = load_config(
-        None,
-        [
-            f"model.path={tmp_path}",
-            f"data.train={data}",
-            "data.template=qwen_math",
-            "data.max_prompt_len=200",
-            "data.max_response_len=64",
-            "rollout.n_samples_per_prompt=3",
-            "rollout.max_new_tokens=32",
-            "rollout.reward_workers=0",
-            "train.steps=1",
-            "train.prompts_per_step=4",
-            "train.micro_batch_size=2",
-            "cluster.nodes=1",
-            "cluster.gpus_per_node=2",
-            "cluster.vllm_num_engines=1",
-            f"logging.output_dir={tmp_path / 'run'}",
-            *overrides,
-        ],
-    )
+    steps = ("rollout.reward_workers=0", "train.steps=1", "train.prompts_per_step=4", "train.micro_batch_size=2")
+    cfg = openrlhf_test_config(tmp_path, data, *steps, *overrides)
     files = run_files(cfg.logging.output_dir)
     write_data(cfg, files, tokenizer)
     r = cfg.rollout
