@@ -1,7 +1,8 @@
 """The SRFT patches on the real OpenRLHF 0.11.2 (installed --no-deps), on CPU.
 
-flash-attn cannot be built without CUDA: ``tests/_flash_attn_stub`` stands in for the two
-modules OpenRLHF imports from it, put on ``sys.path`` by this module only. OpenRLHF's Ray
+flash-attn cannot be built without CUDA: the CPU layer's import-only stub
+(``cpu_compat.STUB_DIR``) stands in for the modules OpenRLHF imports from it, put on
+``sys.path`` by this module only. OpenRLHF's Ray
 trainer itself needs CUDA, so its pieces are driven directly: the launcher's flags through
 OpenRLHF's real argument parser, rollouts through its real ``SingleTurnAgentExecutor`` (with
 a stand-in vLLM engine) and the SRFT reward file, samples -> experiences through the SRFT
@@ -30,11 +31,12 @@ from helpers import openrlhf_test_config
 from srft_openrlhf.algorithm import srft_loss
 from srft_openrlhf.config import load_config
 from srft_openrlhf.openrlhf import HookPoint, run_files
+from srft_openrlhf.openrlhf.cpu_compat import STUB_DIR
 from srft_openrlhf.openrlhf.launcher import openrlhf_args, write_data
 from srft_openrlhf.openrlhf.reward_func import decode_label, reward_func_file_text
 
 ROOT = Path(__file__).resolve().parents[1]
-STUB = Path(__file__).resolve().parent / "_flash_attn_stub"
+STUB = STUB_DIR  # the CPU layer's flash-attn stub
 
 pytestmark = pytest.mark.openrlhf
 
