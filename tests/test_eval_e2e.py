@@ -131,63 +131,25 @@ def test_bad_arguments_are_one_line_errors(model_stub, tmp_path, capsys, extra, 
 def test_missing_model_and_bad_data_file(tmp_path, capsys, model_stub):
     assert main(["--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "o")]) == 2
     assert "no such model folder" in capsys.readouterr().err
+
+    def data_error(data: Path) -> str:
+        """stderr of evaluating math500 from ``data``, which must fail with exit code 2."""
+        args = ["--model", str(model_stub), "--out", str(tmp_path / "o"), "--benchmarks", "math500"]
+        assert main([*args, "--data", f"math500={data}"]) == 2
+        return capsys.readouterr().err
+
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"text": "q", "solution": "s"}]))
-    assert (
-        main(
-            [
-                "--model",
-                str(model_stub),
-                "--out",
-                str(tmp_path / "o"),
-                "--benchmarks",
-                "math500",
-                "--data",
-                f"math500={bad}",
-            ]
-        )
-        == 2
-    )
-    err = capsys.readouterr().err
+    err = data_error(bad)
     assert "bad.json: no question" in err and "and no answer" in err and err.count("\n") == 1
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(b'{"prompt": "caf\xe9?", "answer": "1"}\n')
-    assert (
-        main(
-            [
-                "--model",
-                str(model_stub),
-                "--out",
-                str(tmp_path / "o"),
-                "--benchmarks",
-                "math500",
-                "--data",
-                f"math500={latin1}",
-            ]
-        )
-        == 2
-    )
-    err = capsys.readouterr().err
+    err = data_error(latin1)
     assert f"{latin1} row 0 (line 1): not UTF-8 text (byte 0xe9" in err
     assert "Traceback" not in err and err.count("\n") == 1
     broken = tmp_path / "broken.json"
     broken.write_text('[{"prompt": "q", "answer": "1"},')
-    assert (
-        main(
-            [
-                "--model",
-                str(model_stub),
-                "--out",
-                str(tmp_path / "o"),
-                "--benchmarks",
-                "math500",
-                "--data",
-                f"math500={broken}",
-            ]
-        )
-        == 2
-    )
-    err = capsys.readouterr().err
+    err = data_error(broken)
     assert "broken.json: not valid JSON" in err and "Traceback" not in err and err.count("\n") == 1
 
 
