@@ -41,21 +41,22 @@ OPENRLHF_NAMES = {
 }
 
 
+def step_record(record: dict) -> dict | None:
+    """A training step's record under the local backend's names; None for evaluation and timing
+    records."""
+    if "loss" in record:
+        return record
+    if "policy_loss" in record:
+        return {"step": record["step"], **{k: record[v] for k, v in OPENRLHF_NAMES.items() if v in record}}
+    return None
+
+
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of a training metric; for "entropy", at each step the entropy on the
     rollout tokens when the step had rollouts, else on its demonstration tokens (SFT steps)."""
     points = []
-    for r in records:
-        if "loss" in r:
-            names: dict[str, str] = {}
-        elif "policy_loss" in r:
-            names = OPENRLHF_NAMES
-        else:  # evaluation and timing records
-            continue
-        name = key
-        if key == "entropy":
-            name = "entropy_rollout" if names.get("reward_mean", "reward_mean") in r else "entropy"
-        name = names.get(name, name)
+    for r in filter(None, map(step_record, records)):
+        name = ("entropy_rollout" if "reward_mean" in r else "entropy") if key == "entropy" else key
         if r.get(name) is not None:
             points.append((r["step"], r[name]))
     return [s for s, _ in points], [v for _, v in points]
