@@ -689,7 +689,7 @@ class _SRFTTrainerLogs:
     def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None) -> None:
         """OpenRLHF's logs and checkpoints, plus one line of ``metrics.jsonl`` in the run folder per
         step (the file the local backend writes too), whatever the wandb / tensorboard settings."""
-        append_metrics(run_files(srft_config(self.args).logging.output_dir).metrics, global_step, logs_dict or {})
+        self._append_metrics(global_step, logs_dict or {})
         # a mixin, as above
         super().save_logs_and_checkpoints(global_step, logs_dict, client_states)  # type: ignore[misc]
 
@@ -698,8 +698,11 @@ class _SRFTTrainerLogs:
         evaluation's metrics (``eval_<dataset>_pass1``, ...): both trainers pass every evaluation
         through here, and it is the only place the sync trainer's are seen outside wandb / tensorboard."""
         if eval_metrics:
-            append_metrics(run_files(srft_config(self.args).logging.output_dir).metrics, global_step, eval_metrics)
+            self._append_metrics(global_step, eval_metrics)
         super().save_best_checkpoint(eval_metrics, global_step, client_states)  # type: ignore[misc]
+
+    def _append_metrics(self, step: int, logs: dict) -> None:
+        append_metrics(run_files(srft_config(self.args).logging.output_dir).metrics, step, logs)
 
 
 def append_metrics(path: Path, step: int, logs: dict) -> None:
