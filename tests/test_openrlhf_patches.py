@@ -12,12 +12,12 @@ step on OpenRLHF's ``Actor`` with a tiny model and a CPU stand-in for DeepSpeed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
+import dataclasses
 import json
 import os
-import runpy
+import re
 import statistics
 import subprocess
 import sys
@@ -30,6 +30,7 @@ from helpers import openrlhf_test_config
 
 from srft_openrlhf.algorithm import srft_loss
 from srft_openrlhf.config import load_config
+from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.openrlhf import HookPoint, run_files
 from srft_openrlhf.openrlhf.cpu_compat import STUB_DIR
 from srft_openrlhf.openrlhf.launcher import openrlhf_args, write_data
@@ -54,21 +55,10 @@ def patches():
 
 @pytest.fixture(scope="module")
 def openrlhf_parser(patches):
-    """The ArgumentParser that ``python -m openrlhf.cli.train_ppo_ray`` builds, caught before it parses."""
+    """The ArgumentParser that ``python -m openrlhf.cli.train_ppo_ray`` builds."""
+    from srft_openrlhf.openrlhf.launcher import openrlhf_parser
 
-    class Caught(Exception):
-        pass
-
-    def catch(self, *args, **kwargs):
-        raise Caught(self)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(argparse.ArgumentParser, "parse_args", catch)
-        mp.setattr(sys, "argv", ["train_ppo_ray"])
-        mp.delitem(sys.modules, "openrlhf.cli.train_ppo_ray", raising=False)  # imported by the hook check
-        with pytest.raises(Caught) as caught:
-            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
-    return caught.value.args[0]
+    return openrlhf_parser()
 
 
 def openrlhf_namespace(parser, argv, cfg):
@@ -78,6 +68,42 @@ def openrlhf_namespace(parser, argv, cfg):
     args = hierarchize(parser.parse_args(argv))
     args.srft = cfg
     return args
+
+
+@pytest.mark.parametrize(
+    "extra, dest, message",
+    [
+        (["--ds.packing"], "ds.packing_samples", "--ds.packing is set by the launcher"),
+        (["--rollout.n_samples", "4"], "rollout.n_samples_per_prompt", "--rollout.n_samples is set by the launcher"),
+        (["--ds.ring_attn_s", "2"], "ds.ring_attn_size", "--ds.ring_attn_size 2 turns on OpenRLHF's packed"),
+        (["--actor.eps_clip_low", "0.1", "0.3"], "actor.eps_clip_low_high", "use loss.clip_low / loss.clip_high"),
+        (["--algo.advantage.is_correction_l", "seq"], "algo.advantage.is_correction_level", "π_old is already"),
+        (["--algo.dynamic_filtering_e"], "algo.dynamic_filtering_enable", "is set by the launcher"),
+    ],
+)
+def test_abbreviated_extra_args_are_read_as_openrlhf_reads_them(openrlhf_parser, extra, dest, message):
+    """OpenRLHF's argparse takes unique prefixes: each abbreviation below sets the refused option in
+    OpenRLHF's own parser, and the launcher, reading it against that parser, refuses it."""
+    from srft_openrlhf.openrlhf.launcher import check_extra_args, openrlhf_options
+
+    parsed = vars(openrlhf_parser.parse_args(extra))
+    default = vars(openrlhf_parser.parse_args([]))
+    assert parsed[dest] != default[dest]  # OpenRLHF really takes the abbreviation for that option
+    check_extra_args(extra)  # exact names only: the abbreviation passes (what the audit found)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_extra_args(extra, openrlhf_options())
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [("--ds.ring_attn", "ambiguous abbreviation"), ("--ds.no_such_flag", "not a flag of OpenRLHF 0.11.2")],
+)
+def test_unknown_or_ambiguous_extra_args_are_errors(patches, flag, message):
+    from srft_openrlhf.openrlhf.launcher import check_extra_args, openrlhf_options
+
+    with pytest.raises(ConfigError, match=message):
+        check_extra_args([flag, "1"], openrlhf_options())
+    check_extra_args(["--ds.adam_offload", "--actor.aux_loss_coef", "0.01"], openrlhf_options())
 
 
 # ----------------------------------------------------------------------------- hook points
@@ -782,6 +808,8 @@ def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypat
         assert openrlhf.utils.get_strategy(args) == "strategy"  # what train_ppo_ray calls first
         seen.update(run=(name, run_name, list(sys.argv)), srft=args.srft, policy=patches.ppo_actor.PolicyModelActor)
 
+    options = launcher.openrlhf_options()  # read through runpy, which the test replaces next
+    monkeypatch.setattr(launcher, "openrlhf_options", lambda: options)
     monkeypatch.setattr(runpy_module, "run_module", cli)
     monkeypatch.setenv("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")  # run() sets it for `ray job submit`
     data = tmp_path / "train.jsonl"
@@ -805,6 +833,11 @@ def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypat
     )
     monkeypatch.chdir(tmp_path)
     argv = list(sys.argv)
+    # an abbreviation of a refused flag (--ds.packing_samples) is refused before Ray starts
+    packed = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, extra_args=["--ds.packing"]))
+    with pytest.raises(ConfigError, match="--ds.packing is set by the launcher"):
+        launcher.run(packed)
+    assert not seen
     assert launcher.run(cfg) == 0
     files = run_files(tmp_path / "run")
     assert load(files.config).logging.output_dir == str(files.root)

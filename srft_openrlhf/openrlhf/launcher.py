@@ -26,6 +26,7 @@ import runpy
 import shlex
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,14 @@ _OWNED_FLAGS = (
     "--ds.packing_samples",
     "--train.dynamic_batch_enable",
     "--rollout.vllm_generate_batch_size",
+    # Each changes the step or the data volume: dynamic filtering draws replacement prompts (the
+    # exactly sized training file runs out, ranks get unequal chunks) and drops the all-wrong
+    # groups that SRFT's demonstrations are for; more epochs per batch reuse stale batch-scope
+    # entropies; more episodes replay the file in the same order (train.steps sets the length).
+    "--algo.dynamic_filtering_enable",
+    "--algo.dynamic_filtering_reward_range",
+    "--train.max_epochs",
+    "--train.num_episodes",
 )
 
 # OpenRLHF flags whose job SRFT's own loss and advantages do: the SRFT training step never calls
@@ -159,8 +168,21 @@ def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
             f"train.schedule = {cfg.train.schedule}: the openrlhf backend runs one phase per job; "
             "run the phases as two jobs (scripts/train_baseline.sh sft_rl does)"
         )
-    if cfg.model.dtype not in ("bf16", "fp16"):
-        raise ConfigError(f"model.dtype = {cfg.model.dtype}: OpenRLHF trains in bf16 or fp16")
+    if cfg.model.dtype != "bf16":
+        # OpenRLHF creates every vLLM engine in bf16 and its engine asserts that each broadcast
+        # weight has the engine's dtype: fp16 would die at the first weight sync, after a full step
+        raise ConfigError(
+            f"model.dtype = {cfg.model.dtype}: OpenRLHF 0.11.2 trains in bf16 or fp16 but its vLLM "
+            "engines are bf16 and refuse fp16 weights at the first weight sync; use model.dtype=bf16"
+        )
+    if cfg.rollout.top_p < 1:
+        # vLLM's processed log-probs (π_old) are then the truncated, renormalised distribution while
+        # the trainer's log πθ is the full softmax: a systematic ratio below 1 on every token
+        raise ConfigError(
+            f"rollout.top_p = {cfg.rollout.top_p}: the openrlhf backend takes π_old from vLLM's sampling "
+            "log-probs, which under top_p < 1 are of the truncated distribution, not of the policy the "
+            "trainer scores; use rollout.top_p=1.0"
+        )
     if cfg.cluster.cpu:
         if cfg.rollout.generator == "vllm":
             raise ConfigError(
@@ -202,14 +224,20 @@ def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
     return layout, cluster
 
 
-def check_extra_args(extra_args: list[str]) -> None:
+def check_extra_args(extra_args: list[str], options: Collection[str] | None = None) -> None:
     """ConfigError for a flag in ``cluster.extra_args`` that the launcher sets, that breaks the
-    SRFT group layout, or that SRFT's loss would silently ignore (naming the SRFT key to use)."""
+    SRFT group layout, or that SRFT's loss would silently ignore (naming the SRFT key to use).
+
+    ``options``: the option strings of OpenRLHF's parser (``openrlhf_options``). With them each
+    flag is first read as that parser reads it, abbreviations included (``--ds.packing`` is
+    ``--ds.packing_samples``), and a flag it does not know is an error before anything starts."""
     flags = [
         (a.split("=")[0], a, extra_args[i + 1] if "=" not in a and i + 1 < len(extra_args) else None)
         for i, a in enumerate(extra_args)
         if a.startswith("--")
     ]
+    if options is not None:
+        flags = [(resolve_flag(flag, options), arg, following) for flag, arg, following in flags]
     for flag, arg, following in flags:
         if flag in _OWNED_FLAGS:
             raise ConfigError(
@@ -227,6 +255,56 @@ def check_extra_args(extra_args: list[str]) -> None:
                 f"cluster.extra_args: {flag} {value} turns on OpenRLHF's packed sequences, which the "
                 f"SRFT training step does not support; leave it at {_PACKING_FLAGS[flag]}"
             )
+
+
+def resolve_flag(flag: str, options: Collection[str]) -> str:
+    """The option argparse takes ``flag`` for (OpenRLHF's parser allows abbreviations): itself, or
+    the one option it is a prefix of; ConfigError if it is unknown or ambiguous."""
+    if flag in options:
+        return flag
+    matches = sorted(o for o in options if o.startswith(flag))
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ConfigError(
+            f"cluster.extra_args: {flag} is an ambiguous abbreviation in OpenRLHF {OPENRLHF_VERSION}'s "
+            f"train_ppo_ray (it could be {', '.join(matches)}); spell the flag out"
+        )
+    raise ConfigError(f"cluster.extra_args: {flag} is not a flag of OpenRLHF {OPENRLHF_VERSION}'s train_ppo_ray")
+
+
+def openrlhf_parser() -> Any:
+    """The ArgumentParser that ``python -m openrlhf.cli.train_ppo_ray`` builds, caught before it
+    parses (it is built inside the module's ``__main__`` block). Imports OpenRLHF: on CPU only
+    after ``cpu_compat.install()``."""
+    import argparse
+
+    class Caught(Exception):
+        pass
+
+    def catch(parser, *args, **kwargs):
+        raise Caught(parser)
+
+    parse_args, argv = argparse.ArgumentParser.parse_args, sys.argv
+    argparse.ArgumentParser.parse_args = catch  # type: ignore[method-assign,assignment]
+    sys.argv = [CLI_MODULE]
+    sys.modules.pop(CLI_MODULE, None)  # imported as a module by the hook check; runpy runs it afresh
+    try:
+        runpy.run_module(CLI_MODULE, run_name="__main__")
+    except Caught as caught:
+        parser = caught.args[0]
+    else:
+        raise RuntimeError(f"{CLI_MODULE} built no ArgumentParser (OpenRLHF {OPENRLHF_VERSION} does)")
+    finally:
+        argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
+        sys.argv = argv
+        sys.modules.pop(CLI_MODULE, None)
+    return parser
+
+
+def openrlhf_options() -> frozenset[str]:
+    """Every option string of OpenRLHF's parser (``openrlhf_parser``)."""
+    return frozenset(o for action in openrlhf_parser()._actions for o in action.option_strings)
 
 
 def warmup_ratio(warmup_steps: int, steps: int) -> float:
@@ -626,6 +704,7 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
 
     if cfg.cluster.cpu:
         cpu_compat.check_cpu_hook_points()
+    check_extra_args(cfg.cluster.extra_args, openrlhf_options())
 
     files.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, files.config)
