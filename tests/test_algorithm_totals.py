@@ -168,3 +168,18 @@ def test_totals_of_a_smaller_part_are_an_error():
     totals = step_totals(small["mask"], small["rewards"], small["is_demo"])
     with pytest.raises(ValueError, match="step_totals over all the micro-batches"):
         loss_of(step, LossConfig(), totals)
+
+
+def test_ratio_stats_by_hand():
+    """Two rollout tokens with log-ratios +0.2 and -0.4; the masked token (log-ratio 3) and a
+    micro-batch without rollout tokens do not count."""
+    from srft_openrlhf.algorithm import ratio_stats
+
+    log_probs = torch.tensor([[-1.0, -2.0, -0.5]])
+    old = torch.tensor([[-1.2, -1.6, -3.5]])
+    stats = ratio_stats(log_probs, old, torch.tensor([[True, True, False]]))
+    assert stats["log_ratio_mean"] == pytest.approx(-0.1)
+    assert stats["log_ratio_abs_mean"] == pytest.approx(0.3)
+    assert stats["ratio_mean"] == pytest.approx((math.exp(0.2) + math.exp(-0.4)) / 2)
+    assert stats["ratio_max"] == pytest.approx(math.exp(0.2))
+    assert ratio_stats(log_probs, old, torch.zeros(1, 3, dtype=torch.bool)) == {}

@@ -600,6 +600,11 @@ def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
     assert not any(patches.demo_flags(micro_batches[0]))  # a micro-batch without demos
     whole = make_experience_batch(items)
     before = {n: p.detach().clone() for n, p in trainer.actor.model.named_parameters()}
+    with torch.no_grad():  # the engine-vs-trainer gap on the rollout tokens, at θ_k, in float64
+        rollout_tokens = whole.action_mask.bool() & ~patches.demo_flags(whole)[:, None]
+        gap = (reference_logprobs_and_entropy(reference_model, whole)[0] - whole.action_log_probs.double())[
+            rollout_tokens
+        ]
 
     statuses = train_cluster_step(patches, trainer, micro_batches)
 
@@ -620,6 +625,10 @@ def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
     logged = trainer._srft_step_metrics()
     for name in ("loss_sft_demo", "loss_rl_demo", "loss_rl_rollout", "loss_kl", "w_sft", "w_rl"):
         assert logged[f"srft/{name}"] == pytest.approx(metrics[name], rel=1e-4, abs=1e-6), name
+    # the rollout log-prob gap: token means over the whole step (micro-batches without rollouts count 0)
+    assert logged["srft/log_ratio_mean"] == pytest.approx(float(gap.mean()), rel=1e-4, abs=1e-6)
+    assert logged["srft/log_ratio_abs_mean"] == pytest.approx(float(gap.abs().mean()), rel=1e-4, abs=1e-6)
+    assert logged["srft/ratio_mean"] == pytest.approx(float(gap.exp().mean()), rel=1e-4, abs=1e-6)
 
 
 def test_old_log_probs_are_the_rollout_engines(patches, monkeypatch, run_step, tiny_tokenizer):
@@ -668,6 +677,25 @@ def test_entropy_forward_covers_only_rows_a_weight_needs(
     assert (totals.rollout_entropy_sum is not None) == rollout_rows
     if demo_rows:
         assert totals.h_demo == pytest.approx(1.0)  # the stand-in entropy is 1 per token
+
+
+def test_entropy_forward_runs_once_per_micro_batch_without_needed_rows(patches, run_step, tiny_model_dir):
+    """Under ZeRO-3 a forward is a collective: a micro-batch with no row a weight needs (srft_no_wrl
+    on a micro-batch of rollouts only) still runs its one forward, like every other rank's, and
+    returns no sum (audit N2: ranks ran 21 or 22 forwards and the run hung)."""
+    (_, args, _), (samples, *_) = run_step("loss.preset=srft_no_wrl")
+    trainer, policy = cluster_trainer(patches, args, tiny_model_dir, gas=1)
+    forward = trainer.response_logprobs_and_entropy
+    calls = []
+    trainer.response_logprobs_and_entropy = lambda *a, **k: calls.append(a[0].shape[0]) or forward(*a, **k)
+    s = samples[0]
+    none = torch.zeros(s.sequences.shape[0], dtype=torch.bool)
+    sums = policy.srft_entropy_sums(s.sequences, s.action_mask, s.attention_mask, none)
+    assert calls == [1] and sums.isnan().all()
+    some = none.clone()
+    some[-1] = True
+    sums = policy.srft_entropy_sums(s.sequences, s.action_mask, s.attention_mask, some)
+    assert calls == [1, 1] and not sums[-1].isnan() and sums[:-1].isnan().all()
 
 
 @pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "luffy"])

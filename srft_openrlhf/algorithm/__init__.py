@@ -7,12 +7,13 @@ Both backends call these functions; they know nothing about OpenRLHF, Ray, vLLM 
 from srft_openrlhf.algorithm.advantages import batch_advantages, group_advantages
 from srft_openrlhf.algorithm.config import PRESETS, LossConfig
 from srft_openrlhf.algorithm.groups import AugmentedGroups, Response, augment_groups
-from srft_openrlhf.algorithm.losses import METRIC_TOKENS, srft_loss
+from srft_openrlhf.algorithm.losses import METRIC_TOKENS, RATIO_METRIC_TOKENS, ratio_stats, srft_loss
 from srft_openrlhf.algorithm.totals import StepTotals, entropy_needed, step_totals
 
 __all__ = [
     "METRIC_TOKENS",
     "PRESETS",
+    "RATIO_METRIC_TOKENS",
     "AugmentedGroups",
     "LossConfig",
     "Response",
@@ -21,6 +22,7 @@ __all__ = [
     "batch_advantages",
     "entropy_needed",
     "group_advantages",
+    "ratio_stats",
     "srft_loss",
     "step_totals",
 ]

@@ -356,6 +356,25 @@ METRIC_TOKENS = {
 }
 
 
+# ``ratio_stats``' means, each over the rollout tokens (its max is a max over them).
+RATIO_METRIC_TOKENS = dict.fromkeys(("ratio_mean", "log_ratio_mean", "log_ratio_abs_mean"), "n_rollout_tokens")
+
+
+def ratio_stats(log_probs: Tensor, old_log_probs: Tensor, rollout_tokens: Tensor) -> dict[str, float]:
+    """Importance ratio πθ/π_old on rollout tokens: 1 on-policy, drifting with staleness.
+
+    With π_old the rollout engine's sampling log-probs, ``log_ratio_mean`` and ``log_ratio_abs_mean``
+    measured on the weights that generated the batch are the gap between the engine's and the
+    trainer's numerics (vLLM's kernels and dtype against the training forward's); on a stale batch
+    they add the policy's drift since. Empty if there is no rollout token."""
+    if not bool(rollout_tokens.any()):
+        return {}
+    log_ratio = (log_probs.detach() - old_log_probs)[rollout_tokens].double()
+    ratio = log_ratio.exp()
+    values = torch.stack((ratio.mean(), ratio.max(), log_ratio.mean(), log_ratio.abs().mean())).tolist()
+    return dict(zip(("ratio_mean", "ratio_max", "log_ratio_mean", "log_ratio_abs_mean"), values))
+
+
 def loss_metrics(
     terms: dict[str, Tensor],
     x: MaskedInputs,

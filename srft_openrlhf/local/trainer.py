@@ -40,7 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from srft_openrlhf.algorithm import METRIC_TOKENS, LossConfig, entropy_needed, srft_loss, step_totals
+from srft_openrlhf.algorithm import (
+    METRIC_TOKENS,
+    RATIO_METRIC_TOKENS,
+    LossConfig,
+    entropy_needed,
+    ratio_stats,
+    srft_loss,
+    step_totals,
+)
 from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.data.encode import check_round_trip, demo_continuation
 from srft_openrlhf.errors import ConfigError
@@ -502,7 +510,7 @@ class Trainer:
 
 
 # The token count each per-micro-batch mean of ``srft_loss`` and ``ratio_stats`` is taken over.
-MEAN_OVER = {**METRIC_TOKENS, "ratio_mean": "n_rollout_tokens", "log_ratio_abs_mean": "n_rollout_tokens"}
+MEAN_OVER = {**METRIC_TOKENS, **RATIO_METRIC_TOKENS}
 
 
 def optimize(
@@ -571,15 +579,3 @@ def micro_batch_entropy(engine, mb: MicroBatch, temperature: float) -> torch.Ten
     """H(πθ) at every position of ``mb`` with the weights of the step, before its updates."""
     _, entropy = engine.token_logprobs(mb.input_ids, mb.attention_mask, temperature=temperature)
     return entropy
-
-
-def ratio_stats(log_probs: torch.Tensor, old_log_probs: torch.Tensor, rollout_tokens: torch.Tensor) -> dict[str, float]:
-    """Importance ratio πθ/π_old on rollout tokens: 1 on-policy, drifting with staleness."""
-    if not bool(rollout_tokens.any()):
-        return {}
-    log_ratio = (log_probs - old_log_probs)[rollout_tokens]
-    return {
-        "ratio_mean": float(log_ratio.exp().mean()),
-        "ratio_max": float(log_ratio.exp().max()),
-        "log_ratio_abs_mean": float(log_ratio.abs().mean()),
-    }

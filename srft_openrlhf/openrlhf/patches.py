@@ -44,7 +44,16 @@ from openrlhf.trainer.ray import ppo_actor
 from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
 from openrlhf.utils.loss_utils import _get_dp_group
 
-from srft_openrlhf.algorithm import METRIC_TOKENS, StepTotals, batch_advantages, entropy_needed, srft_loss, step_totals
+from srft_openrlhf.algorithm import (
+    METRIC_TOKENS,
+    RATIO_METRIC_TOKENS,
+    StepTotals,
+    batch_advantages,
+    entropy_needed,
+    ratio_stats,
+    srft_loss,
+    step_totals,
+)
 from srft_openrlhf.config import SRFTConfig
 from srft_openrlhf.data import encode_example
 from srft_openrlhf.kernels import token_logprobs_and_entropy
@@ -459,11 +468,13 @@ def _with_totals(window: list[Experience], dp_group, dp_size: int) -> Iterator[t
         yield experience, {"srft_totals": totals, "dp_size": dp_size}
 
 
-# srft_loss metric -> the token count it is a mean over (None: one value per micro-batch; for the
-# loss terms that is the micro-batch's share times gas · dp_size, whose mean is the step's loss).
+# srft_loss / ratio_stats metric -> the token count it is a mean over (None: one value per
+# micro-batch; for the loss terms that is the micro-batch's share times gas · dp_size, whose mean
+# is the step's loss).
 _METRIC_WEIGHTS: dict[str, str | None] = {
     **dict.fromkeys(("loss", "loss_sft_demo", "loss_rl_demo", "loss_rl_rollout", "loss_kl", "loss_entropy_bonus")),
     **METRIC_TOKENS,
+    **RATIO_METRIC_TOKENS,
 }
 
 
@@ -510,6 +521,11 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
             ref_log_probs=experience.base_action_log_probs if config.kl_coef > 0 else None,
             totals=loss_batch_info["srft_totals"],
         )
+        # The gap between the engine's π_old and log πθ_k: every micro-batch of the window is scored
+        # with θ_k (DeepSpeed steps at the window's end), so on-policy this is the engine-vs-trainer
+        # numerics, for free from this forward.
+        rollout_tokens = experience.action_mask.bool() & ~is_demo[:, None].to(experience.action_mask.device)
+        metrics.update(ratio_stats(log_probs, experience.action_log_probs, rollout_tokens))
         # The shares must SUM over the step's micro-batches of every DP rank. DeepSpeedEngine.backward
         # divides the loss by its gradient_accumulation_steps and the DP all-reduce averages over
         # dp_size ranks: multiply both back (as OpenRLHF's aggregate_loss does with dp_size and
@@ -558,8 +574,10 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
             None: 1.0,
         }
         for name, count_key in _METRIC_WEIGHTS.items():
-            weight = counts[count_key]
-            value = metrics[name] * (scale if name.startswith("loss") else 1.0)  # a share of the step's loss
+            # a ratio metric is absent from a micro-batch without rollout tokens: weight 0 (every
+            # rank still sends every name to the step's all-reduce)
+            weight = counts[count_key] if name in metrics else 0.0
+            value = metrics.get(name, 0.0) * (scale if name.startswith("loss") else 1.0)  # a share of the step's loss
             total = sums.setdefault(name, [0.0, 0.0])
             total[0] += value * weight
             total[1] += weight
@@ -738,18 +756,25 @@ class SRFTPolicyModelActor(InstallFirst, unwrap(ppo_actor.PolicyModelActor)):  #
         weights: the same forward and kernel as the training step's (``SRFTExperienceMaker``)."""
         sums = torch.full((sequences.shape[0],), math.nan, dtype=torch.float64)
         picked = torch.nonzero(rows.reshape(-1)).flatten()
-        if picked.numel() == 0:
-            return sums
+        # One forward per micro-batch on every rank, needed rows or not: under ZeRO-3 a forward is a
+        # collective (parameter all-gathers), and a rank that skipped one would wait in the next
+        # collective while the others wait in this one (srft_no_wrl / srft_no_wsft with 6 ranks).
+        # Without a needed row the forward scores the first row and its result is dropped.
+        forward_rows = picked if picked.numel() else torch.zeros(1, dtype=torch.long)
         device = next(self.actor.model.parameters()).device
-        mask = action_mask[picked].to(device)
+        mask = action_mask[forward_rows].to(device)
         self.actor.eval()
         try:
             _, entropy, _ = self.trainer.response_logprobs_and_entropy(
-                sequences[picked].to(device), attention_mask[picked].to(device), mask.shape[1], entropy_grad=False
+                sequences[forward_rows].to(device),
+                attention_mask[forward_rows].to(device),
+                mask.shape[1],
+                entropy_grad=False,
             )
         finally:
             self.actor.train()
-        sums[picked] = (entropy.double() * mask.double()).sum(-1).cpu()
+        if picked.numel():
+            sums[picked] = (entropy.double() * mask.double()).sum(-1).cpu()
         return sums
 
 
