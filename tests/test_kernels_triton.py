@@ -49,6 +49,8 @@ for case in cases:
     loss.backward()
     case["out"] = (logp.detach(), entropy.detach(), leaf.grad, entropy.requires_grad)
 torch.save(cases, sys.argv[2])
+import triton
+print("triton", triton.__version__)
 """
 
 
@@ -96,18 +98,36 @@ def make_cases() -> dict[str, dict]:
     }
 
 
-@pytest.fixture(scope="module")
-def interpreted(tmp_path_factory) -> dict[str, dict]:
+# The Triton the GPU image resolves, installed beside the CPU stack's by scripts/install_cpu.sh.
+[GPU_TRITON_PIN] = [
+    line.split("==")[1].strip()
+    for line in (ROOT / "requirements-triton-gpu.txt").read_text().splitlines()
+    if line.startswith("triton==")
+]
+GPU_TRITON_DIR = Path(sys.prefix) / "triton-gpu"
+
+
+@pytest.fixture(scope="module", params=["cpu-stack", "gpu-image"], ids=lambda p: f"triton-{p}")
+def interpreted(request, tmp_path_factory) -> dict[str, dict]:
+    """The cases run by the Triton interpreter, with the CPU stack's Triton and with the GPU image's."""
+    path = [str(ROOT)]
+    if request.param == "gpu-image":
+        if not (GPU_TRITON_DIR / "triton").is_dir():
+            pytest.skip(f"triton {GPU_TRITON_PIN} is not installed in {GPU_TRITON_DIR} (scripts/install_cpu.sh)")
+        path.insert(0, str(GPU_TRITON_DIR))
     seed_torch(SEED)
     cases = make_cases()
     folder = tmp_path_factory.mktemp("triton")
     torch.save(list(cases.values()), folder / "in.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(path)}
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(folder / "in.pt"), str(folder / "out.pt")],
         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    version = proc.stdout.split("triton ")[-1].strip()
+    if request.param == "gpu-image":
+        assert version == GPU_TRITON_PIN, f"the child ran triton {version}, not the GPU image's {GPU_TRITON_PIN}"
     return dict(zip(cases, torch.load(folder / "out.pt")))
 
 
