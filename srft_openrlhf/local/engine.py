@@ -407,6 +407,12 @@ def load_causal_lm(model_path: str, dtype: torch.dtype, device: torch.device) ->
     return model.to(device)  # type: ignore[arg-type]
 
 
+def check_engine(engine: str, dtype: str) -> None:
+    """The engines' own constraint on their arguments (``train.engine``, ``model.dtype``)."""
+    if engine == "torch" and dtype == "fp16":
+        raise ConfigError("model.dtype=fp16 needs loss scaling: use bf16 or fp32 with train.engine=torch, or deepspeed")
+
+
 def make_engine(
     model_path: str,
     *,
@@ -427,18 +433,13 @@ def make_engine(
     from transformers import AutoTokenizer
 
     # Direct callers get the checks a built config has had on these arguments: the sections'
-    # validators and the local backend's check_config. The optimizer values are not checked
-    # here (lr=0 is a valid direct call: a frozen model); SRFTConfig.validate checks them.
-    from srft_openrlhf.config import ModelConfig, SRFTConfig, TrainConfig
-    from srft_openrlhf.local.trainer import check_config
+    # validators and the engine's own. The optimizer values are not checked here (lr=0 is a
+    # valid direct call: a frozen model); SRFTConfig.validate checks them.
+    from srft_openrlhf.config import ModelConfig, TrainConfig
 
-    args = SRFTConfig(
-        model=ModelConfig(dtype=dtype),
-        train=TrainConfig(engine=engine, zero_stage=zero_stage, lr_warmup_steps=warmup_steps, steps=total_steps),
-    )
-    args.model.validate()
-    args.train.validate()
-    check_config(args)
+    ModelConfig(dtype=dtype).validate()
+    TrainConfig(engine=engine, zero_stage=zero_stage, lr_warmup_steps=warmup_steps, steps=total_steps).validate()
+    check_engine(engine, dtype)
     torch_device = torch.device(device) if device else default_device()
     # Seeds anything the model builds randomly (e.g. weights missing from the checkpoint).
     torch.manual_seed(seed)

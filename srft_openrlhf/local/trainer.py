@@ -54,7 +54,7 @@ from srft_openrlhf.data.encode import check_round_trip, demo_continuation
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.local.async_rollout import AsyncRollouts, SyncRollouts
 from srft_openrlhf.local.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
-from srft_openrlhf.local.engine import make_engine, make_reference
+from srft_openrlhf.local.engine import check_engine, make_engine, make_reference
 from srft_openrlhf.local.generation import Generator, HFGenerator, make_generator, vllm_available
 from srft_openrlhf.local.metrics import MetricsLogger, check_logging
 from srft_openrlhf.local.rollout import (
@@ -101,8 +101,7 @@ def check_config(cfg: SRFTConfig) -> None:
     """The local backend's constraints, each naming its key. The backend-independent value
     checks ran when the config was built (``SRFTConfig.validate``)."""
     t = cfg.train
-    if t.engine == "torch" and cfg.model.dtype == "fp16":
-        raise ConfigError("model.dtype=fp16 needs loss scaling: use bf16 or fp32 with train.engine=torch, or deepspeed")
+    check_engine(t.engine, cfg.model.dtype)
     if t.engine == "deepspeed" and t.zero_stage == 3 and t.async_enable:
         raise ConfigError(
             "train.async_enable with train.zero_stage=3 is not supported by the local backend "
