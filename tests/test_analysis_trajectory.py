@@ -85,9 +85,17 @@ def test_toy_references_differ_where_the_teacher_errs():
     solver = sources.reference_texts(sources.TOY_SOLVER, prompts)
     differ = [g for t, s, g in zip(teacher, solver, groups) if t != s]
     assert differ and differ.count("chained_carry") > 0
-    assert all(
-        s == toy.solution_text(*toy._correct(*map(int, p.question[:-2].split("+")))) for s, p in zip(solver, prompts)
-    )
+    # the solver's answer is the sum, whatever the carries
+    sums = [sum(map(int, p.question.removesuffix("=?").split("+"))) for p in prompts]
+    assert [s.rpartition("\\boxed{")[2] for s in solver] == [f"{n}}}" for n in sums]
+    # the worked text, by hand: units column first, each carry written into the next column
+    by_hand = {
+        "57+68=?": "<think>\n7+8=15\n5+6+1=12\n</think> \\boxed{125}",
+        "457+168=?": "<think>\n7+8=15\n5+6+1=12\n4+1+1=6\n</think> \\boxed{625}",
+        "12+35=?": "<think>\n2+5=7\n1+3=4\n</think> \\boxed{47}",
+    }
+    hand_prompts = [sources.Prompt(sources.TOY, str(k), q, "", None, q) for k, q in enumerate(by_hand)]
+    assert sources.reference_texts(sources.TOY_SOLVER, hand_prompts) == list(by_hand.values())
 
 
 def test_trajectory_of_a_real_run(tmp_path, tiny_model_dir, monkeypatch):
