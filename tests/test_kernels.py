@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import QWEN_VOCAB, check_against_reference
 
+from srft_openrlhf import kernels
 from srft_openrlhf.kernels import resolve_backend, token_logprobs_and_entropy
 from srft_openrlhf.kernels.reference import reference, rel_err
 from srft_openrlhf.kernels.torch_chunked import CHUNK_ENV, as_rows
@@ -117,6 +118,16 @@ def test_backend_resolution(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("SRFT_KERNEL_BACKEND", raising=False)
     assert resolve_backend(torch.device("cpu")) == "torch"
     assert resolve_backend(torch.device("cpu"), "triton") == "triton"
+    # auto picks Triton only for CUDA tensors and only when triton imports: pin that here
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    assert resolve_backend(torch.device("cuda")) == "triton"
+    assert resolve_backend(torch.device("cpu")) == "torch"
     monkeypatch.setenv("SRFT_KERNEL_BACKEND", "torch")
-    assert resolve_backend(torch.device("cuda")) == "torch"
-    assert resolve_backend(torch.device("cuda"), "auto") in ("torch", "triton")
+    assert resolve_backend(torch.device("cuda")) == "torch"  # $SRFT_KERNEL_BACKEND over auto
+    assert resolve_backend(torch.device("cuda"), "auto") == "triton"  # an explicit argument over the variable
+    monkeypatch.setenv("SRFT_KERNEL_BACKEND", "triton")
+    assert resolve_backend(torch.device("cpu")) == "triton"
+    assert resolve_backend(torch.device("cpu"), "auto") == "torch"
+    assert resolve_backend(torch.device("cuda"), "TORCH") == "torch"
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    assert resolve_backend(torch.device("cuda"), "auto") == "torch"
