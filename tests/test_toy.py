@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
+from helpers import subprocess_env
 
 from srft_openrlhf.data import toy
 from srft_openrlhf.reward import math_reward
@@ -113,6 +116,32 @@ def test_examples_are_deterministic():
     assert toy.examples("train")[:50] == toy.examples("train")[:50]
     with pytest.raises(ValueError):
         toy.examples("test")
+
+
+# what a fresh interpreter makes of the toy task: the data and the tokenizer's ids
+_TOY_DIGEST = """
+import dataclasses, hashlib, json
+from srft_openrlhf.data import toy
+tok = toy.build_tokenizer()
+data = [dataclasses.asdict(e) for split in ("train", "heldout") for e in toy.examples(split)]
+text = "347+285=?<think>\\n7+5=12\\n4+8+1=13\\n3+2+1=6\\n</think> \\\\boxed{632}"
+parts = {"data": data, "vocab": sorted(tok.get_vocab().items()), "ids": tok(text)["input_ids"]}
+print(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest())
+"""
+
+
+def test_toy_data_and_tokenizer_are_the_same_in_every_process():
+    """Two interpreters with different hash seeds (str hashes, set order) build the same toy
+    examples and the same token ids, and so does this one."""
+    digests = []
+    for hash_seed in ("1", "2"):
+        env = {**subprocess_env(), "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", _TOY_DIGEST], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        digests.append(out.stdout.strip())
+    here = {}
+    exec(_TOY_DIGEST.replace("print(", "here['digest'] = ("), {"here": here})
+    assert len(digests[0]) == 64 and digests == [here["digest"]] * 2
 
 
 def test_tokenizer_round_trip_one_token_per_character():
