@@ -10,9 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-# build_tiny_tokenizer is also imported from here by tests/test_openrlhf_launcher.py.
-from helpers import SEED, build_tiny_model, build_tiny_tokenizer, save_model, seed_torch  # noqa: F401
+from helpers import SEED, build_tiny_model, build_tiny_tokenizer, save_model, seed_torch
 
 from srft_openrlhf.data import toy
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import openrlhf_test_config, subprocess_env
+from helpers import build_tiny_tokenizer, openrlhf_test_config, subprocess_env
 
 from srft_openrlhf.cli import main as cli_main
 from srft_openrlhf.config import load_config
@@ -150,7 +150,7 @@ def test_warmup_ratio_gives_back_the_warmup_steps():
 
     from srft_openrlhf.openrlhf.launcher import warmup_ratio
 
-    assert math.ceil(25 * (7 / 25)) == 8  # the plain ratio can add a step
+    assert math.ceil(25 * warmup_ratio(7, 25)) == 7  # the plain ratio 7 / 25 would give 8
     for steps in range(1, 400):
         for warmup in range(0, steps + 1):
             assert math.ceil(steps * warmup_ratio(warmup, steps)) == warmup, (steps, warmup)
@@ -316,7 +316,6 @@ def test_write_data_without_demos_for_grpo(tmp_path, tiny_tokenizer):
 def test_prompt_text_carries_the_bos_our_rules_add(tiny_tokenizer):
     """OpenRLHF tokenises prompts without special tokens; where encode_example prepends BOS,
     the prompt text starts with the BOS text so that both give the same ids."""
-    from conftest import build_tiny_tokenizer
     from tokenizers import processors
 
     from srft_openrlhf.data import encode_example, render_prompt
@@ -372,21 +371,33 @@ def test_reward_func_file_is_what_openrlhf_loads(tmp_path):
 
 def test_reward_func_batches_concurrent_calls(monkeypatch):
     """OpenRLHF calls reward_func one rollout at a time from many threads: the calls that wait
-    while a batch is graded are graded together, so rollout.reward_workers can all work."""
+    while a batch is graded are graded together, so rollout.reward_workers can all work.
+
+    No sleeps: the first call's grading is held until the five later calls all wait for their
+    results (their futures' ``result()`` entered), so the batches are exactly [1, 5]."""
     import threading
-    import time
+    from concurrent.futures import Future
 
     from srft_openrlhf.openrlhf import reward_func as module
     from srft_openrlhf.reward import batch_rewards
 
     sizes = []
+    grading, release = threading.Event(), threading.Event()
+    waiting = threading.Semaphore(0)
 
-    def slow_batch(responses, answers, **kwargs):
+    class WatchedFuture(Future):
+        def result(self, timeout=None):
+            waiting.release()  # this caller has queued its samples and now waits
+            return super().result(timeout)
+
+    def held_batch(responses, answers, **kwargs):
         sizes.append(len(responses))
-        time.sleep(0.3)
+        grading.set()
+        assert release.wait(timeout=60), "grading never released"
         return batch_rewards(responses, answers, **{**kwargs, "num_workers": 0})
 
-    monkeypatch.setattr(module, "batch_rewards", slow_batch)
+    monkeypatch.setattr(module, "batch_rewards", held_batch)
+    monkeypatch.setattr(module, "Future", WatchedFuture)
     func = make_reward_func(num_workers=2)
     results = {}
 
@@ -394,13 +405,17 @@ def test_reward_func_batches_concurrent_calls(monkeypatch):
         results[i] = func([f"\\boxed{{{i}}}"], [""], [encode_label(str(i % 2))])["rewards"].tolist()
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
-    for t in threads:
+    threads[0].start()
+    assert grading.wait(timeout=60)  # the first call grades alone
+    for t in threads[1:]:
         t.start()
-        time.sleep(0.02)  # the first call starts grading alone, the others queue behind it
+    for _ in threads[1:]:
+        assert waiting.acquire(timeout=60)  # all five queued behind it
+    release.set()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=60)
     assert results == {i: [1.0 if i < 2 else 0.0] for i in range(6)}  # each caller gets its own sample's reward
-    assert sum(sizes) == 6 and len(sizes) == 2 and sizes[0] == 1
+    assert sizes == [1, 5]
 
 
 def test_reward_func_never_raises(monkeypatch):
