@@ -175,10 +175,6 @@ def boxed(answer: str) -> str:
     return f"<think>\nsome work\n</think>\nThe answer is $\\boxed{{{answer}}}$."
 
 
-def test_enough_pairs():
-    assert len(EQUAL) >= 60 and len(DIFFERENT) >= 60
-
-
 @pytest.mark.parametrize("pred, gold, who, reason", EQUAL, ids=_ids(EQUAL))
 def test_equal_pairs(pred, gold, who, reason):
     grade = grade_math(boxed(pred), gold)
