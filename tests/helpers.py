@@ -309,3 +309,241 @@ def mixed_responses(tokenizer, n: int = 6) -> list[scoring.Response]:
 def analyze(*args) -> int:
     """``srft analyze ARGS`` through the CLI entry point."""
     return cli.main(["analyze", *map(str, args)])
+
+
+# ----------------------------------------------------------------------------- OpenRLHF-backend steps
+# One step of the cluster backend on the real OpenRLHF 0.11.2 (flash-attn stub on sys.path): a
+# 4-prompt batch (3 rollouts + 1 demo each) through OpenRLHF's rollout executor and the SRFT
+# samples generator and experience maker, with vLLM and Ray stood in for; the same samples as
+# the local backend's TrainBatch. Used by test_openrlhf_patches.py and test_openrlhf_multirank.py.
+
+
+def openrlhf_namespace(parser, argv, cfg):
+    """``args`` as the OpenRLHF actors see them (``args.srft`` attached like install_driver does)."""
+    from openrlhf.utils.config import hierarchize
+
+    args = hierarchize(parser.parse_args(argv))
+    args.srft = cfg
+    return args
+
+
+class FakeEngine:
+    """What SingleTurnAgentExecutor needs of a vLLM engine: ``generate`` returning the given texts."""
+
+    def __init__(self, tokenizer, texts):
+        self.tokenizer, self.texts = tokenizer, iter(texts)
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        from types import SimpleNamespace
+
+        ids = self.tokenizer(next(self.texts), add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        logprobs = None
+        if sampling_params.logprobs is not None:
+            logprobs = [{t: SimpleNamespace(logprob=-0.5)} for t in ids]
+        output = SimpleNamespace(
+            token_ids=ids, text=self.tokenizer.decode(ids), finish_reason="stop", logprobs=logprobs
+        )
+        return SimpleNamespace(outputs=[output])
+
+
+OPENRLHF_EXAMPLES = [  # the third demonstration is wrong: demos are graded, not assumed correct
+    {"prompt": "What is 12 + 35?", "answer": "47", "demonstration": "<think>\n12 + 35 = 47</think>\n\\boxed{47}"},
+    {"prompt": "What is 2 + 3?", "answer": "5", "demonstration": "<think>\n2 + 3 = 5</think>\n\\boxed{5}"},
+    {"prompt": "What is 1 + 1?", "answer": "2", "demonstration": "<think>\n1 + 1 = 3</think>\n\\boxed{3}"},
+    {"prompt": "What is 4 + 4?", "answer": "8", "demonstration": "<think>\n4 + 4 = 8</think>\n\\boxed{8}"},
+]
+
+
+def rollout_texts(answer: str, n: int, prompt_index: int) -> list[str]:
+    """n rollouts; prompt 1 gets no correct one (its group then rests on the demo alone)."""
+    right, wrong = f"{answer}</think>\n\\boxed{{{answer}}}", "9</think>\n\\boxed{999}"
+    return [right if j % 2 == 0 and prompt_index != 1 else wrong for j in range(n)]
+
+
+def small_run(tmp_path: Path, tokenizer, parser, *overrides: str):
+    """Config, OpenRLHF args and run files of a 4-prompt step of 3 rollouts + 1 demo each."""
+    from srft_openrlhf.openrlhf import run_files
+    from srft_openrlhf.openrlhf.launcher import openrlhf_args, write_data
+    from srft_openrlhf.openrlhf.reward_func import reward_func_file_text
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in OPENRLHF_EXAMPLES))
+    steps = ("rollout.reward_workers=0", "train.steps=1", "train.prompts_per_step=4", "train.micro_batch_size=2")
+    cfg = openrlhf_test_config(tmp_path, data, *steps, *overrides)
+    files = run_files(cfg.logging.output_dir)
+    write_data(cfg, files, tokenizer)
+    r = cfg.rollout
+    files.reward_func.write_text(reward_func_file_text(r.reward, r.reward_mode, r.reward_timeout_s, r.reward_workers))
+    return cfg, openrlhf_namespace(parser, openrlhf_args(cfg, files, resume=False), cfg), files
+
+
+def generate_step(patches, monkeypatch, cfg, args, files, tokenizer):
+    """One step of samples through SRFTSamplesGenerator.generate_samples, with vLLM stood in for.
+    Returns the samples, the rollouts asked per prompt, the prompts consumed, whether the data ran
+    out, and the names of the threads that graded the demos."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from openrlhf.datasets import PromptDataset
+    from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator, _collect_prompt_batch
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+    from vllm import SamplingParams
+
+    from srft_openrlhf.openrlhf.reward_func import decode_label
+
+    strategy = SimpleNamespace(args=args, is_rank_0=lambda: True)
+    rows = [json.loads(line) for line in files.train_data.read_text().splitlines()]
+    dataset = PromptDataset(rows, tokenizer, strategy)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=dataset.collate_fn)
+    generator = patches.SRFTSamplesGenerator(strategy, loader, None, tokenizer, [])
+    executor = SingleTurnAgentExecutor([str(files.reward_func)])  # loads the SRFT reward file as OpenRLHF does
+    asked = []
+    # OpenRLHF's dispatch sends the prompts to the engines (Ray); SRFT's extension of it runs
+    monkeypatch.setattr(SamplesGenerator, "_dispatch_prompts_to_vllm", lambda self, prompts, labels, **kw: [])
+    demo_threads = []
+    grade = generator.reward_func
+    generator.reward_func = lambda *a: demo_threads.append(threading.current_thread().name) or grade(*a)
+
+    def fake_vllm(dataloader_iter, num_prompts, dynamic_filtering, **kwargs):
+        prompts, labels, _, exhausted = _collect_prompt_batch(dataloader_iter, num_prompts)
+        generator._dispatch_prompts_to_vllm(prompts, labels, **kwargs)
+        n = kwargs["n_samples_per_prompt"]
+        asked.append(n)
+        params = SamplingParams(
+            max_tokens=kwargs["max_new_tokens"],
+            logprobs=1 if args.algo.advantage.is_correction_level != "off" else None,
+        )
+        samples = []
+        for i, (prompt, label) in enumerate(zip(prompts, labels)):
+            engine = FakeEngine(tokenizer, rollout_texts(decode_label(label)[0], n, i))
+            for _ in range(n):
+                response = asyncio.run(executor.execute(prompt, label, params, kwargs["max_len"], tokenizer, engine))
+                samples.append(generator._process_response_into_experience(response, **kwargs))
+        return samples, len(prompts), exhausted
+
+    monkeypatch.setattr(generator, "_generate_vllm", fake_vllm)
+    samples, _, consumed, exhausted = generator.generate_samples(
+        max_len=args.data.max_len, max_new_tokens=args.rollout.max_new_tokens, temperature=1.0, top_p=1.0
+    )
+    return samples, asked, consumed, exhausted, demo_threads
+
+
+class FakeActorGroup:
+    """OpenRLHF's RayActorGroup in this process: ``async_run_method_batch`` runs ``method`` of
+    ``policy`` (an SRFTPolicyModelActor without Ray) on each micro-batch and returns the results
+    as the single rank's "ref". Without a policy, srft_entropy_sums is stood in for by 1 per
+    response token."""
+
+    def __init__(self, policy=None):
+        self.policy, self.calls = policy, []
+
+    def async_run_method_batch(self, method_name, **batch):
+        self.calls.append((method_name, batch))
+        if self.policy is not None:
+            items = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            return [[getattr(self.policy, method_name)(**item) for item in items]]
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        return [
+            [torch.where(rows, mask.sum(-1).double(), nan) for mask, rows in zip(batch["action_mask"], batch["rows"])]
+        ]
+
+    def async_run_method(self, method_name, **kwargs):
+        return []
+
+
+def make_experiences(patches, monkeypatch, args, samples, tokenizer, policy=None):
+    """The experience maker on the step's samples, the actor group (Ray) stood in for by
+    ``FakeActorGroup(policy)``; returns the experiences and the group."""
+    from types import SimpleNamespace
+
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    monkeypatch.setattr(
+        RemoteExperienceMaker,
+        "_flatten_results",
+        lambda self, refs, duplicate: [r for chunk in refs[::duplicate] for r in chunk],
+    )
+    strategy = SimpleNamespace(args=args)
+    group = FakeActorGroup(policy)
+    maker = patches.SRFTExperienceMaker(group, None, None, None, FixedKLController(0.0), strategy, tokenizer)
+    return maker.make_experience_batch(samples), group
+
+
+def replay_items(experiences):
+    """What the actor's replay buffer holds: the experiences split into unpadded samples."""
+    from openrlhf.trainer.ppo_utils.experience import remove_padding_in_sequences, split_experience_batch
+
+    return [item for e in experiences for item in remove_padding_in_sequences(split_experience_batch(e))]
+
+
+class CPUStrategy:
+    """The part of OpenRLHF's DeepspeedStrategy the training step uses, in plain torch, with
+    DeepSpeed's gradient accumulation: ``backward`` divides the loss by the engine's
+    gradient_accumulation_steps and the optimizer steps at every gas-th ``optimizer_step`` only."""
+
+    ring_attn_group = None
+
+    def __init__(self, args):
+        self.args, self.grad_norm, self.micro_steps, self.steps = args, 0.0, 0, 0
+
+    def backward(self, loss, model, optimizer):
+        (loss / model.model.gradient_accumulation_steps()).backward()
+
+    def optimizer_step(self, optimizer, model, scheduler, name="model"):
+        self.micro_steps += 1
+        if self.micro_steps % model.model.gradient_accumulation_steps():
+            return
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        self.steps += 1
+
+    def get_grad_norm(self, model):
+        return self.grad_norm
+
+    def all_reduce(self, data, op="mean"):
+        return data
+
+
+def cluster_trainer(patches, args, model_dir, gas):
+    """SRFTActorPPOTrainer on OpenRLHF's Actor (float32) with a DeepSpeed-like CPU strategy and SGD
+    (lr 0.1), and the SRFTPolicyModelActor around it (its __init__ needs Ray and NCCL)."""
+    from openrlhf.models import Actor
+
+    actor = Actor(str(model_dir), attn_implementation="eager", param_dtype="bf16")
+    actor.model.float()
+    actor.model.gradient_accumulation_steps = lambda: gas  # what the DeepSpeed engine in actor.model answers
+    trainer = patches.SRFTActorPPOTrainer.__new__(patches.SRFTActorPPOTrainer)  # its __init__ needs NCCL
+    trainer.strategy, trainer.args, trainer.actor = CPUStrategy(args), args, actor
+    trainer.actor_optim = torch.optim.SGD(actor.model.parameters(), lr=0.1)
+    trainer.actor_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.actor_optim, lambda step: 1.0)
+    trainer.ema_model, trainer.aux_loss = None, False
+    policy = patches.SRFTPolicyModelActor.__new__(patches.SRFTPolicyModelActor)
+    policy.actor, policy.trainer = actor, trainer
+    return trainer, policy
+
+
+def local_train_batch(patches, items):
+    """The local backend's TrainBatch of the replay items (unpadded sequences, π_old per response
+    token, the experiences' advantages, rewards and demo flags)."""
+    from openrlhf.trainer.ppo_utils.experience import make_experience_batch
+
+    from srft_openrlhf.local.rollout import TrainBatch
+
+    whole = make_experience_batch(items)
+    rows = []
+    for b in range(len(items)):
+        length = int(whole.attention_mask[b].sum())
+        first = int(torch.nonzero(whole.action_mask[b])[0]) + 1  # the first response token
+        rows.append((whole.sequences[b, :length].tolist(), first, whole.action_log_probs[b, first - 1 : length - 1]))
+    return TrainBatch(
+        sequences=[r[0] for r in rows],
+        prompt_lens=[r[1] for r in rows],
+        old_logprobs=[r[2].tolist() for r in rows],
+        advantages=patches.sequence_advantages(whole),
+        rewards=whole.rewards.float(),
+        is_demo=patches.demo_flags(whole),
+    )
