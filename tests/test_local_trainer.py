@@ -30,6 +30,7 @@ from helpers import (
 from srft_openrlhf import cli
 from srft_openrlhf.algorithm import LossConfig, Response, group_advantages, srft_loss
 from srft_openrlhf.local.rollout import PromptItem, PromptSampler, RolloutBatch, build_train_batch
+from srft_openrlhf.reward import math_reward
 
 STEP_KEYS = {
     "reward_mean",
@@ -224,7 +225,16 @@ def test_two_steps_hf_end_to_end(tmp_path, tiny_model_dir):
 
     summary = json.loads((run / "summary.json").read_text())
     assert {"accuracy_before", "accuracy_after", "wall_seconds"} <= set(summary)
-    assert 0 <= summary["accuracy_before"] <= 1 and 0 <= summary["accuracy_after"] <= 1
+    # the accuracies, recomputed from the saved held-out samples, each re-graded here
+    eval_answers = [json.loads(line)["answer"] for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    for key, step in (("accuracy_before", 0), ("accuracy_after", 2)):
+        samples = [json.loads(line) for line in (run / "eval" / f"step-{step:06d}.jsonl").read_text().splitlines()]
+        assert [s["answer"] for s in samples] == eval_answers
+        assert [s["correct"] for s in samples] == [
+            math_reward(s["response"], s["answer"], "oat") == 1.0 for s in samples
+        ]
+        hits = sum(s["correct"] for s in samples)
+        assert summary[key] == hits / len(eval_answers) == evals[step // 2]["eval_accuracy"], key
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-000002"
     assert len(list((run / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints default 2
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["micro_batch_size"] == 3
