@@ -102,14 +102,14 @@ def build_step(prompts: int, tmp_path: Path, tiny_tokenizer, tiny_model_dir: Pat
         with pytest.MonkeyPatch.context() as mp:
             # a generous grading timeout: a demo timed out under load would change the step (reward 0)
             overrides = (f"train.prompts_per_step={prompts}", "rollout.reward_timeout_s=120")
-            run = small_run(tmp_path, tiny_tokenizer, openrlhf_parser(), *overrides)
-            cfg, args, files = run
+            cfg, args, files = small_run(tmp_path, tiny_tokenizer, openrlhf_parser(), *overrides)
             samples, *_ = generate_step(patches, mp, cfg, args, files, tiny_tokenizer)
             # π_old from the engine; the step's entropy sums from a forward with the step's weights
             trainer, policy = cluster_trainer(patches, args, tiny_model_dir, gas=1)
             experiences, _ = make_experiences(patches, mp, args, samples, tiny_tokenizer, policy)
             chunks = rank_chunks(experiences, WORLD)
-            groups = [{i // 4 for e in chunk for i in e.index} for chunk in chunks]  # before the split clears index
+            # groups of 4 consecutive samples; read before the replay buffer's split clears ``index``
+            groups = [{i // 4 for e in chunk for i in e.index} for chunk in chunks]
             batch = local_train_batch(patches, replay_items(copy.deepcopy(experiences)))
             assert len(batch) == 4 * prompts and batch.is_demo.sum() == prompts and (batch.advantages != 0).any()
             local_model = copy.deepcopy(trainer.actor.model)  # Actor(bf16 weights).float(), as the ranks load it
