@@ -368,7 +368,15 @@ def small_run(tmp_path: Path, tokenizer, parser, *overrides: str):
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in OPENRLHF_EXAMPLES))
-    steps = ("rollout.reward_workers=0", "train.steps=1", "train.prompts_per_step=4", "train.micro_batch_size=2")
+    # a generous grading timeout: the first grade imports the grader, which on busy cores can take
+    # longer than the default 5 s and would turn a right rollout's reward into 0
+    steps = (
+        "rollout.reward_workers=0",
+        "rollout.reward_timeout_s=120",
+        "train.steps=1",
+        "train.prompts_per_step=4",
+        "train.micro_batch_size=2",
+    )
     cfg = openrlhf_test_config(tmp_path, data, *steps, *overrides)
     files = run_files(cfg.logging.output_dir)
     write_data(cfg, files, tokenizer)

@@ -100,9 +100,9 @@ def build_step(prompts: int, tmp_path: Path, tiny_tokenizer, tiny_model_dir: Pat
         from srft_openrlhf.openrlhf.launcher import openrlhf_parser
 
         with pytest.MonkeyPatch.context() as mp:
-            # a generous grading timeout: a demo timed out under load would change the step (reward 0)
-            overrides = (f"train.prompts_per_step={prompts}", "rollout.reward_timeout_s=120")
-            cfg, args, files = small_run(tmp_path, tiny_tokenizer, openrlhf_parser(), *overrides)
+            cfg, args, files = small_run(
+                tmp_path, tiny_tokenizer, openrlhf_parser(), f"train.prompts_per_step={prompts}"
+            )
             samples, *_ = generate_step(patches, mp, cfg, args, files, tiny_tokenizer)
             # π_old from the engine; the step's entropy sums from a forward with the step's weights
             trainer, policy = cluster_trainer(patches, args, tiny_model_dir, gas=1)
