@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from helpers import SEED, build_tiny_model, build_tiny_tokenizer, save_model, seed_torch
@@ -18,7 +19,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+# The full public benchmark files (not part of the project; tests/fixtures/benchmarks/README.md)
+# and the sample of them that the project carries.
 SHARED_BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
+BENCHMARK_SAMPLE = ROOT / "tests" / "fixtures" / "benchmarks"
+
+
+class BenchmarkFiles(NamedTuple):
+    root: Path  # holds hpt/*.json and luffy/*.parquet
+    full: bool  # the full files, else the sample
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on the full benchmark files run only when ``-m`` names ``benchmark_data``."""
+    if "benchmark_data" in (config.getoption("markexpr") or ""):
+        return
+    full = [item for item in items if item.get_closest_marker("benchmark_data")]
+    if full:
+        config.hook.pytest_deselected(items=full)
+        items[:] = [item for item in items if not item.get_closest_marker("benchmark_data")]
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +55,17 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def shared_benchmarks() -> Path:
+@pytest.fixture(
+    scope="session",
+    params=[pytest.param(False, id="sample"), pytest.param(True, id="full", marks=pytest.mark.benchmark_data)],
+)
+def benchmarks(request: pytest.FixtureRequest) -> BenchmarkFiles:
+    """The benchmark files a test reads: the sample always, the full files under ``-m benchmark_data``."""
+    if not request.param:
+        return BenchmarkFiles(BENCHMARK_SAMPLE, full=False)
     if not SHARED_BENCHMARKS.is_dir():
-        pytest.skip("../shared/benchmarks is absent (fresh clone)")
-    return SHARED_BENCHMARKS
+        pytest.fail(f"-m benchmark_data needs the full benchmark files at {SHARED_BENCHMARKS}", pytrace=False)
+    return BenchmarkFiles(SHARED_BENCHMARKS, full=True)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from srft_openrlhf.data import Example, load_examples
 from srft_openrlhf.data.loading import read_rows
 from srft_openrlhf.errors import ConfigError, DataError
 
-BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 DEMO = "<think>\n12 + 35 = 47</think>\nThe answer is \\boxed{47}."
 OPENR1_ROWS = [
     {
@@ -29,13 +28,6 @@ OPENR1_ROWS = [
         "target": [{"role": "assistant", "content": "<think>\n2+2</think>\n4"}],
     },
 ]
-
-
-def _benchmark(*parts: str) -> Path:
-    path = BENCHMARKS.joinpath(*parts)
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    return path
 
 
 def _write_parquet(path: Path, rows: list[dict]) -> Path:
@@ -54,10 +46,10 @@ def _write_jsonl(path: Path, rows: list) -> Path:
 # ----------------------------------------------------------------------------- real layouts
 
 
-def test_luffy_parquet_layout():
-    path = _benchmark("luffy", "valid.parquet")
+def test_luffy_parquet_layout(benchmarks):
+    path = benchmarks.root / "luffy" / "valid.parquet"
     loaded = load_examples(str(path), answer_key="reward_model.ground_truth", demo_key=None)
-    assert loaded.skipped == 0 and len(loaded.examples) == 2019
+    assert loaded.skipped == 0 and len(loaded.examples) == (2019 if benchmarks.full else 168)
     first = loaded.examples[0]
     assert first.answer == "204" and first.demonstration is None and first.row == 0
     assert [m["role"] for m in first.prompt] == ["system", "user"]
@@ -66,10 +58,10 @@ def test_luffy_parquet_layout():
     assert len(load_examples(str(path), answer_key="reward_model.ground_truth", demo_key=None, limit=7).examples) == 7
 
 
-def test_hpt_json_layout():
-    path = _benchmark("hpt", "AIME24.json")
+def test_hpt_json_layout(benchmarks):
+    path = benchmarks.root / "hpt" / "AIME24.json"
     loaded = load_examples(str(path), demo_key=None)
-    assert len(loaded.examples) == 30
+    assert len(loaded.examples) == (30 if benchmarks.full else 24)
     first = loaded.examples[0]
     assert first == Example(prompt=first.prompt, answer="\\boxed{204}", demonstration=None, source=str(path), row=0)
     assert first.prompt.startswith("Every morning Aya goes for a $9$-kilometer-long walk")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 
 from srft_openrlhf.data import QWEN_MATH_SYSTEM_PROMPT, SRFT_SYSTEM_PROMPT, TEMPLATES, render_prompt
 from srft_openrlhf.errors import ConfigError, DataError
 
-BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 Q = "What is 12 + 35?"
 LUFFY_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": Q}]
 
@@ -23,10 +21,8 @@ def plain_tokenizer(tiny_tokenizer):
     return tok
 
 
-def test_srft_system_prompt_is_the_luffy_system_turn():
-    path = BENCHMARKS / "luffy" / "valid.all.parquet"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
+def test_srft_system_prompt_is_the_luffy_system_turn(benchmarks):
+    path = benchmarks.root / "luffy" / "valid.all.parquet"
     import pyarrow.parquet as pq
 
     rows = pq.read_table(path, columns=["prompt"]).slice(0, 50).to_pylist()
@@ -86,10 +82,8 @@ def test_srft_generation_prompt_opens_think_once(tiny_tokenizer):
     assert text.count("<think>\n {thoughts}") == 1 and text.count("assistant\n<think>\n") == 1
 
 
-def test_luffy_row_renders_like_its_own_messages():
-    path = BENCHMARKS / "luffy" / "valid.parquet"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
+def test_luffy_row_renders_like_its_own_messages(benchmarks):
+    path = benchmarks.root / "luffy" / "valid.parquet"
     import pyarrow.parquet as pq
 
     messages = pq.read_table(path, columns=["prompt"]).slice(0, 1).to_pylist()[0]["prompt"]

@@ -22,7 +22,6 @@ from evaluation.benchmarks import (
 )
 from srft_openrlhf.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 SYSTEM = "Your task is to follow a systematic, thorough reasoning process"
 
 
@@ -354,35 +353,35 @@ def test_embedded_numbered_options_are_relabelled(tmp_path):
         load_benchmark(BENCHMARKS["arc_c"], bad)
 
 
-# ----------------------------------------------------------------------------- the shared copies
+# ----------------------------------------------------------------------------- real benchmark files
 
+# benchmark: (file, problems in the full file, problems in the sample); LUFFY's repeated rows dropped
 HPT = {
-    "aime24": ("AIME24.json", 30),
-    "aime25": ("AIME25.json", 30),
-    "amc": ("AMC23.json", 40),
-    "math500": ("MATH-500.json", 500),
-    "minerva": ("Minerva.json", 272),
-    "olympiad": ("Olympiad-Bench.json", 674),
-    "gpqa_diamond": ("GPQA.json", 198),
+    "aime24": ("AIME24.json", 30, 24),
+    "aime25": ("AIME25.json", 30, 24),
+    "amc": ("AMC23.json", 40, 24),
+    "math500": ("MATH-500.json", 500, 24),
+    "minerva": ("Minerva.json", 272, 24),
+    "olympiad": ("Olympiad-Bench.json", 674, 24),
+    "gpqa_diamond": ("GPQA.json", 198, 24),
 }
 LUFFY = {
-    "aime24": ("valid.all.parquet", 30),
-    "aime25": ("valid.all.parquet", 30),
-    "amc": ("valid.all.parquet", 83),
-    "math500": ("valid.all.parquet", 500),
-    "minerva": ("valid.all.parquet", 272),
-    "olympiad": ("valid.all.parquet", 675),
-    "arc_c": ("valid.arc_c.parquet", 1172),
-    "gpqa_diamond": ("valid.gpqa.parquet", 198),
+    "aime24": ("valid.all.parquet", 30, 24),
+    "aime25": ("valid.all.parquet", 30, 24),
+    "amc": ("valid.all.parquet", 83, 24),
+    "math500": ("valid.all.parquet", 500, 24),
+    "minerva": ("valid.all.parquet", 272, 24),
+    "olympiad": ("valid.all.parquet", 675, 24),
+    "arc_c": ("valid.arc_c.parquet", 1172, 46),
+    "gpqa_diamond": ("valid.gpqa.parquet", 198, 24),
 }
 
 
 @pytest.mark.parametrize("folder,table", [("hpt", HPT), ("luffy", LUFFY)])
-def test_shared_benchmark_files_load(folder, table):
-    if not SHARED.is_dir():
-        pytest.skip("../shared/benchmarks is absent (fresh clone)")
-    for name, (file, rows) in table.items():
-        problems = load_benchmark(BENCHMARKS[name], SHARED / folder / file)
+def test_benchmark_files_load(benchmarks, folder, table):
+    for name, (file, full_rows, sample_rows) in table.items():
+        problems = load_benchmark(BENCHMARKS[name], benchmarks.root / folder / file)
+        rows = full_rows if benchmarks.full else sample_rows
         assert len(problems) == rows, (folder, name)
         assert len({p.id for p in problems}) == rows
         assert all(p.question.strip() and p.answer.strip() for p in problems)
