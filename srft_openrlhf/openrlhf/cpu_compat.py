@@ -537,7 +537,12 @@ class CPURolloutActor:
         loaded = dict(self.generator.model.named_parameters())
         wrong = [name for name, t in state.items() if not torch.equal(loaded[name].to(t.dtype), t)]
         if wrong:
-            raise RuntimeError(f"CPU rollout engine: version {version} did not load into {', '.join(wrong[:5])}")
+            got, sent = loaded[wrong[0]], state[wrong[0]]
+            raise RuntimeError(
+                f"CPU rollout engine: version {version} did not load into {', '.join(wrong[:5])} "
+                f"(first: {tuple(got.shape)} {got.dtype} holds {got.flatten()[:3].tolist()}, "
+                f"sent {tuple(sent.shape)} {sent.dtype} {sent.flatten()[:3].tolist()})"
+            )
         self.version = version
         return digests
 
