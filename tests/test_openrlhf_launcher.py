@@ -186,6 +186,10 @@ def test_colocated_sync_and_async_layouts(tmp_path):
         (["model.dtype=fp32"], "model.dtype"),
         (["model.dtype=fp16"], "its vLLM engines are bf16 and refuse fp16 weights"),
         (["rollout.top_p=0.9"], "rollout.top_p = 0.9"),
+        (
+            ["cluster.cpu=true", "rollout.generator=vllm", "cluster.colocate_all=true", "train.async_enable=false"],
+            "vLLM on CPU has no sleep mode",
+        ),
         (["cluster.extra_args=[--algo.dynamic_filtering_enable]"], "--algo.dynamic_filtering_enable is set by"),
         (["cluster.extra_args=[--train.max_epochs, 2]"], "--train.max_epochs is set by"),
         (["cluster.extra_args=[--train.num_episodes=2]"], "--train.num_episodes=2 is set by"),

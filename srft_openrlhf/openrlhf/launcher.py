@@ -184,15 +184,10 @@ def check_config(cfg: SRFTConfig) -> tuple[GroupLayout, ClusterLayout]:
             "trainer scores; use rollout.top_p=1.0"
         )
     if cfg.cluster.cpu:
-        if cfg.rollout.generator == "vllm":
+        if cfg.rollout.generator == "vllm" and cfg.cluster.colocate_all and not cfg.train.async_enable:
             raise ConfigError(
-                "rollout.generator = vllm with cluster.cpu: the CPU layer generates with the HF "
-                "generator (vLLM's weight sync needs NCCL); use auto or hf"
-            )
-        if cfg.train.zero_stage not in (0, 1, 2):
-            raise ConfigError(
-                f"train.zero_stage = {cfg.train.zero_stage} with cluster.cpu: the CPU layer's "
-                "weight sync reads full weights on rank 0; use 0, 1 or 2"
+                "cluster.colocate_all (sync) with cluster.cpu and rollout.generator = vllm: vLLM on CPU has "
+                "no sleep mode to share a device with training; set cluster.colocate_all=false"
             )
     elif cfg.rollout.generator == "hf":
         raise ConfigError(
@@ -423,7 +418,7 @@ def openrlhf_args(cfg: SRFTConfig, files: RunFiles, resume: bool) -> list[str]:
         (cluster.colocated, ["--train.colocate_all", "--vllm.enable_sleep", "--ds.enable_sleep"]),
         (c.colocate_all and t.async_enable, ["--train.colocate_all"]),  # OpenRLHF then colocates DeepSpeed models only
         (c.enable_prefix_caching, ["--vllm.enable_prefix_caching"]),
-        (c.enforce_eager, ["--vllm.enforce_eager"]),
+        (c.enforce_eager or (c.cpu and r.generator == "vllm"), ["--vllm.enforce_eager"]),  # no graphs on CPU
         (c.adam_offload, ["--ds.adam_offload"]),
         (cfg.model.gradient_checkpointing, ["--actor.gradient_checkpointing_enable"]),
         (c.save_hf_checkpoints, ["--ckpt.save_hf"]),
@@ -675,8 +670,11 @@ def init_ray(cfg: SRFTConfig) -> None:
     from srft_openrlhf.openrlhf import cpu_compat
 
     cluster = cluster_layout(cfg)
+    engines = cluster.vllm_engines * cluster.vllm_tensor_parallel  # OpenRLHF's vLLM engines take a GPU each
     resources: dict[str, Any] = (
-        {} if cfg.cluster.ray_address else {"num_gpus": cluster.actor_gpus, "num_cpus": cluster.actor_gpus + 4}
+        {}
+        if cfg.cluster.ray_address
+        else {"num_gpus": cluster.actor_gpus + engines, "num_cpus": cluster.actor_gpus + engines + 4}
     )  # logical, not cores
     ray.init(
         address=cfg.cluster.ray_address,
@@ -699,7 +697,7 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     if cfg.cluster.cpu:  # before OpenRLHF is imported: flash-attn stub, torch.cuda redirects
         from srft_openrlhf.openrlhf import cpu_compat
 
-        cpu_compat.install()
+        cpu_compat.install(rollout=cfg.rollout.generator)
     from srft_openrlhf.openrlhf import patches  # imports OpenRLHF and checks the hook points
 
     if cfg.cluster.cpu:
