@@ -71,7 +71,8 @@ def check_steps(rows: list[dict], rollouts: int = 4) -> None:
         assert row["rollout/min_group_demos"] == row["rollout/max_group_demos"] == 1
         assert row["srft/step_totals_ranks_agree"] == 1.0  # both DeepSpeed ranks used the same StepTotals
         assert row["srft/step_sequences"] == 8 * (rollouts + 1)
-        assert row["srft/w_sft"] == pytest.approx(0.5 * math.exp(-row["srft/step_entropy_demo"]), rel=1e-4)
+        # w_SFT, w_RL and the loss terms are compared with the local backend's step, on the same
+        # batch through 2 real DeepSpeed ranks, in tests/test_openrlhf_multirank.py
 
 
 def test_toy_openrlhf_cpu_sync_resume_and_async(tmp_path):
@@ -88,8 +89,6 @@ def test_toy_openrlhf_cpu_sync_resume_and_async(tmp_path):
     assert [r["rollout/weights_version_max"] for r in rows] == [0.0, 1.0, 2.0]
     assert [r["rollout/weights_version_min"] for r in rows] == [0.0, 1.0, 2.0]
     assert (files.checkpoints / "_actor" / "global_step2").is_dir() and (files.model / "config.json").is_file()
-    summary = json.loads(files.summary.read_text())
-    assert 0 <= summary["accuracy_before"] <= 1 and 0 <= summary["accuracy_after"] <= 1
 
     # --resume: OpenRLHF restores step 2 (weights, optimizer, dataloader) and trains step 3 again
     srft_train(sync, "--resume", str(sync))
@@ -112,7 +111,6 @@ def test_toy_openrlhf_cpu_sync_resume_and_async(tmp_path):
     # OpenRLHF's periodic evaluation (greedy, the 16 held-out prompts), from the async trainer
     [evaluation] = evaluations(asynchronous)
     assert evaluation["step"] == 2 and evaluation["eval_num_samples"] == 16
-    assert 0 <= evaluation["eval_toy_pass1"] <= 1
 
 
 def test_toy_openrlhf_cpu_reference_model_kl(tmp_path):
@@ -129,7 +127,27 @@ def test_toy_openrlhf_cpu_reference_model_kl(tmp_path):
     kl = [r["srft/kl"] for r in rows]
     assert abs(kl[0]) < 1e-6 and abs(kl[1]) < 1e-6, kl  # the reference forward is the policy's, to fp32
     assert kl[2] > 1e-5, kl
-    assert rows[2]["srft/loss_kl"] == pytest.approx(0.05 * kl[2], rel=1e-2)  # the loss term is kl_coef x KL
     # OpenRLHF's periodic evaluation, from the sync trainer: a metrics.jsonl line of its own
     [evaluation] = evaluations(out)
     assert evaluation["step"] == 3 and evaluation["eval_num_samples"] == 16
+    # the same 16 held-out prompts after the last step, scored twice: by OpenRLHF's evaluation (the
+    # rollout engine with the synced weights, greedy, its reward function) and by the launcher (the
+    # saved model through the HF generator, the project's grader). Three steps barely move the policy,
+    # so this guards the two scoring paths, not the weight sync (tests/test_openrlhf_vllm_e2e.py)
+    summary = json.loads((out / "summary.json").read_text())
+    assert evaluation["eval_toy_pass1"] == pytest.approx(summary["accuracy_after"]), (evaluation, summary)
+
+
+def test_toy_openrlhf_cpu_learns(tmp_path):
+    """The config as shipped (60 asynchronous steps, seed 42): the held-out accuracy rises by at least
+    20 points. The committed runs of the config (docs/results/toy_openrlhf_cpu.json: seeds 42 / 1 / 2,
+    and earlier runs of the same seeds) rose by 33 to 39 points from the same base; with the vLLM
+    engines (toy_openrlhf_cpu_vllm.json) by 40 to 43."""
+    committed = json.loads((ROOT / "docs" / "results" / "toy_openrlhf_cpu.json").read_text())
+    rises = [r["accuracy_after"] - r["accuracy_before"] for r in committed["runs"].values()]
+    assert min(rises) > 0.3  # the margin below is one the committed seeds clear with room
+    out = tmp_path / "learn"
+    srft_train(out, "--config", str(CONFIG), "--output-dir", str(out), "--set", "rollout.generator=hf", timeout=900)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accuracy_before"] == pytest.approx(committed["held_out_before_percent"] / 100)
+    assert summary["accuracy_after"] >= summary["accuracy_before"] + 0.2, summary
