@@ -202,3 +202,57 @@ def test_readme_block_is_generated_from_the_results_file(tmp_path):
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(SystemExit):
         results.main(["readme", str(root / "results.json"), str(tmp_path / "plain.md")])
+
+
+def test_cluster_block_is_generated_from_the_reproduce_results(tmp_path):
+    """Two results.json of scripts/reproduce_toy_openrlhf.sh, numbers chosen by hand: the means over
+    seeds of the step phases and the wall time are computed here, not by the code under test."""
+    from srft_openrlhf.local import results
+
+    def result(generator: str, after: list[float], generation: list[float]) -> Path:
+        runs = {
+            seed: {
+                "accuracy_before": 0.25,
+                "accuracy_after": a,
+                "wall_seconds": 100.0 + 10 * i,
+                "step_seconds": {"generation": g, "experience": 0.1, "training": 0.4, "weight_sync": 0.2, "wait": 0.05},
+            }
+            for i, (seed, a, g) in enumerate(zip(("42", "1"), after, generation))
+        }
+        data = {
+            "generator": generator,
+            "command": f"bash scripts/reproduce_toy_openrlhf.sh out-{generator}",
+            "commit": "abc1234",
+            "cpu": {"model": "Test CPU", "simd": "avx2 avx512f"},
+            "held_out_before_percent": 25.0,
+            "held_out_after_percent_mean": 100 * sum(after) / 2,
+            "held_out_after_percent_std": 1.23,
+            "runs": runs,
+        }
+        path = tmp_path / f"{generator}.json"
+        path.write_text(json.dumps(data))
+        return path
+
+    doc = tmp_path / "cluster.md"
+    doc.write_text("intro\n<!-- cluster-results:begin -->\nold\n<!-- cluster-results:end -->\noutro\n")
+    hf, vllm = result("hf", [0.5, 0.6], [0.3, 0.5]), result("vllm", [0.7, 0.75], [0.6, 0.8])
+    assert results.main(["cluster", str(doc), str(hf), str(vllm)]) == 0
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("<!-- cluster-results:end -->\noutro\n") and "old" not in text
+    assert "| hf | 25.0 | 50.0 / 60.0 (seeds 42, 1) | 55.0 ± 1.2 | 0.40 | 0.10 | 0.40 | 0.20 | 0.05 | 105 |" in text
+    assert "| vllm | 25.0 | 70.0 / 75.0 (seeds 42, 1) | 72.5 ± 1.2 | 0.70 |" in text
+    assert "Test CPU (AVX-512)" in text and "`bash scripts/reproduce_toy_openrlhf.sh out-vllm`" in text
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/cluster.md"])
+def test_committed_cluster_tables_are_the_committed_results(doc):
+    """The cluster-results blocks hold what ``results cluster`` makes of the committed JSON files
+    (a number edited by hand, or a results file rerun without regenerating the docs, fails)."""
+    from srft_openrlhf.local import results
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "docs" / "results" / f for f in ("toy_openrlhf_cpu.json", "toy_openrlhf_cpu_vllm.json")]
+    table = results.cluster_markdown([json.loads(f.read_text()) for f in files])
+    text = (root / doc).read_text()
+    block = text.split("<!-- cluster-results:begin -->\n", 1)[1].split("<!-- cluster-results:end -->", 1)[0]
+    assert block.split("\n", 1)[1] == table

@@ -14,6 +14,10 @@
 ``python -m srft_openrlhf.local.results readme RESULTS_JSON README``
     Rewrites the part of README between the ``<!-- toy-results -->`` markers with the tables
     of RESULTS_JSON, so the README's numbers always come from a committed results file.
+
+``python -m srft_openrlhf.local.results cluster DOC RESULTS_JSON ...``
+    The same for the ``<!-- cluster-results -->`` block of DOC: one row per results.json of
+    ``scripts/reproduce_toy_openrlhf.sh`` (held-out accuracy over seeds, step time by phase).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ PARADIGMS = (
 ABLATIONS = (("srft", "SRFT"), ("srft_no_wsft", "w/o w_SFT"), ("srft_no_wrl", "w/o w_RL"))
 CURVE_SMOOTHING = 10  # steps: per-step rewards of 16 prompts are too noisy to compare methods by eye
 README_BEGIN, README_END = "<!-- toy-results:begin -->", "<!-- toy-results:end -->"
+CLUSTER_BLOCK = "cluster-results"
+STEP_PHASES = (("generation", "generation"), ("experience", "experience"), ("training", "training"),
+               ("weight_sync", "weight sync"), ("wait", "waiting"))  # fmt: skip
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -207,16 +214,58 @@ def sweep_markdown(sweep: dict[str, dict[str, dict]]) -> str:
     return "".join(lines)
 
 
+def cluster_markdown(results: list[dict[str, Any]]) -> str:
+    """One row per ``scripts/reproduce_toy_openrlhf.sh`` results.json: the rollout engine, the
+    held-out accuracy before and after (each seed, mean ± std) and the mean seconds per step by
+    phase over seeds (in async mode generation overlaps training: "waiting" is the step's wall
+    time outside the trainer's own phases)."""
+    lines = [
+        "| rollout engine | held-out before | after, per seed | after, mean ± std | s/step: "
+        + " | ".join(name for _, name in STEP_PHASES)
+        + " | wall s/run |\n",
+        "|---" * (5 + len(STEP_PHASES)) + "|\n",
+    ]
+    for result in results:
+        runs = result["runs"]
+        seeds = " / ".join(f"{100 * r['accuracy_after']:.1f}" for r in runs.values())
+        phases = " | ".join(
+            f"{statistics.fmean(r['step_seconds'][key] for r in runs.values()):.2f}" for key, _ in STEP_PHASES
+        )
+        wall = statistics.fmean(r["wall_seconds"] for r in runs.values())
+        lines.append(
+            f"| {result['generator']} | {result['held_out_before_percent']:.1f} | {seeds} "
+            f"(seeds {', '.join(runs)}) | {result['held_out_after_percent_mean']:.1f} ± "
+            f"{result['held_out_after_percent_std']:.1f} | {phases} | {wall:.0f} |\n"
+        )
+    simd = lambda r: "AVX-512" if "avx512f" in r["cpu"]["simd"].split() else "no AVX-512"  # noqa: E731
+    cpus = sorted({f"{r['cpu']['model']} ({simd(r)})" for r in results})
+    commits = sorted({r["commit"] for r in results})
+    lines.append(f"\nOn {', '.join(cpus)}; commit {', '.join(commits)}; commands: "
+                 + "; ".join(f"`{r['command']}`" for r in results) + ".\n")  # fmt: skip
+    return "".join(lines)
+
+
+def fill_block(doc: Path, block: str, content: str, source: str) -> None:
+    """Replace ``doc``'s text between ``<!-- BLOCK:begin -->`` and ``<!-- BLOCK:end -->``."""
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+    text = doc.read_text()
+    if begin not in text or end not in text:
+        raise ConfigError(f"{doc}: no {begin} ... {end} block to fill")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    generated = f"<!-- generated from {source} by python -m srft_openrlhf.local.results -->\n"
+    doc.write_text(f"{head}{begin}\n{generated}{content}{end}{tail}")
+
+
 def write_readme(results_json: Path, readme: Path) -> None:
     """Replace README's block between the toy-results markers by the tables of ``results_json``."""
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise ConfigError(f"{readme}: no {README_BEGIN} ... {README_END} block to fill")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    source = f"<!-- generated from {results_json} by python -m srft_openrlhf.local.results readme -->\n"
-    table = markdown(json.loads(Path(results_json).read_text()))
-    readme.write_text(f"{head}{README_BEGIN}\n{source}{table}{README_END}{tail}")
+    fill_block(readme, "toy-results", markdown(json.loads(Path(results_json).read_text())), str(results_json))
+
+
+def write_cluster(doc: Path, results_jsons: list[Path]) -> None:
+    """Replace ``doc``'s cluster-results block by the table of ``results_jsons``."""
+    results = [json.loads(Path(p).read_text()) for p in results_jsons]
+    fill_block(doc, CLUSTER_BLOCK, cluster_markdown(results), ", ".join(map(str, results_jsons)))
 
 
 def report(root: Path) -> str:
@@ -240,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     readme = sub.add_parser("readme", help="fill README's toy-results block from a results.json")
     readme.add_argument("results_json", type=Path)
     readme.add_argument("readme", type=Path)
+    cluster = sub.add_parser("cluster", help="fill DOC's cluster-results block from reproduce_toy_openrlhf.sh results")
+    cluster.add_argument("doc", type=Path)
+    cluster.add_argument("results_json", type=Path, nargs="+")
     args = p.parse_args(argv)
     try:
         if args.command == "best-lr":
@@ -247,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             print(report(args.root))
             print(f"wrote {args.root / 'results.json'}, {args.root / 'results.md'}, {args.root / 'curves.png'}")
+        elif args.command == "cluster":
+            write_cluster(args.doc, args.results_json)
+            print(f"wrote the cluster results of {', '.join(map(str, args.results_json))} into {args.doc}")
         else:
             write_readme(args.results_json, args.readme)
             print(f"wrote the toy results of {args.results_json} into {args.readme}")
