@@ -22,7 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from evaluation.benchmarks import (
+from evaluation.generate import EvalGenerator, Sampling, build_generator, prompt_seed, resolve_generator
+from evaluation.grade import grade_responses
+from evaluation.report import SAMPLES, append_samples, read_samples, results_markdown, summarize, write_outputs
+from srft_openrlhf.data.benchmarks import (
     BENCHMARKS,
     PAPER_BENCHMARKS,
     Benchmark,
@@ -31,9 +34,6 @@ from evaluation.benchmarks import (
     get_benchmark,
     load_benchmark,
 )
-from evaluation.generate import EvalGenerator, Sampling, build_generator, prompt_seed, resolve_generator
-from evaluation.grade import grade_responses
-from evaluation.report import SAMPLES, append_samples, read_samples, results_markdown, summarize, write_outputs
 from srft_openrlhf.errors import ConfigError, UserError
 
 # --template names -> srft_openrlhf.data templates ("own": the model's chat template, Table A1).

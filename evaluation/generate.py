@@ -1,7 +1,7 @@
 """Sampling k responses per prompt: vLLM (tensor parallel, seeded) or Hugging Face ``generate``.
 
 Both generators (``VLLMEvalGenerator``, ``HFEvalGenerator``; distinct from the training
-generators of ``srft_openrlhf.local.generation``, which take token ids) take prompts as
+generators of ``srft_openrlhf.generation``, which take token ids) take prompts as
 rendered text and tokenise them the same way (``encode_prompt``), so a template renders
 identically whichever engine runs it. Seeds are per prompt: vLLM gives the i-th of the n
 samples of a request the seed ``seed + i``, so a prompt's seed plus its first sample index

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from evaluation.benchmarks import BENCHMARKS, benchmark_for_source
+from srft_openrlhf.data.benchmarks import BENCHMARKS, benchmark_for_source
 from srft_openrlhf.errors import DataError, UserError
 
 KINDS = ("math", "choice")

@@ -10,10 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-# Table 2 of the paper: five in-distribution math sets, three out-of-distribution sets.
-IN_DISTRIBUTION = ("aime24", "amc", "math500", "minerva", "olympiad")
-OUT_OF_DISTRIBUTION = ("arc_c", "gpqa_diamond", "mmlu_pro")
-
 
 @dataclass(frozen=True)
 class Sample:

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-from evaluation.benchmarks import BENCHMARKS
-from evaluation.metrics import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION, Sample, benchmark_metrics, group_average
+from evaluation.metrics import Sample, benchmark_metrics, group_average
+from srft_openrlhf.data.benchmarks import BENCHMARKS, IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 from srft_openrlhf.errors import DataError
 
 logger = logging.getLogger(__name__)

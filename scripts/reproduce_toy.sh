@@ -90,7 +90,7 @@ run_all < <(for method in $METHODS; do for lr in $LRS; do
 
 declare -A BEST
 for method in $METHODS; do
-  BEST[$method]=$("$PY" -m srft_openrlhf.local.results best-lr "$OUT/sweep/$method")
+  BEST[$method]=$("$PY" -m srft_openrlhf.runs.results best-lr "$OUT/sweep/$method")
   echo "[reproduce_toy] $method: best lr ${BEST[$method]}"
   # the sweep's run at the best lr is the final run of its seed
   mkdir -p "$OUT/final/$method"
@@ -101,4 +101,4 @@ done
 run_all < <(for method in $METHODS; do for seed in $SEEDS; do
   echo "$method ${BEST[$method]} $seed $OUT/final/$method/seed-$seed $KEEP"; done; done)
 
-"$PY" -m srft_openrlhf.local.results report "$OUT"
+"$PY" -m srft_openrlhf.runs.results report "$OUT"

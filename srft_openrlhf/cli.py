@@ -21,7 +21,7 @@ _DELEGATED = {
         "main",
         "the paper's analyses: token-shift (Fig. 2) and trajectory (Fig. 3)",
     ),
-    "plot": ("srft_openrlhf.local.plot", "main", "plot reward / length / entropy curves of runs"),
+    "plot": ("srft_openrlhf.runs.plot", "main", "plot reward / length / entropy curves of runs"),
     "prepare-model": (
         "srft_openrlhf.data.prepare_model",
         "main",

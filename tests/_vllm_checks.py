@@ -16,7 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from srft_openrlhf.local.generation import HFGenerator, VLLMGenerator, sampling_logprobs  # noqa: E402
+from srft_openrlhf.generation import HFGenerator, VLLMGenerator, sampling_logprobs  # noqa: E402
 
 PROMPTS = [[19, 358, 21], [323, 333, 288, 28, 377, 284, 278, 373, 272, 310, 33], [40, 41, 42, 43, 44, 45]]
 MAX_NEW = 12

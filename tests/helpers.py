@@ -362,9 +362,9 @@ def rollout_texts(answer: str, n: int, prompt_index: int) -> list[str]:
 
 def small_run(tmp_path: Path, tokenizer, parser, *overrides: str):
     """Config, OpenRLHF args and run files of a 4-prompt step of 3 rollouts + 1 demo each."""
-    from srft_openrlhf.openrlhf import run_files
     from srft_openrlhf.openrlhf.launcher import openrlhf_args, write_data
     from srft_openrlhf.openrlhf.reward_func import reward_func_file_text
+    from srft_openrlhf.runs import run_files
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in OPENRLHF_EXAMPLES))

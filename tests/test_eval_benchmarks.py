@@ -1,4 +1,4 @@
-"""evaluation.benchmarks: registry, file layouts, field detection, multiple-choice shuffling."""
+"""srft_openrlhf.data.benchmarks: registry, file layouts, field detection, multiple-choice shuffling."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from evaluation.benchmarks import (
+from srft_openrlhf.data.benchmarks import (
     BENCHMARKS,
     LETTERS,
     PAPER_BENCHMARKS,
@@ -224,7 +224,7 @@ def test_importing_the_harness_loads_neither_torch_nor_vllm():
     import sys
 
     code = (
-        "import sys, evaluation.benchmarks, evaluation.generate, evaluation.grade, evaluation.__main__\n"
+        "import sys, srft_openrlhf.data.benchmarks, evaluation.generate, evaluation.grade, evaluation.__main__\n"
         "print([m for m in ('torch', 'vllm', 'transformers', 'datasets') if m in sys.modules])"
     )
     out = subprocess.run(

@@ -223,8 +223,8 @@ def test_templates_render_the_question(tiny_tokenizer):
     from types import SimpleNamespace
 
     from evaluation.__main__ import Task, render_prompts
-    from evaluation.benchmarks import BENCHMARKS, Problem
     from srft_openrlhf.data import SRFT_SYSTEM_PROMPT
+    from srft_openrlhf.data.benchmarks import BENCHMARKS, Problem
     from srft_openrlhf.errors import ConfigError
 
     tasks = [Task(BENCHMARKS["aime24"], [Problem("aime24", "0", "What is 12 + 35?", "47")], 1, "test")]

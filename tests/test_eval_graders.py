@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.benchmarks import BENCHMARKS, LETTERS, load_benchmark
 from evaluation.grade import grade_responses
 from evaluation.grade import main as grade_main
+from srft_openrlhf.data.benchmarks import BENCHMARKS, LETTERS, load_benchmark
 
 KNOWN = json.loads((Path(__file__).parent / "fixtures" / "eval_grader_misses.json").read_text())
 

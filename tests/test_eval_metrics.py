@@ -9,7 +9,6 @@ from math import comb
 import pytest
 
 from evaluation.metrics import (
-    IN_DISTRIBUTION,
     Sample,
     avg_at_k,
     benchmark_metrics,
@@ -18,6 +17,7 @@ from evaluation.metrics import (
     pass_at_k,
     report_ks,
 )
+from srft_openrlhf.data.benchmarks import IN_DISTRIBUTION
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> Fraction:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from evaluation.__main__ import RUN_KEYS, Task, evaluate, render_prompts
-from evaluation.benchmarks import BENCHMARKS, Problem
 from evaluation.generate import EvalCompletion, prompt_seed
 from evaluation.report import SAMPLES, read_samples
+from srft_openrlhf.data.benchmarks import BENCHMARKS, Problem
 from srft_openrlhf.errors import ConfigError, DataError
 
 SETTINGS = {"model": "/models/tiny", "template": "none", "temperature": 0.6, "top_p": 1.0, "max_tokens": 16, "seed": 3}

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import srft_train, tiny_run_config, train_records
 
+from srft_openrlhf.generation import Generator
 from srft_openrlhf.local.async_rollout import AsyncRollouts, SyncRollouts
-from srft_openrlhf.local.generation import Generator
 from srft_openrlhf.local.rollout import RolloutBatch
 
 

@@ -15,7 +15,7 @@ import torch
 from helpers import requires_vllm
 
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.local.generation import HFGenerator, make_generator, sampling_logprobs
+from srft_openrlhf.generation import HFGenerator, make_generator, sampling_logprobs
 
 PROMPTS = [[19, 358, 21], [323, 333, 288, 28, 377, 284, 278, 373, 272, 310, 33], [40, 41, 42, 43, 44, 45]]
 

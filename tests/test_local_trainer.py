@@ -29,7 +29,8 @@ from helpers import (
 
 from srft_openrlhf import cli
 from srft_openrlhf.algorithm import LossConfig, Response, group_advantages, srft_loss
-from srft_openrlhf.local.rollout import PromptItem, PromptSampler, RolloutBatch, build_train_batch
+from srft_openrlhf.data.sampler import PromptSampler
+from srft_openrlhf.local.rollout import PromptItem, RolloutBatch, build_train_batch
 from srft_openrlhf.reward import math_reward
 
 STEP_KEYS = {

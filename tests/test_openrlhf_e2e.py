@@ -76,7 +76,7 @@ def check_steps(rows: list[dict], rollouts: int = 4) -> None:
 
 
 def test_toy_openrlhf_cpu_sync_resume_and_async(tmp_path):
-    from srft_openrlhf.openrlhf import run_files
+    from srft_openrlhf.runs import run_files
 
     sync = tmp_path / "sync"
     sets = [a for s in SMALL + ["train.async_enable=false"] for a in ("--set", s)]

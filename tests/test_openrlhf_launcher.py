@@ -16,8 +16,7 @@ from helpers import build_tiny_tokenizer, openrlhf_test_config, subprocess_env
 from srft_openrlhf.cli import main as cli_main
 from srft_openrlhf.config import load_config
 from srft_openrlhf.errors import ConfigError, DataError
-from srft_openrlhf.local.metrics import drop_records_after
-from srft_openrlhf.openrlhf import group_layout, run_files
+from srft_openrlhf.openrlhf import group_layout
 from srft_openrlhf.openrlhf.launcher import check_config, openrlhf_args, openrlhf_prompt, resumed_step, write_data
 from srft_openrlhf.openrlhf.reward_func import (
     decode_label,
@@ -26,6 +25,8 @@ from srft_openrlhf.openrlhf.reward_func import (
     response_text,
     reward_func_file_text,
 )
+from srft_openrlhf.runs import run_files
+from srft_openrlhf.runs.records import drop_records_after
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["qwen2.5-math-1.5b", "qwen2.5-math-7b", "llama-3.1-8b"]
@@ -283,7 +284,7 @@ def test_write_data_lays_out_prompts_labels_and_demos(tmp_path, tiny_tokenizer):
 
 def test_training_file_is_one_seeded_permutation_per_epoch(tmp_path, tiny_tokenizer):
     """The local backend's rule (PromptSampler): every example once per epoch, in a seeded order."""
-    from srft_openrlhf.local.rollout import PromptSampler
+    from srft_openrlhf.data.sampler import PromptSampler
 
     rows = [dict(EXAMPLES[0], prompt=f"What is {i} + 1?", answer=str(i + 1)) for i in range(7)]
     data = write_examples(tmp_path / "train.jsonl", rows)

@@ -40,10 +40,11 @@ from helpers import (
 from srft_openrlhf.algorithm import srft_loss
 from srft_openrlhf.config import load_config
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.openrlhf import HookPoint, run_files
+from srft_openrlhf.openrlhf import HookPoint
 from srft_openrlhf.openrlhf.cpu_compat import STUB_DIR
 from srft_openrlhf.openrlhf.launcher import openrlhf_args
 from srft_openrlhf.openrlhf.reward_func import decode_label
+from srft_openrlhf.runs import run_files
 
 ROOT = Path(__file__).resolve().parents[1]
 STUB = STUB_DIR  # the CPU layer's flash-attn stub
@@ -686,7 +687,7 @@ def test_cpu_rollout_engine_samples_do_not_depend_on_request_order(tiny_model_di
     """OpenRLHF sends one request per prompt, concurrently: the CPU rollout engine's samples for
     a prompt are fixed by the seed, the weights version, the prompt and its repeat count (a
     shared random stream made two runs of the same config train on different rollouts)."""
-    from srft_openrlhf.local.generation import HFGenerator
+    from srft_openrlhf.generation import HFGenerator
     from srft_openrlhf.openrlhf.cpu_compat import CPURolloutActor
 
     class Executor:  # OpenRLHF's executor, reduced to what the engine hands it

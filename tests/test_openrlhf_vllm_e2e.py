@@ -181,7 +181,7 @@ def engine(toy):
 
 
 def sync(engine, folder: Path, version: int) -> None:
-    from srft_openrlhf.openrlhf.cpu_compat import send_weights
+    from srft_openrlhf.openrlhf.weight_sync import send_weights
 
     send_weights([engine], bf16_state(folder), version)  # raises if the engine's digests differ
     import ray
@@ -202,7 +202,7 @@ def engine_greedy(engine, prompts: list[list[int]]) -> list[list[int]]:
 
 
 def hf_greedy(folder: Path, prompts: list[list[int]]) -> list[list[int]]:
-    from srft_openrlhf.local.generation import HFGenerator
+    from srft_openrlhf.generation import HFGenerator
 
     generator = HFGenerator.load(str(folder), dtype="fp32", device="cpu")
     completions = generator.generate(prompts, 1, temperature=0.0, top_p=1.0, max_new_tokens=MAX_TOKENS)

@@ -9,7 +9,7 @@ import pytest
 
 from srft_openrlhf import cli
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.local import plot
+from srft_openrlhf.runs import plot
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -29,7 +29,7 @@ def fake_run(folder: Path, reward: float, rollouts: bool = True, summary: dict |
 
 
 def test_series_picks_rollout_entropy_and_falls_back_for_sft(tmp_path):
-    from srft_openrlhf.local.metrics import read_metrics
+    from srft_openrlhf.runs.records import read_metrics
 
     records = read_metrics(fake_run(tmp_path / "srft", 0.1))
     assert plot.series(records, "reward_mean") == ([1, 2, 3, 4, 5], pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5]))
@@ -61,7 +61,7 @@ def test_series_of_an_openrlhf_run(tmp_path):
         )
     lines.insert(2, {"step": 2, "eval_toy_pass1": 0.4, "eval_num_samples": 16.0})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    from srft_openrlhf.local.metrics import read_metrics
+    from srft_openrlhf.runs.records import read_metrics
 
     records = read_metrics(folder)
     assert plot.series(records, "reward_mean") == ([1, 2, 3], pytest.approx([0.1, 0.2, 0.3]))
@@ -116,9 +116,13 @@ def test_aggregate_table_mean_std_and_curves(tmp_path):
                     "accuracy_chained_carry_after": acc - 0.1,
                 },
             )
-    table_path = tmp_path / "results.md"
-    assert plot.main(["--aggregate", str(root), "--table", str(table_path)]) == 0
-    table = table_path.read_text()
+    from srft_openrlhf.runs import results
+
+    assert plot.main(["--aggregate", str(root)]) == 0  # curves only
+    assert (root / "curves.png").read_bytes()[:8] == PNG
+    (root / "curves.png").unlink()
+    assert results.main(["report", str(root)]) == 0  # the table (and the same curves)
+    table = (root / "results.md").read_text()
     assert "| SRFT | 90.0 ± 10.0 | 80.0 ± 10.0 | 3 |" in table  # stdev of (80, 90, 100) = 10
     assert "| GRPO | 50.0 ± 10.0 | 40.0 ± 10.0 | 3 |" in table
     assert "| SFT | 70.0 ± 0.0 | 60.0 ± 0.0 | 3 |" in table
@@ -158,7 +162,7 @@ def sweep_root(tmp_path: Path) -> Path:
 
 
 def test_best_lr_is_the_most_accurate_and_ties_go_to_the_smaller(tmp_path):
-    from srft_openrlhf.local import results
+    from srft_openrlhf.runs import results
 
     root = sweep_root(tmp_path)
     assert results.best_lr(root / "sweep" / "srft") == "2e-4"  # 2e-4 and 5e-4 tie at 85%
@@ -168,7 +172,7 @@ def test_best_lr_is_the_most_accurate_and_ties_go_to_the_smaller(tmp_path):
 
 
 def test_report_tables_carry_each_rows_lr_and_the_sweep(tmp_path):
-    from srft_openrlhf.local import results
+    from srft_openrlhf.runs import results
 
     root = sweep_root(tmp_path)
     assert results.main(["report", str(root)]) == 0
@@ -183,13 +187,13 @@ def test_report_tables_carry_each_rows_lr_and_the_sweep(tmp_path):
 
 
 def test_lr_text_by_hand():
-    from srft_openrlhf.local.results import lr_text
+    from srft_openrlhf.runs.results import lr_text
 
     assert [lr_text(x) for x in (2e-4, 1e-3, 1.5e-4, 1e-6, 0.5)] == ["2e-4", "1e-3", "1.5e-4", "1e-6", "5e-1"]
 
 
 def test_readme_block_is_generated_from_the_results_file(tmp_path):
-    from srft_openrlhf.local import results
+    from srft_openrlhf.runs import results
 
     root = sweep_root(tmp_path)
     results.main(["report", str(root)])
@@ -207,7 +211,7 @@ def test_readme_block_is_generated_from_the_results_file(tmp_path):
 def test_cluster_block_is_generated_from_the_reproduce_results(tmp_path):
     """Two results.json of scripts/reproduce_toy_openrlhf.sh, numbers chosen by hand: the means over
     seeds of the step phases and the wall time are computed here, not by the code under test."""
-    from srft_openrlhf.local import results
+    from srft_openrlhf.runs import results
 
     def result(generator: str, after: list[float], generation: list[float]) -> Path:
         runs = {
@@ -248,7 +252,7 @@ def test_cluster_block_is_generated_from_the_reproduce_results(tmp_path):
 def test_committed_cluster_tables_are_the_committed_results(doc):
     """The cluster-results blocks hold what ``results cluster`` makes of the committed JSON files
     (a number edited by hand, or a results file rerun without regenerating the docs, fails)."""
-    from srft_openrlhf.local import results
+    from srft_openrlhf.runs import results
 
     root = Path(__file__).resolve().parents[1]
     files = [root / "docs" / "results" / f for f in ("toy_openrlhf_cpu.json", "toy_openrlhf_cpu_vllm.json")]

@@ -11,7 +11,7 @@ prefixed by ``NAME=``:
 Checkpoints of a run folder, as either backend writes them:
 
 - local backend: ``checkpoints/step-XXXXXX/`` (the Hugging Face model itself, see
-  ``srft_openrlhf.local.checkpoint``), held-out correctness per step in
+  the local backend's checkpoint writer), held-out correctness per step in
   ``eval/step-XXXXXX.jsonl`` (one ``{"correct": bool}`` line per problem);
 - OpenRLHF backend: ``checkpoints/global_step<N>_hf/`` (written with
   ``cluster.save_hf_checkpoints: true``) and the final ``model/``.
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from srft_openrlhf.data.example import TOY
 from srft_openrlhf.errors import ConfigError, DataError
 
-TOY = "toy"
 LOCAL_CHECKPOINT = re.compile(r"^step-(\d+)$")
 OPENRLHF_CHECKPOINT = re.compile(r"^global_step(\d+)_hf$")
 # Text references: responses that are fixed texts rather than samples of a model.
@@ -306,7 +306,7 @@ def load_prompts(
 
 def benchmark_rows(name: str, limit: int) -> list[tuple[str, Any, str, str | None]]:
     """Problems of a benchmark of the evaluation harness, from its hub dataset."""
-    from evaluation.benchmarks import BENCHMARKS, get_benchmark, load_benchmark
+    from srft_openrlhf.data.benchmarks import BENCHMARKS, get_benchmark, load_benchmark
 
     if name not in BENCHMARKS:
         raise ConfigError(

@@ -5,7 +5,8 @@ imported by their users directly, so importing this package stays light.
 """
 
 from srft_openrlhf.data.encode import Encoded, encode_example
-from srft_openrlhf.data.loading import Example, LoadedExamples, load_examples
+from srft_openrlhf.data.example import Example, LoadedExamples
+from srft_openrlhf.data.loading import load_examples
 from srft_openrlhf.data.templates import (
     QWEN_MATH_SYSTEM_PROMPT,
     SRFT_SYSTEM_PROMPT,

@@ -19,35 +19,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from srft_openrlhf.data.example import Example, LoadedExamples
 from srft_openrlhf.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from srft_openrlhf.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 _MISSING = object()
-
-
-@dataclass
-class Example:
-    prompt: str | list[dict]  # a question, or chat messages [{"role", "content"}, ...]
-    answer: str
-    demonstration: str | None
-    source: str  # the file or hub name it came from
-    row: int  # 0-based row index in that source
-
-
-@dataclass
-class LoadedExamples:
-    examples: list[Example]
-    skipped: int  # invalid rows dropped because skip_invalid_rows=True
 
 
 # ----------------------------------------------------------------------------- readers
@@ -351,32 +333,3 @@ def load_examples(
         detail = f" ({skipped} invalid rows skipped; first: {first_problem})" if skipped else ""
         raise DataError(f"{source}: no valid rows{detail}")
     return LoadedExamples(examples=examples, skipped=skipped)
-
-
-def config_examples(
-    source: str,
-    data: DataConfig,
-    *,
-    heldout: bool = False,
-    demo_key: str | None = None,
-    require_demo: bool = False,
-) -> list[Example]:
-    """The examples of ``source`` as both backends read ``data.train`` / ``data.eval``: "toy" is
-    the toy task's training split (its held-out split with ``heldout``), anything else goes
-    through ``load_examples`` with the ``data.*`` keys; capped at ``data.max_train_rows``
-    (``data.max_eval_rows`` with ``heldout``)."""
-    from srft_openrlhf.data import toy
-
-    limit = data.max_eval_rows if heldout else data.max_train_rows
-    if source == toy.SOURCE:
-        return toy.examples("heldout" if heldout else "train")[:limit]
-    return load_examples(
-        source,
-        split=data.split,
-        prompt_key=data.prompt_key,
-        answer_key=data.answer_key,
-        demo_key=demo_key,
-        require_demo=require_demo,
-        skip_invalid_rows=data.skip_invalid_rows,
-        limit=limit,
-    ).examples

@@ -22,7 +22,7 @@ No model or dataset can be downloaded in the quick start, so it brings its own:
      the policy undecided exactly there; rewards can tell which of the two is right.
   2. *wrong final answer*: 10% of the other demonstrations have correct steps but one
      digit of the boxed answer changed (a transcription slip).
-  ``TRAIN`` reports the shares it produced (``flaw_counts``).
+  ``flaw_counts`` reports the shares it produced.
 - **Tokenizer** built locally: a byte-level BPE without merges, i.e. one token per byte
   (the same pre-tokenizer, normaliser and decoder as Qwen2's), plus the markers
   ``<think>``, ``</think>`` and ``\\boxed{``, so a demonstration is ~35 tokens. Being of
@@ -59,9 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from srft_openrlhf.data.loading import Example
+from srft_openrlhf.data.example import TOY, Example
 
-SOURCE = "toy"
+SOURCE = TOY
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 MARKERS = ("<think>", "</think>", "\\boxed{")
 

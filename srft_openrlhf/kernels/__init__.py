@@ -9,8 +9,8 @@ Backend (``backend=`` argument, else ``$SRFT_KERNEL_BACKEND``, else ``auto``):
 - ``auto``: Triton for CUDA tensors when ``triton`` imports, the chunked torch path otherwise;
 - ``torch``: always the chunked torch path;
 - ``triton``: always Triton (on CPU only under ``TRITON_INTERPRET=1``, for tests).
-``linear_logprobs_and_entropy`` has a torch path only (it uses the Triton token kernel for
-each chunk of logits on CUDA under ``auto``/``triton``).
+``linear_logprobs_and_entropy`` has one autograd path, chunked over tokens with the LM-head
+matmul inside each chunk; the per-chunk token kernel is Triton on CUDA under ``auto``/``triton``.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ trained on version k. A batch's *staleness* is k minus the version that generate
   makes the stream of batches a function of the seed alone: deterministic, and resumable
   by saving the batches generated ahead of the checkpoint (``pending``). It blocks rather
   than hand out a batch older than the bound. Stale samples are not treated as on-policy:
-  each keeps the log-probs of the policy that generated it, and the GRPO ratio πθ/π_old
-  is taken against those. Hugging Face generation and torch kernels release the GIL, so
+  each keeps the log-probs of the policy that generated it (π_old), and both the GRPO ratio
+  πθ/π_old and the importance weight of the paper's objective (Eq. 12, capped at
+  ``loss.rollout_is_cap``) are taken against those. Hugging Face generation and torch kernels release the GIL, so
   the two threads really run in parallel.
 """
 
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from srft_openrlhf.local.generation import Generator
+from srft_openrlhf.generation import Generator
 from srft_openrlhf.local.rollout import RolloutBatch
 
 # produce(generator, step) -> the rollout batch of that step (prompts, rollouts, rewards)

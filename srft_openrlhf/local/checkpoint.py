@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from srft_openrlhf.errors import CheckpointError
+from srft_openrlhf.runs import CHECKPOINTS
 
-CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
 PREFIX = "step-"

@@ -5,11 +5,10 @@ of πθ (through ``srft_openrlhf.kernels``), ``backward``, an optimizer ``step``
 gradient clipping, linear warm-up then constant LR; the paper trains at a constant 1e-6)
 and the full weights for the generator, plus ``save``/``load`` for exact resume.
 
-Log-probs come from the final hidden states and the LM head weight through
-``linear_logprobs_and_entropy``, so the [tokens, vocab] logits are never materialised.
-The one exception is ZeRO-3, whose LM head weight exists only inside the module's own
-forward: there the logits come from the full model and go through
-``token_logprobs_and_entropy``.
+Log-probs come from ``srft_openrlhf.models.causal_token_logprobs``: from the final hidden
+states and the LM head weight, so the [tokens, vocab] logits are never materialised. The one
+exception is ZeRO-3, whose LM head weight exists only inside the module's own forward: there
+the logits come from the full model.
 
 Precision: "fp32" trains in fp32. "bf16" keeps fp32 master weights in both engines (torch:
 fp32 parameters under bf16 autocast; DeepSpeed: bf16 parameters with fp32 master copies in
@@ -23,7 +22,6 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,79 +29,19 @@ from typing import TYPE_CHECKING
 import torch
 
 from srft_openrlhf.errors import CheckpointError, ConfigError
-from srft_openrlhf.kernels import linear_logprobs_and_entropy, token_logprobs_and_entropy
+from srft_openrlhf.models import (
+    TORCH_DTYPES,
+    causal_token_logprobs,
+    default_device,
+    fused_head_supported,
+    load_causal_lm,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OPTIMIZER_FILE = "optimizer.pt"
 DEEPSPEED_TAG = "deepspeed"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that count real tokens only, so left padding does not shift them."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
-def fused_head_supported(model: PreTrainedModel) -> bool:
-    """Whether logits are exactly ``hidden @ lm_head.weight.T`` (no bias, scaling or capping)."""
-    head = model.get_output_embeddings()
-    config = model.config
-    return (
-        isinstance(head, torch.nn.Linear)
-        and head.bias is None
-        and getattr(config, "final_logit_softcapping", None) is None
-        and getattr(config, "logit_scale", None) is None
-    )
-
-
-def causal_token_logprobs(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    entropy_grad: bool = False,
-    fused_head: bool = True,
-    autocast_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log πθ(input_ids[:, t+1] | input_ids[:, ≤t]) and the entropy H(πθ(· | ≤t)), [B, L−1].
-
-    π = softmax(logits / temperature). Only positions whose context token and target are
-    both real (attention_mask 1) are computed; the others are 0. ``fused_head`` computes
-    them from the final hidden states and the LM head weight (``model`` is the HF causal
-    LM); otherwise from the model's logits (``model`` may be a DeepSpeed engine).
-    """
-    positions = position_ids(attention_mask)
-    targets = input_ids[:, 1:]
-    valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
-    autocast = torch.autocast(input_ids.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    with autocast:
-        if fused_head:
-            hidden = model.base_model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
-            ).last_hidden_state
-        else:
-            logits = model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
-            ).logits
-    if fused_head:
-        weight = model.get_output_embeddings().weight
-        # Under autocast the hidden states are bf16 while the master weight is fp32; the
-        # LM head matmul runs in the hidden dtype, as autocast would run it.
-        logprobs, entropy = linear_logprobs_and_entropy(
-            hidden[:, :-1][valid], weight.to(hidden.dtype), targets[valid], temperature, entropy_grad
-        )
-    else:
-        logprobs, entropy = token_logprobs_and_entropy(logits[:, :-1][valid], targets[valid], temperature, entropy_grad)
-    out_lp = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
-    out_ent = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
-    return out_lp.index_put((valid,), logprobs), out_ent.index_put((valid,), entropy)
 
 
 def adam_betas(betas: Sequence[float]) -> tuple[float, float]:
@@ -397,16 +335,6 @@ class ReferenceModel:
         return logprobs
 
 
-def load_causal_lm(model_path: str, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
-
-    if not Path(model_path).exists():
-        raise ConfigError(f"model.path: {model_path!r} does not exist")
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-    # transformers wraps PreTrainedModel.to in a decorator whose stub takes the model as its first argument
-    return model.to(device)  # type: ignore[arg-type]
-
-
 def check_engine(engine: str, dtype: str) -> None:
     """The engines' own constraint on their arguments (``train.engine``, ``model.dtype``)."""
     if engine == "torch" and dtype == "fp16":
@@ -452,7 +380,7 @@ def make_engine(
     model.train()
     optimization = Optimization(lr, weight_decay, adam_betas(betas), grad_clip, warmup_steps)
     if engine == "torch":
-        autocast_dtype = None if dtype == "fp32" else DTYPES[dtype]
+        autocast_dtype = None if dtype == "fp32" else TORCH_DTYPES[dtype]
         result: TrainEngine = TorchEngine(model, optimization, autocast_dtype=autocast_dtype)
     else:
         result = DeepSpeedEngine(model, optimization, zero_stage=zero_stage, dtype=dtype, device=torch_device)
@@ -466,4 +394,4 @@ def make_reference(model_path: str, dtype: str, device: str | None = None) -> Re
 
     ModelConfig(dtype=dtype).validate()
     torch_device = torch.device(device) if device else default_device()
-    return ReferenceModel(load_causal_lm(model_path, DTYPES[dtype], torch_device))
+    return ReferenceModel(load_causal_lm(model_path, TORCH_DTYPES[dtype], torch_device))

@@ -1,10 +1,9 @@
 """Run logging: ``metrics.jsonl`` (always), a console progress bar with ETA, and optionally
 Weights & Biases and TensorBoard.
 
-``metrics.jsonl`` has one JSON object per line: training records ``{"step": k, ...}``
-(k = optimizer steps done) and evaluation records ``{"step": k, "eval_accuracy": ...}``.
-On resume, records after the checkpoint's step are dropped first, so the file reads as if
-the run had never been interrupted.
+``metrics.jsonl`` is written and read by ``srft_openrlhf.runs.records`` (the cluster backend
+writes the same file): training records ``{"step": k, ...}`` (k = optimizer steps done) and
+evaluation records ``{"step": k, "eval_accuracy": ...}``.
 
 wandb is imported only when ``logging.wandb_project`` is set; it runs offline unless
 ``WANDB_API_KEY`` is set, and a resumed run continues the same wandb run (its id is kept
@@ -17,7 +16,6 @@ in start order into that one run). TensorBoard (``logging.tensorboard: true``) w
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import sys
@@ -25,12 +23,12 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from srft_openrlhf.config import LoggingConfig, SRFTConfig
 from srft_openrlhf.errors import ConfigError
-
-METRICS_FILE = "metrics.jsonl"
+from srft_openrlhf.runs import run_files
+from srft_openrlhf.runs.records import append_record, drop_records_after
 
 
 def check_logging(cfg: LoggingConfig) -> None:
@@ -47,37 +45,6 @@ def check_logging(cfg: LoggingConfig) -> None:
         )
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return read_records(Path(run_dir) / METRICS_FILE)
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill mid-write
-                continue
-    return records
-
-
-def drop_records_after(path: Path, step: int) -> None:
-    """Rewrite the metrics file ``path`` without the records of steps after ``step``, which a run
-    resumed from ``step`` logs again (and without lines cut by a kill mid-write)."""
-    kept = [r for r in read_records(path) if r.get("step", 0) <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: NaN / inf become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 class MetricsLogger:
     """Writes every record to metrics.jsonl (+ wandb / TensorBoard) and drives the progress bar."""
 
@@ -85,10 +52,9 @@ class MetricsLogger:
         from tqdm.auto import tqdm
 
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / METRICS_FILE
+        self.path = run_files(self.run_dir).metrics
         self.log_every = cfg.logging.log_every
         drop_records_after(self.path, start_step)
-        self.file = self.path.open("a")
         # wandb first: wandb.init prints a few lines to the console that would split the bar
         self.wandb = self._start_wandb(cfg) if cfg.logging.wandb_project else None
         self.bar = tqdm(
@@ -131,9 +97,7 @@ class MetricsLogger:
         """One record for ``step`` (written when step % log_every == 0, or ``force``)."""
         if not force and step % self.log_every:
             return
-        line = {"step": step, "time": round(time.time(), 3), **{k: _plain(v) for k, v in record.items()}}
-        self.file.write(json.dumps(line) + "\n")
-        self.file.flush()
+        append_record(self.path, {"step": step, "time": round(time.time(), 3), **record})
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if self.wandb is not None:
             self.wandb.log(numbers, step=step)
@@ -152,7 +116,6 @@ class MetricsLogger:
     def close(self, failed: bool = False) -> None:
         """``failed``: the run stopped on an error (or was interrupted); wandb marks it failed."""
         self.bar.close()
-        self.file.close()
         if self.wandb is not None:
             self.wandb.finish(exit_code=1 if failed else 0)
         if self.tensorboard is not None:

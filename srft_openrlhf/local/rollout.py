@@ -9,7 +9,6 @@ ahead of the trainer) reproduce exactly the batches an uninterrupted run would s
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +18,10 @@ import torch
 from srft_openrlhf.algorithm import LossConfig, Response, augment_groups, batch_advantages
 from srft_openrlhf.config import RolloutConfig
 from srft_openrlhf.data import Example, encode_example, render_prompt
+from srft_openrlhf.data.sampler import generation_seed
 from srft_openrlhf.errors import DataError
-from srft_openrlhf.local.generation import Generator
-from srft_openrlhf.reward import batch_rewards
+from srft_openrlhf.generation import Generator
+from srft_openrlhf.reward import grade
 
 
 @dataclass
@@ -51,32 +51,6 @@ def encode_items(
     return items
 
 
-class PromptSampler:
-    """Prompts of step k: positions [k·P, (k+1)·P) of an endless stream made of one seeded
-    permutation of the training set per epoch. Stateless in k, so the "data-loader position"
-    of a checkpoint is just the step."""
-
-    def __init__(self, num_items: int, per_step: int, seed: int) -> None:
-        self.num_items, self.per_step, self.seed = num_items, per_step, seed
-        self._orders: dict[int, list[int]] = {}
-
-    def permutation(self, epoch: int) -> list[int]:
-        if epoch not in self._orders:
-            order = list(range(self.num_items))
-            random.Random(self.seed * 7919 + epoch).shuffle(order)
-            self._orders = {epoch: order, **{e: o for e, o in self._orders.items() if e == epoch - 1}}
-        return self._orders[epoch]
-
-    def batch(self, step: int) -> list[int]:
-        start = step * self.per_step
-        return [self.permutation(k // self.num_items)[k % self.num_items] for k in range(start, start + self.per_step)]
-
-
-def generation_seed(seed: int, step: int) -> int:
-    """Sampling seed of step ``step``: a function of (seed, step) only, so resumed runs match."""
-    return (seed * 1_000_003 + step * 7_919 + 17) % (2**31 - 1)
-
-
 @dataclass
 class RolloutBatch:
     """What generation produced for one training step (before augmentation)."""
@@ -90,17 +64,6 @@ class RolloutBatch:
     reward_timeouts: int = 0
     reward_errors: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def grade(texts: list[str], answers: list[str], cfg: RolloutConfig):
-    return batch_rewards(
-        texts,
-        answers,
-        kind=cfg.reward,
-        mode=cfg.reward_mode,
-        timeout_s=cfg.reward_timeout_s,
-        num_workers=cfg.reward_workers,
-    )
 
 
 def collect_rollouts(

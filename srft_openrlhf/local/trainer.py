@@ -2,7 +2,7 @@
 
 One training step (paper Sec. 4, Eq. 13)::
 
-    prompts of step k (seeded permutation)            rollout.PromptSampler
+    prompts of step k (seeded permutation)            data.sampler.PromptSampler
     → n rollouts per prompt + behaviour log-probs      generator (vLLM or HF)
     → rewards of rollouts and demonstrations          reward.batch_rewards
     → groups = rollouts ∪ demonstration (Eq. 6)        algorithm.augment_groups
@@ -51,32 +51,29 @@ from srft_openrlhf.algorithm import (
 )
 from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.data.encode import check_round_trip, demo_continuation
+from srft_openrlhf.data.example import TOY
+from srft_openrlhf.data.sampler import PromptSampler, generation_seed
 from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.generation import Generator, HFGenerator, make_generator, vllm_available
 from srft_openrlhf.local.async_rollout import AsyncRollouts, SyncRollouts
 from srft_openrlhf.local.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from srft_openrlhf.local.engine import check_engine, make_engine, make_reference
-from srft_openrlhf.local.generation import Generator, HFGenerator, make_generator, vllm_available
 from srft_openrlhf.local.metrics import MetricsLogger, check_logging
 from srft_openrlhf.local.rollout import (
     MicroBatch,
     PromptItem,
-    PromptSampler,
     RolloutBatch,
     TrainBatch,
     build_train_batch,
     collect_rollouts,
     encode_items,
-    generation_seed,
-    grade,
     rollout_stats,
 )
+from srft_openrlhf.reward import grade
+from srft_openrlhf.runs import run_files
 
 if TYPE_CHECKING:
     from srft_openrlhf.data import Example
-
-TOY = "toy"
-SUMMARY_FILE = "summary.json"
-EVAL_DIR = "eval"
 
 
 # ----------------------------------------------------------------------------- checks
@@ -146,7 +143,7 @@ def load_data(cfg: SRFTConfig) -> RunData:
     """Load, render and tokenise the training (and eval) set: every data error surfaces here,
     before a model is built. Demonstrations are required when some phase trains on them."""
     from srft_openrlhf.data import toy
-    from srft_openrlhf.data.loading import config_examples
+    from srft_openrlhf.data.sources import config_examples
 
     d = cfg.data
     tokenizer = load_tokenizer(cfg)
@@ -212,7 +209,7 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
             f"{cfg.train.steps} steps of {cfg.train.prompts_per_step} prompts; nothing started"
         )
         return 0
-    summary_path = run_dir / SUMMARY_FILE
+    summary_path = run_files(run_dir).summary
     if resume and summary_path.is_file() and json.loads(summary_path.read_text()).get("steps") == cfg.train.steps:
         print(f"{run_dir} is already finished:")
         print_summary(json.loads(summary_path.read_text()))
@@ -442,7 +439,7 @@ class Trainer:
             for group in sorted(set(self.data.eval_groups)):
                 hits = [ok for ok, g in zip(correct, self.data.eval_groups) if g == group]
                 record[f"eval_accuracy_{group}"] = sum(hits) / len(hits)
-        out = self.run_dir / EVAL_DIR
+        out = run_files(self.run_dir).eval
         out.mkdir(exist_ok=True)
         with (out / f"step-{step:06d}.jsonl").open("w") as f:
             for item, text, ok in zip(self.data.eval, texts, correct):
@@ -498,7 +495,7 @@ class Trainer:
             summary.update(
                 {f"{k.removeprefix('eval_')}_{when}": v for k, v in record.items() if k.startswith("eval_accuracy_")}
             )
-        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        run_files(self.run_dir).summary.write_text(json.dumps(summary, indent=1) + "\n")
         return summary
 
     def close(self, failed: bool = False) -> None:

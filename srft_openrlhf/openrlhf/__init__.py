@@ -2,10 +2,10 @@
 
 ``srft train --backend openrlhf`` calls ``launcher.run``: it writes the run's data files,
 translates the SRFT config into OpenRLHF's dotted flags and runs
-``python -m openrlhf.cli.train_ppo_ray`` in-process (``runpy``) with three changes, made by
-subclassing OpenRLHF's classes in ``patches`` and assigning the subclasses into OpenRLHF's
-modules (a Ray actor class is unwrapped to its Python class, subclassed and re-wrapped with
-the same Ray options):
+``python -m openrlhf.cli.train_ppo_ray`` in-process (``runpy``) with the entries of
+``patches.PATCHES`` assigned into OpenRLHF's modules: subclasses of its classes (a Ray actor
+class is unwrapped to its Python class, subclassed and re-wrapped with the same Ray options)
+and two function replacements. What they change:
 
 1. samples: each prompt's n vLLM rollouts are followed by its demonstration(s), tokenised
    by ``srft_openrlhf.data.encode_example``, rewarded by the same reward function, marked
@@ -16,7 +16,12 @@ the same Ray options):
 3. actor loss: the training step computes token log-probs and entropy with
    ``srft_openrlhf.kernels`` and calls ``srft_openrlhf.algorithm.srft_loss`` with the
    ``StepTotals`` of its optimizer step, so that the micro-batches add up to the step's loss;
-   DeepSpeed's backward and step are OpenRLHF's.
+   DeepSpeed's backward and step are OpenRLHF's (``iter_grad_accum_global_norm`` is replaced
+   so its accumulation windows are the step's);
+4. data order: ``prepare_datasets`` is replaced so the prompts are trained in the order of the
+   training file, which holds one seeded permutation per epoch (as in the local backend);
+5. Ray actors: the trainer and generator actors install the patches in their own processes
+   and write ``metrics.jsonl`` (``srft_openrlhf.runs.records``).
 
 ``HOOK_POINTS`` lists every place of OpenRLHF this relies on; ``hooks.check_hook_points``
 verifies them against the installed OpenRLHF, so that an upgrade that moves one fails with
@@ -26,7 +31,6 @@ a message naming it. Importing this package imports neither openrlhf, ray nor vl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from srft_openrlhf.openrlhf.layout import GroupLayout as GroupLayout  # re-exported: the launcher's and tests' import
 from srft_openrlhf.openrlhf.layout import group_layout as group_layout
@@ -302,54 +306,3 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         params=("queries_list", "prompts_list", "labels_list"),
     ),
 )
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    """Where a run keeps what the launcher writes and what OpenRLHF writes (one folder)."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def train_data(self) -> Path:  # rows {"prompt": rendered text, "label": JSON answer + row}
-        return self.root / "openrlhf" / "train.jsonl"
-
-    @property
-    def demos(self) -> Path:  # line k: {"demonstrations": [...]} of example k
-        return self.root / "openrlhf" / "demos.jsonl"
-
-    @property
-    def eval_data(self) -> Path:
-        return self.root / "openrlhf" / "eval.jsonl"
-
-    @property
-    def reward_func(self) -> Path:  # what --reward.remote_url points to
-        return self.root / "openrlhf" / "reward_func.py"
-
-    @property
-    def checkpoints(self) -> Path:  # --ckpt.path: DeepSpeed states (+ HF weights if asked)
-        return self.root / "checkpoints"
-
-    @property
-    def model(self) -> Path:  # --ckpt.output_dir: the final model, Hugging Face format
-        return self.root / "model"
-
-    @property
-    def summary(self) -> Path:  # wall time; held-out accuracy before / after (CPU layer)
-        return self.root / "summary.json"
-
-    @property
-    def metrics(self) -> Path:  # one JSON line per training step (SRFT's trainer writes it)
-        return self.root / "metrics.jsonl"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-
-def run_files(output_dir: str | Path) -> RunFiles:
-    return RunFiles(Path(output_dir).expanduser().resolve())

@@ -30,9 +30,9 @@ import torch
 from openrlhf.trainer.ray import vllm_engine
 from openrlhf.trainer.ray.vllm_worker_wrap import WorkerWrap
 
-from srft_openrlhf.local.generation import WEIGHT_BUCKET_BYTES, VLLMWeightLoader, weight_buckets
-from srft_openrlhf.openrlhf.cpu_compat import tensor_digests, with_weights_version
+from srft_openrlhf.generation import WEIGHT_BUCKET_BYTES, VLLMWeightLoader, weight_buckets
 from srft_openrlhf.openrlhf.hooks import rewrap, unwrap
+from srft_openrlhf.openrlhf.weight_sync import tensor_digests, with_weights_version
 
 # Set in the engine actor before vLLM starts (its engine-core process inherits them), unless the
 # environment already has them: 1 GiB of KV cache, and no OpenMP core binding (vLLM's "auto"

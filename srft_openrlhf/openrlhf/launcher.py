@@ -34,11 +34,13 @@ from typing import Any
 import yaml
 
 from srft_openrlhf.config import SRFTConfig, save_config
+from srft_openrlhf.data.example import TOY
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.local.metrics import drop_records_after
-from srft_openrlhf.openrlhf import HOOK_POINTS, OPENRLHF_VERSION, RunFiles, run_files
+from srft_openrlhf.openrlhf import HOOK_POINTS, OPENRLHF_VERSION
 from srft_openrlhf.openrlhf.layout import GroupLayout, layout_of
 from srft_openrlhf.openrlhf.reward_func import encode_label, reward_func_file_text
+from srft_openrlhf.runs import RunFiles, run_files
+from srft_openrlhf.runs.records import drop_records_after
 
 CLI_MODULE = "openrlhf.cli.train_ppo_ray"
 
@@ -567,8 +569,8 @@ def _write_jsonl(path: Path, rows) -> None:
 
 def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
     """train.jsonl (steps × prompts_per_step prompts), demos.jsonl and eval.jsonl, as OpenRLHF reads them."""
-    from srft_openrlhf.data.loading import config_examples
-    from srft_openrlhf.local.rollout import PromptSampler
+    from srft_openrlhf.data.sampler import PromptSampler
+    from srft_openrlhf.data.sources import config_examples
 
     d, layout = cfg.data, layout_of(cfg)
     train_examples = config_examples(
@@ -592,11 +594,8 @@ def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
         )
 
 
-TOY = "toy"  # model.path / data.train / data.eval: the toy task (srft_openrlhf.data.toy)
-
-
 def eval_examples(cfg: SRFTConfig) -> list:
-    from srft_openrlhf.data.loading import config_examples
+    from srft_openrlhf.data.sources import config_examples
 
     if not cfg.data.eval:
         raise ConfigError("data.eval is not set: there are no held-out examples to read")
@@ -616,8 +615,8 @@ def resolve_model(cfg: SRFTConfig) -> SRFTConfig:
 def held_out_accuracy(cfg: SRFTConfig, model_path: str | Path, tokenizer: Any) -> float:
     """Greedy accuracy of the model at ``model_path`` on ``data.eval`` (prompts as OpenRLHF renders
     them), with the HF generator on CPU: the before / after numbers of the CPU path."""
-    from srft_openrlhf.local.generation import HFGenerator
-    from srft_openrlhf.local.rollout import grade
+    from srft_openrlhf.generation import HFGenerator
+    from srft_openrlhf.reward import grade
 
     pairs = _rendered(eval_examples(cfg), tokenizer, cfg)
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for _, text in pairs]

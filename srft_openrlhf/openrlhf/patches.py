@@ -57,11 +57,12 @@ from srft_openrlhf.algorithm import (
 from srft_openrlhf.config import SRFTConfig
 from srft_openrlhf.data import encode_example
 from srft_openrlhf.kernels import token_logprobs_and_entropy
-from srft_openrlhf.openrlhf import run_files
 from srft_openrlhf.openrlhf.hooks import HookPointError as HookPointError  # re-exported, as before the split
 from srft_openrlhf.openrlhf.hooks import check_hook_points, rewrap, unwrap
 from srft_openrlhf.openrlhf.layout import check_groups, layout_of
 from srft_openrlhf.openrlhf.reward_func import decode_label, make_reward_func
+from srft_openrlhf.runs import run_files
+from srft_openrlhf.runs.records import append_record
 
 check_hook_points()  # before subclassing, so a moved hook reads as a HookPointError, not an AttributeError
 
@@ -720,20 +721,14 @@ class _SRFTTrainerLogs:
         super().save_best_checkpoint(eval_metrics, global_step, client_states)  # type: ignore[misc]
 
     def _append_metrics(self, step: int, logs: dict) -> None:
-        append_metrics(run_files(srft_config(self.args).logging.output_dir).metrics, step, logs)
-
-
-def append_metrics(path: Path, step: int, logs: dict) -> None:
-    """{"step": step, name: number, ...} as one JSON line (non-numeric entries left out)."""
-    record: dict[str, Any] = {"step": int(step)}
-    for key, value in logs.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            record[key] = float(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        """The numbers of OpenRLHF's logs (it also logs sample texts and lists) as one record."""
+        numbers = {
+            k: float(v.item() if isinstance(v, torch.Tensor) else v)
+            for k, v in logs.items()
+            if (isinstance(v, torch.Tensor) and v.numel() == 1)
+            or (isinstance(v, (int, float)) and not isinstance(v, bool))
+        }
+        append_record(run_files(srft_config(self.args).logging.output_dir).metrics, {"step": int(step), **numbers})
 
 
 class InstallFirst:

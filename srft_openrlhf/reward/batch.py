@@ -29,7 +29,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from srft_openrlhf.config import RolloutConfig
 
 from srft_openrlhf.reward.choice import choice_reward, extract_choice, gold_to_letter
 from srft_openrlhf.reward.extract import as_text, extract_answer
@@ -284,6 +287,18 @@ def batch_rewards(
         details=details,
         timeouts=sum(d["status"] == "timeout" for d in details),
         errors=sum(d["status"] == "error" for d in details),
+    )
+
+
+def grade(texts: list[str], answers: list[str], cfg: RolloutConfig) -> BatchRewards:
+    """``batch_rewards`` with the run's ``rollout.*`` reward settings."""
+    return batch_rewards(
+        texts,
+        answers,
+        kind=cfg.reward,
+        mode=cfg.reward_mode,
+        timeout_s=cfg.reward_timeout_s,
+        num_workers=cfg.reward_workers,
     )
 
 

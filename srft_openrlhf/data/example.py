@@ -1,0 +1,23 @@
+"""One training / evaluation example, as every data source yields it (a leaf: the loaders and
+the toy task both build these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOY = "toy"  # model.path / data.train / data.eval / an analysis source: the toy task (data/toy.py)
+
+
+@dataclass
+class Example:
+    prompt: str | list[dict]  # a question, or chat messages [{"role", "content"}, ...]
+    answer: str
+    demonstration: str | None
+    source: str  # the file or hub name it came from
+    row: int  # 0-based row index in that source
+
+
+@dataclass
+class LoadedExamples:
+    examples: list[Example]
+    skipped: int  # invalid rows dropped because skip_invalid_rows=True
