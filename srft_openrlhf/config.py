@@ -24,7 +24,7 @@ from srft_openrlhf.errors import ConfigError
 
 # Every value check that does not depend on the backend is a section's ``validate()``, run by
 # ``build_config``; each backend adds its own constraints in one function (local:
-# ``local.trainer.check_config``, openrlhf: ``openrlhf.launcher.check_config``).
+# ``local.trainer.check_config``, openrlhf: ``openrlhf.plan.check_config``).
 
 DTYPES = ("bf16", "fp16", "fp32")
 GENERATORS = ("auto", "vllm", "hf")

@@ -362,7 +362,8 @@ def rollout_texts(answer: str, n: int, prompt_index: int) -> list[str]:
 
 def small_run(tmp_path: Path, tokenizer, parser, *overrides: str):
     """Config, OpenRLHF args and run files of a 4-prompt step of 3 rollouts + 1 demo each."""
-    from srft_openrlhf.openrlhf.launcher import openrlhf_args, write_data
+    from srft_openrlhf.openrlhf.data_files import write_data
+    from srft_openrlhf.openrlhf.flags import openrlhf_args
     from srft_openrlhf.openrlhf.reward_func import reward_func_file_text
     from srft_openrlhf.runs import run_files
 
@@ -385,7 +386,7 @@ def small_run(tmp_path: Path, tokenizer, parser, *overrides: str):
     return cfg, openrlhf_namespace(parser, openrlhf_args(cfg, files, resume=False), cfg), files
 
 
-def generate_step(patches, monkeypatch, cfg, args, files, tokenizer):
+def generate_step(monkeypatch, cfg, args, files, tokenizer):
     """One step of samples through SRFTSamplesGenerator.generate_samples, with vLLM stood in for.
     Returns the samples, the rollouts asked per prompt, the prompts consumed, whether the data ran
     out, and the names of the threads that graded the demos."""
@@ -399,12 +400,13 @@ def generate_step(patches, monkeypatch, cfg, args, files, tokenizer):
     from vllm import SamplingParams
 
     from srft_openrlhf.openrlhf.reward_func import decode_label
+    from srft_openrlhf.openrlhf.samples import SRFTSamplesGenerator
 
     strategy = SimpleNamespace(args=args, is_rank_0=lambda: True)
     rows = [json.loads(line) for line in files.train_data.read_text().splitlines()]
     dataset = PromptDataset(rows, tokenizer, strategy)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=dataset.collate_fn)
-    generator = patches.SRFTSamplesGenerator(strategy, loader, None, tokenizer, [])
+    generator = SRFTSamplesGenerator(strategy, loader, None, tokenizer, [])
     executor = SingleTurnAgentExecutor([str(files.reward_func)])  # loads the SRFT reward file as OpenRLHF does
     asked = []
     # OpenRLHF's dispatch sends the prompts to the engines (Ray); SRFT's extension of it runs
@@ -460,13 +462,15 @@ class FakeActorGroup:
         return []
 
 
-def make_experiences(patches, monkeypatch, args, samples, tokenizer, policy=None):
+def make_experiences(monkeypatch, args, samples, tokenizer, policy=None):
     """The experience maker on the step's samples, the actor group (Ray) stood in for by
     ``FakeActorGroup(policy)``; returns the experiences and the group."""
     from types import SimpleNamespace
 
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    from srft_openrlhf.openrlhf.experience import SRFTExperienceMaker
 
     monkeypatch.setattr(
         RemoteExperienceMaker,
@@ -475,7 +479,7 @@ def make_experiences(patches, monkeypatch, args, samples, tokenizer, policy=None
     )
     strategy = SimpleNamespace(args=args)
     group = FakeActorGroup(policy)
-    maker = patches.SRFTExperienceMaker(group, None, None, None, FixedKLController(0.0), strategy, tokenizer)
+    maker = SRFTExperienceMaker(group, None, None, None, FixedKLController(0.0), strategy, tokenizer)
     return maker.make_experience_batch(samples), group
 
 
@@ -516,30 +520,35 @@ class CPUStrategy:
         return data
 
 
-def cluster_trainer(patches, args, model_dir, gas):
+def cluster_trainer(args, model_dir, gas):
     """SRFTActorPPOTrainer on OpenRLHF's Actor (float32) with a DeepSpeed-like CPU strategy and SGD
     (lr 0.1), and the SRFTPolicyModelActor around it (its __init__ needs Ray and NCCL)."""
     from openrlhf.models import Actor
 
+    from srft_openrlhf.openrlhf.actor import SRFTActorPPOTrainer
+    from srft_openrlhf.openrlhf.patches import SRFTPolicyModelActor
+
     actor = Actor(str(model_dir), attn_implementation="eager", param_dtype="bf16")
     actor.model.float()
     actor.model.gradient_accumulation_steps = lambda: gas  # what the DeepSpeed engine in actor.model answers
-    trainer = patches.SRFTActorPPOTrainer.__new__(patches.SRFTActorPPOTrainer)  # its __init__ needs NCCL
+    trainer = SRFTActorPPOTrainer.__new__(SRFTActorPPOTrainer)  # its __init__ needs NCCL
     trainer.strategy, trainer.args, trainer.actor = CPUStrategy(args), args, actor
     trainer.actor_optim = torch.optim.SGD(actor.model.parameters(), lr=0.1)
     trainer.actor_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.actor_optim, lambda step: 1.0)
     trainer.ema_model, trainer.aux_loss = None, False
-    policy = patches.SRFTPolicyModelActor.__new__(patches.SRFTPolicyModelActor)
+    policy = SRFTPolicyModelActor.__new__(SRFTPolicyModelActor)
     policy.actor, policy.trainer = actor, trainer
     return trainer, policy
 
 
-def local_train_batch(patches, items):
+def local_train_batch(items):
     """The local backend's TrainBatch of the replay items (unpadded sequences, π_old per response
     token, the experiences' advantages, rewards and demo flags)."""
     from openrlhf.trainer.ppo_utils.experience import make_experience_batch
 
     from srft_openrlhf.local.rollout import TrainBatch
+    from srft_openrlhf.openrlhf.experience import sequence_advantages
+    from srft_openrlhf.openrlhf.samples import demo_flags
 
     whole = make_experience_batch(items)
     rows = []
@@ -551,7 +560,7 @@ def local_train_batch(patches, items):
         sequences=[r[0] for r in rows],
         prompt_lens=[r[1] for r in rows],
         old_logprobs=[r[2].tolist() for r in rows],
-        advantages=patches.sequence_advantages(whole),
+        advantages=sequence_advantages(whole),
         rewards=whole.rewards.float(),
-        is_demo=patches.demo_flags(whole),
+        is_demo=demo_flags(whole),
     )

@@ -17,7 +17,10 @@ from srft_openrlhf.cli import main as cli_main
 from srft_openrlhf.config import load_config
 from srft_openrlhf.errors import ConfigError, DataError
 from srft_openrlhf.openrlhf import group_layout
-from srft_openrlhf.openrlhf.launcher import check_config, openrlhf_args, openrlhf_prompt, resumed_step, write_data
+from srft_openrlhf.openrlhf.data_files import openrlhf_prompt, write_data
+from srft_openrlhf.openrlhf.flags import openrlhf_args
+from srft_openrlhf.openrlhf.launcher import resumed_step
+from srft_openrlhf.openrlhf.plan import check_config
 from srft_openrlhf.openrlhf.reward_func import (
     decode_label,
     encode_label,
@@ -126,7 +129,7 @@ def test_group_layout():
 
 
 def test_extra_args_that_keep_the_srft_layout_pass():
-    from srft_openrlhf.openrlhf.launcher import check_extra_args
+    from srft_openrlhf.openrlhf.plan import check_extra_args
 
     check_extra_args(
         [
@@ -149,7 +152,7 @@ def test_warmup_ratio_gives_back_the_warmup_steps():
     """OpenRLHF turns --actor.lr_warmup_ratio back into steps with ceil(steps × ratio)."""
     import math
 
-    from srft_openrlhf.openrlhf.launcher import warmup_ratio
+    from srft_openrlhf.openrlhf.flags import warmup_ratio
 
     assert math.ceil(25 * warmup_ratio(7, 25)) == 7  # the plain ratio 7 / 25 would give 8
     for steps in range(1, 400):

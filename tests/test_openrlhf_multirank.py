@@ -92,25 +92,24 @@ def build_step(prompts: int, tmp_path: Path, tiny_tokenizer, tiny_model_dir: Pat
     """``prompts`` groups of 3 rollouts + 1 demo as the experience maker hands them to the ranks,
     and the local backend's update of them."""
     from srft_openrlhf.local.engine import Optimization, TorchEngine
-    from srft_openrlhf.local.trainer import optimize
+    from srft_openrlhf.local.step import optimize
 
     sys.path.insert(0, str(STUB_DIR))
     try:
-        from srft_openrlhf.openrlhf import patches
-        from srft_openrlhf.openrlhf.launcher import openrlhf_parser
+        from srft_openrlhf.openrlhf.plan import openrlhf_parser
 
         with pytest.MonkeyPatch.context() as mp:
             cfg, args, files = small_run(
                 tmp_path, tiny_tokenizer, openrlhf_parser(), f"train.prompts_per_step={prompts}"
             )
-            samples, *_ = generate_step(patches, mp, cfg, args, files, tiny_tokenizer)
+            samples, *_ = generate_step(mp, cfg, args, files, tiny_tokenizer)
             # π_old from the engine; the step's entropy sums from a forward with the step's weights
-            trainer, policy = cluster_trainer(patches, args, tiny_model_dir, gas=1)
-            experiences, _ = make_experiences(patches, mp, args, samples, tiny_tokenizer, policy)
+            trainer, policy = cluster_trainer(args, tiny_model_dir, gas=1)
+            experiences, _ = make_experiences(mp, args, samples, tiny_tokenizer, policy)
             chunks = rank_chunks(experiences, WORLD)
             # groups of 4 consecutive samples; read before the replay buffer's split clears ``index``
             groups = [{i // 4 for e in chunk for i in e.index} for chunk in chunks]
-            batch = local_train_batch(patches, replay_items(copy.deepcopy(experiences)))
+            batch = local_train_batch(replay_items(copy.deepcopy(experiences)))
             assert len(batch) == 4 * prompts and batch.is_demo.sum() == prompts and (batch.advantages != 0).any()
             local_model = copy.deepcopy(trainer.actor.model)  # Actor(bf16 weights).float(), as the ranks load it
             optimization = Optimization(lr=0.1, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=0.0, warmup_steps=0)
@@ -175,11 +174,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def planted(case: str, patches):
+def planted(case: str):
     """The SRFT step with ``case``'s bug in this process (nothing for "exact")."""
-    ppo_actor = patches.ppo_actor
-    windows, with_totals = ppo_actor.iter_grad_accum_global_norm, patches._with_totals
-    assert windows is patches.srft_step_windows  # patches.install(): what ppo_train calls
+    from openrlhf.trainer.ray import ppo_actor
+
+    from srft_openrlhf.openrlhf import actor as srft_actor
+
+    windows, with_totals = ppo_actor.iter_grad_accum_global_norm, srft_actor._with_totals
+    assert windows is srft_actor.srft_step_windows  # patches.install(): what ppo_train calls
 
     def dp_factor_removed(*args, **kwargs):
         for experience, info in windows(*args, **kwargs):
@@ -195,7 +197,7 @@ def planted(case: str, patches):
     if case == "no_dp_factor":
         ppo_actor.iter_grad_accum_global_norm = dp_factor_removed
     elif case == "one_rank_totals":
-        patches._with_totals = own_totals
+        srft_actor._with_totals = own_totals
     elif case == "gas_off_by_one":
         ppo_actor.iter_grad_accum_global_norm = gas_off_by_one
     else:
@@ -203,7 +205,7 @@ def planted(case: str, patches):
     try:
         yield
     finally:
-        ppo_actor.iter_grad_accum_global_norm, patches._with_totals = windows, with_totals
+        ppo_actor.iter_grad_accum_global_norm, srft_actor._with_totals = windows, with_totals
 
 
 def _full_weights(actor) -> dict[str, torch.Tensor]:
@@ -215,11 +217,13 @@ def _full_weights(actor) -> dict[str, torch.Tensor]:
         return {name: p.detach().double().clone() for name, p in named}
 
 
-def _train_one_step(patches, strategy, args, model_dir: Path, experiences: list) -> tuple[dict, dict]:
+def _train_one_step(strategy, args, model_dir: Path, experiences: list) -> tuple[dict, dict]:
     """A fresh actor from ``model_dir`` through OpenRLHF's prepare (DeepSpeed engine, its AdamW),
     ``experiences`` appended to the trainer's replay buffer, OpenRLHF's ppo_train: the update and
     the step's status."""
     from openrlhf.models import Actor
+
+    from srft_openrlhf.openrlhf.actor import SRFTActorPPOTrainer
 
     actor = Actor(str(model_dir), attn_implementation="eager", param_dtype="bf16")
     actor.model.float()  # the weights the local reference starts from (cluster_trainer's)
@@ -232,7 +236,7 @@ def _train_one_step(patches, strategy, args, model_dir: Path, experiences: list)
         "max_norm": 0.0,
     }
     actor, actor_optim, scheduler = strategy.prepare((actor, optim))
-    trainer = patches.SRFTActorPPOTrainer(
+    trainer = SRFTActorPPOTrainer(
         strategy,
         actor,
         None,
@@ -280,8 +284,8 @@ def _rank_worker(rank: int, world: int, port: int, payload: Path, out_dir: Path)
     assert strategy.accumulated_gradient == job["gas"], strategy.accumulated_gradient
     results = {}
     for case in job["cases"]:
-        with planted(case, patches):
-            results[case] = _train_one_step(patches, strategy, args, job["model_dir"], job["experiences"][rank])
+        with planted(case):
+            results[case] = _train_one_step(strategy, args, job["model_dir"], job["experiences"][rank])
     torch.save(results, out_dir / f"rank{rank}.pt")
 
 

@@ -42,7 +42,7 @@ from srft_openrlhf.config import load_config
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.openrlhf import HookPoint
 from srft_openrlhf.openrlhf.cpu_compat import STUB_DIR
-from srft_openrlhf.openrlhf.launcher import openrlhf_args
+from srft_openrlhf.openrlhf.flags import openrlhf_args
 from srft_openrlhf.openrlhf.reward_func import decode_label
 from srft_openrlhf.runs import run_files
 
@@ -66,7 +66,7 @@ def patches():
 @pytest.fixture(scope="module")
 def openrlhf_parser(patches):
     """The ArgumentParser that ``python -m openrlhf.cli.train_ppo_ray`` builds."""
-    from srft_openrlhf.openrlhf.launcher import openrlhf_parser
+    from srft_openrlhf.openrlhf.plan import openrlhf_parser
 
     return openrlhf_parser()
 
@@ -85,7 +85,7 @@ def openrlhf_parser(patches):
 def test_abbreviated_extra_args_are_read_as_openrlhf_reads_them(openrlhf_parser, extra, dest, message):
     """OpenRLHF's argparse takes unique prefixes: each abbreviation below sets the refused option in
     OpenRLHF's own parser, and the launcher, reading it against that parser, refuses it."""
-    from srft_openrlhf.openrlhf.launcher import check_extra_args, openrlhf_options
+    from srft_openrlhf.openrlhf.plan import check_extra_args, openrlhf_options
 
     parsed = vars(openrlhf_parser.parse_args(extra))
     default = vars(openrlhf_parser.parse_args([]))
@@ -100,7 +100,7 @@ def test_abbreviated_extra_args_are_read_as_openrlhf_reads_them(openrlhf_parser,
     [("--ds.ring_attn", "ambiguous abbreviation"), ("--ds.no_such_flag", "not a flag of OpenRLHF 0.11.2")],
 )
 def test_unknown_or_ambiguous_extra_args_are_errors(patches, flag, message):
-    from srft_openrlhf.openrlhf.launcher import check_extra_args, openrlhf_options
+    from srft_openrlhf.openrlhf.plan import check_extra_args, openrlhf_options
 
     with pytest.raises(ConfigError, match=message):
         check_extra_args([flag, "1"], openrlhf_options())
@@ -111,7 +111,9 @@ def test_unknown_or_ambiguous_extra_args_are_errors(patches, flag, message):
 
 
 def test_hook_points_match_openrlhf_0_11_2(patches):
-    patches.check_hook_points()
+    from srft_openrlhf.openrlhf.hooks import check_hook_points
+
+    check_hook_points()
 
 
 def test_cpu_layer_hook_points_match_openrlhf_0_11_2(patches):
@@ -126,23 +128,41 @@ def test_moved_hook_points_fail_naming_them(patches, monkeypatch):
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     from openrlhf.trainer.ray import ppo_actor
 
+    from srft_openrlhf.openrlhf.hooks import HookPointError, check_hook_points, unwrap
+
     monkeypatch.delattr(RemoteExperienceMaker, "compute_advantages_and_returns")
     monkeypatch.setattr(ppo_actor.ActorPPOTrainer, "training_step", lambda self, batch, step: None)
-    policy_actor = patches.unwrap(ppo_actor.PolicyModelActor)
+    policy_actor = unwrap(ppo_actor.PolicyModelActor)
     monkeypatch.setattr(
         policy_actor,
         "init_model_from_pretrained",
         lambda self, strategy, pretrain, max_steps=None, vllm_engines=None: None,
     )
-    with pytest.raises(patches.HookPointError) as error:
-        patches.check_hook_points()
+    with pytest.raises(HookPointError) as error:
+        check_hook_points()
     message = str(error.value)
     assert "RemoteExperienceMaker.compute_advantages_and_returns: not found" in message
     assert "ActorPPOTrainer.training_step: signature is (batch, step)" in message
     assert "PolicyModelActor.init_model_from_pretrained: no longer reads ActorPPOTrainer" in message
     assert "openrlhf==0.11.2" in message
-    with pytest.raises(patches.HookPointError, match="openrlhf.trainer.gone:X: not found"):
-        patches.check_hook_points((HookPoint("openrlhf.trainer.gone:X", "test"),))
+    with pytest.raises(HookPointError, match="openrlhf.trainer.gone:X: not found"):
+        check_hook_points((HookPoint("openrlhf.trainer.gone:X", "test"),))
+
+
+def test_install_checks_the_hook_points_before_assigning_anything(patches, monkeypatch):
+    """A moved hook point fails ``install()`` naming it, and OpenRLHF's modules keep their own classes."""
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+
+    from srft_openrlhf.openrlhf.hooks import HookPointError
+
+    before = {(module, name): getattr(module, name) for module, name in patches.PATCHES}
+    assert all(before[key] is not new for key, new in patches.PATCHES.items())  # not installed yet
+    for (module, name), original in before.items():
+        monkeypatch.setattr(module, name, original)  # restored after the test, should install() assign
+    monkeypatch.delattr(RemoteExperienceMaker, "compute_advantages_and_returns")
+    with pytest.raises(HookPointError, match="RemoteExperienceMaker.compute_advantages_and_returns: not found"):
+        patches.install()
+    assert all(getattr(*key) is original for key, original in before.items())
 
 
 def test_patches_do_not_import_the_launcher(patches):
@@ -153,14 +173,18 @@ def test_patches_do_not_import_the_launcher(patches):
 
 
 def test_every_srft_ray_actor_installs_first(patches):
+    from srft_openrlhf.openrlhf.hooks import unwrap
+
     actors = [new for new in patches.PATCHES.values() if hasattr(new, "__ray_metadata__")]
     assert len(actors) == 5
     for actor in actors:
-        assert patches.unwrap(actor).__mro__[1] is patches.InstallFirst
+        assert unwrap(actor).__mro__[1] is patches.InstallFirst
 
 
 def test_install_assigns_the_subclasses_and_the_config(patches, monkeypatch):
     import openrlhf.utils
+
+    from srft_openrlhf.openrlhf.hooks import unwrap
 
     for module, name in patches.PATCHES:
         monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
@@ -170,7 +194,11 @@ def test_install_assigns_the_subclasses_and_the_config(patches, monkeypatch):
     patches.install_driver(cfg)
     for (module, name), new in patches.PATCHES.items():
         assert getattr(module, name) is new
-        assert patches.unwrap(new).__module__ == patches.__name__
+        # importable by name from an SRFT module: Ray pickles it by reference
+        cls = unwrap(new)
+        assert cls.__module__.startswith("srft_openrlhf.openrlhf.")
+        assert getattr(sys.modules[cls.__module__], cls.__qualname__) is cls
+    patches.install()  # again (an SRFT actor in the driver's process): nothing to check or assign
     policy = patches.PATCHES[(patches.ppo_actor, "PolicyModelActor")]
     assert policy._default_options == {"num_gpus": 1}  # the original's Ray options
     args = SimpleNamespace()
@@ -208,10 +236,10 @@ def test_openrlhf_parser_accepts_the_launcher_flags(openrlhf_parser, tmp_path, n
 
 
 @pytest.fixture
-def run_step(patches, openrlhf_parser, monkeypatch, tmp_path, tiny_tokenizer):
+def run_step(openrlhf_parser, monkeypatch, tmp_path, tiny_tokenizer):
     def run(*overrides):
         cfg, args, files = small_run(tmp_path, tiny_tokenizer, openrlhf_parser, *overrides)
-        return (cfg, args, files), generate_step(patches, monkeypatch, cfg, args, files, tiny_tokenizer)
+        return (cfg, args, files), generate_step(monkeypatch, cfg, args, files, tiny_tokenizer)
 
     return run
 
@@ -251,14 +279,12 @@ def test_samples_append_each_prompts_demonstration_to_its_rollouts(run_step, tin
     assert batch.info["is_demo"].tolist() == [False, False, False, True] * 4
 
 
-def test_a_rollout_without_reward_is_reported_with_its_prompt(
-    patches, openrlhf_parser, monkeypatch, tmp_path, tiny_tokenizer
-):
+def test_a_rollout_without_reward_is_reported_with_its_prompt(openrlhf_parser, monkeypatch, tmp_path, tiny_tokenizer):
     """OpenRLHF's executor logs and swallows a reward_func exception, leaving reward None."""
     cfg, args, files = small_run(tmp_path, tiny_tokenizer, openrlhf_parser)
     files.reward_func.write_text("def reward_func(queries, prompts, labels):\n    raise OSError('grader gone')\n")
     with pytest.raises(RuntimeError, match=r"What is .* came back without a reward"):
-        generate_step(patches, monkeypatch, cfg, args, files, tiny_tokenizer)
+        generate_step(monkeypatch, cfg, args, files, tiny_tokenizer)
 
 
 def test_rollouts_carry_the_engines_logprobs_and_demos_zero(run_step):
@@ -290,11 +316,11 @@ def reference_advantages(rewards: list[float], group: int, eps: float) -> list[f
 
 @pytest.mark.parametrize("preset", ["srft", "sft_plus_rl"])
 def test_experience_zeroes_demo_old_logprobs_and_normalises_the_augmented_group(
-    patches, monkeypatch, run_step, tiny_tokenizer, preset
+    monkeypatch, run_step, tiny_tokenizer, preset
 ):
     (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
     rewards = [float(s.rewards) for s in samples]
-    experiences, _ = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
+    experiences, _ = make_experiences(monkeypatch, args, samples, tiny_tokenizer)
     assert [len(e.index) for e in experiences] == [2] * 8  # rollout.micro_batch_size
     if preset == "srft":  # the demo is in the group (Eq. 6-7)
         expected = reference_advantages(rewards, 4, cfg.loss.adv_eps)
@@ -310,21 +336,23 @@ def test_experience_zeroes_demo_old_logprobs_and_normalises_the_augmented_group(
         assert not e.action_log_probs[demo].any() and (e.action_log_probs[~demo][mask[~demo]] < 0).all()
         assert torch.equal(e.returns, e.advantages)
     if preset == "srft":  # the demo-only signal: prompt 1 has no correct rollout, its demo is positive
-        group1 = [a for e in experiences for a, i in zip(patches.sequence_advantages(e), e.index) if 4 <= i < 8]
+        from srft_openrlhf.openrlhf.experience import sequence_advantages
+
+        group1 = [a for e in experiences for a, i in zip(sequence_advantages(e), e.index) if 4 <= i < 8]
         assert group1[-1] > 0 and all(a < 0 for a in group1[:-1])
 
 
-def test_broken_group_layout_is_an_error(patches, monkeypatch, run_step, tiny_tokenizer):
+def test_broken_group_layout_is_an_error(monkeypatch, run_step, tiny_tokenizer):
     (_, args, _), (samples, *_) = run_step()
     within = list(samples)
     within[2], within[3] = within[3], within[2]  # order inside a group does not matter
-    make_experiences(patches, monkeypatch, args, within, tiny_tokenizer)
+    make_experiences(monkeypatch, args, within, tiny_tokenizer)
     for s in samples:  # make_experiences sets these; the next call starts from plain samples again
         s.info.pop("srft_entropy_sum", None)
     across = list(samples)
     across[3], across[4] = across[4], across[3]  # group 0 gets 4 rollouts, group 1 two demos
     with pytest.raises(RuntimeError, match="not groups of 3 rollouts"):
-        make_experiences(patches, monkeypatch, args, across, tiny_tokenizer)
+        make_experiences(monkeypatch, args, across, tiny_tokenizer)
 
 
 def test_rollout_stats_leave_the_demos_out(patches, run_step):
@@ -368,7 +396,8 @@ def reference_logprobs_and_entropy(model, experience):
 def reference_loss(model, experience, cfg, totals=None):
     """srft_loss in float64 on ``experience`` (one batch) with a float64 copy of the model."""
     logp, entropy = reference_logprobs_and_entropy(model, experience)
-    from srft_openrlhf.openrlhf.patches import demo_flags, sequence_advantages
+    from srft_openrlhf.openrlhf.experience import sequence_advantages
+    from srft_openrlhf.openrlhf.samples import demo_flags
 
     return srft_loss(
         logp,
@@ -384,10 +413,12 @@ def reference_loss(model, experience, cfg, totals=None):
     )
 
 
-def train_cluster_step(patches, trainer, micro_batches):
+def train_cluster_step(trainer, micro_batches):
     """One optimizer step of the SRFT actor over ``micro_batches`` (ppo_train's pairing)."""
+    from srft_openrlhf.openrlhf.actor import srft_step_windows
+
     gas = len(micro_batches)
-    windows = patches.srft_step_windows(iter(micro_batches), trainer.strategy, gas, lambda e: e.action_mask)
+    windows = srft_step_windows(iter(micro_batches), trainer.strategy, gas, lambda e: e.action_mask)
     statuses = [trainer.training_step(e, 0.0, step, info) for step, (e, info) in enumerate(windows)]
     assert trainer.strategy.steps == 1
     return statuses
@@ -395,17 +426,19 @@ def train_cluster_step(patches, trainer, micro_batches):
 
 @pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "sft_kl", "srft_no_wrl"])
 def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
-    patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset
+    monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset
 ):
     """Two groups (6 rollouts, 2 demos) in 4 micro-batches of 2, one DeepSpeed-style optimizer step:
     loss and update equal srft_loss of the 8 samples in one float64 batch, the batch-scope entropy
     weights included (the step's entropy comes from the experience maker's forward)."""
     from openrlhf.trainer.ppo_utils.experience import make_experience_batch
 
+    from srft_openrlhf.openrlhf.samples import demo_flags
+
     (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
-    trainer, policy = cluster_trainer(patches, args, tiny_model_dir, gas=4)
+    trainer, policy = cluster_trainer(args, tiny_model_dir, gas=4)
     reference_model = copy.deepcopy(trainer.actor.model).double()
-    experiences, group = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer, policy)
+    experiences, group = make_experiences(monkeypatch, args, samples, tiny_tokenizer, policy)
     assert bool(group.calls) == (preset in ("srft", "srft_no_wrl"))  # only for batch-scope weights
     items = replay_items(experiences)[:8]
     if cfg.loss.kl_coef > 0:
@@ -413,16 +446,16 @@ def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
             item.base_action_log_probs = item.action_log_probs - 0.05
     micro_batches = [make_experience_batch(items[i : i + 2]) for i in range(0, 8, 2)]
     assert isinstance(micro_batches[0].info["is_demo"], list)  # the replay buffer's re-batching leaves a list
-    assert not any(patches.demo_flags(micro_batches[0]))  # a micro-batch without demos
+    assert not any(demo_flags(micro_batches[0]))  # a micro-batch without demos
     whole = make_experience_batch(items)
     before = {n: p.detach().clone() for n, p in trainer.actor.model.named_parameters()}
     with torch.no_grad():  # the engine-vs-trainer gap on the rollout tokens, at θ_k, in float64
-        rollout_tokens = whole.action_mask.bool() & ~patches.demo_flags(whole)[:, None]
+        rollout_tokens = whole.action_mask.bool() & ~demo_flags(whole)[:, None]
         gap = (reference_logprobs_and_entropy(reference_model, whole)[0] - whole.action_log_probs.double())[
             rollout_tokens
         ]
 
-    statuses = train_cluster_step(patches, trainer, micro_batches)
+    statuses = train_cluster_step(trainer, micro_batches)
 
     loss, metrics = reference_loss(reference_model, whole, cfg)
     loss.backward()
@@ -447,21 +480,23 @@ def test_micro_batched_training_steps_are_one_step_of_the_whole_batch(
     assert logged["srft/ratio_mean"] == pytest.approx(float(gap.exp().mean()), rel=1e-4, abs=1e-6)
 
 
-def test_old_log_probs_are_the_rollout_engines(patches, monkeypatch, run_step, tiny_tokenizer):
+def test_old_log_probs_are_the_rollout_engines(monkeypatch, run_step, tiny_tokenizer):
     """π_old of a rollout is what the engine sampled it with (not the trainer's current weights),
     a demo's is 0; written out of place (the samples' tensors may be Ray zero-copy buffers)."""
+    from srft_openrlhf.openrlhf.samples import demo_flags
+
     (_, args, _), (samples, *_) = run_step("loss.preset=grpo", "cluster.extra_args=[]")
     engine_log_probs = [s.rollout_log_probs.clone() for s in samples]
-    experiences, group = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
+    experiences, group = make_experiences(monkeypatch, args, samples, tiny_tokenizer)
     assert not group.calls  # grpo: no batch-scope entropy weight, no actor forward at all
     for e in experiences:
         mask = e.action_mask.bool()
         assert torch.equal(e.action_log_probs[mask], torch.full((int(mask.sum()),), -0.5))
     (_, args, _), (samples, *_) = run_step()
     engine_log_probs = [s.rollout_log_probs.clone() for s in samples]
-    experiences, group = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
+    experiences, group = make_experiences(monkeypatch, args, samples, tiny_tokenizer)
     for e in experiences:
-        demo, mask = patches.demo_flags(e), e.action_mask.bool()
+        demo, mask = demo_flags(e), e.action_mask.bool()
         assert not e.action_log_probs[demo].any()
         assert e.action_log_probs[~demo][mask[~demo]].eq(-0.5).all()
         assert e.action_log_probs.data_ptr() != e.rollout_log_probs.data_ptr()
@@ -474,33 +509,36 @@ def test_old_log_probs_are_the_rollout_engines(patches, monkeypatch, run_step, t
     [("srft", True, True), ("srft_no_wsft", False, True), ("srft_no_wrl", True, False)],
 )
 def test_entropy_forward_covers_only_rows_a_weight_needs(
-    patches, monkeypatch, run_step, tiny_tokenizer, preset, demo_rows, rollout_rows
+    monkeypatch, run_step, tiny_tokenizer, preset, demo_rows, rollout_rows
 ):
+    from srft_openrlhf.openrlhf.actor import _known, experience_totals
+    from srft_openrlhf.openrlhf.samples import demo_flags
+
     (_, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
-    experiences, group = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer)
+    experiences, group = make_experiences(monkeypatch, args, samples, tiny_tokenizer)
     [(method, batch)] = group.calls
     assert method == "srft_entropy_sums"
     for rows, e in zip(batch["rows"], experiences):
-        demo = patches.demo_flags(e)
+        demo = demo_flags(e)
         assert torch.equal(rows, torch.where(demo, demo_rows, rollout_rows))
         sums = e.info["srft_entropy_sum"]
         assert torch.equal(sums[rows], e.action_mask[rows].sum(-1).double()) and sums[~rows].isnan().all()
-    totals = patches.experience_totals(experiences[0])
+    totals = experience_totals(experiences[0])
     for e in experiences[1:]:
-        totals = totals + patches.experience_totals(e)
-    totals = patches._known(totals)
+        totals = totals + experience_totals(e)
+    totals = _known(totals)
     assert (totals.demo_entropy_sum is not None) == demo_rows
     assert (totals.rollout_entropy_sum is not None) == rollout_rows
     if demo_rows:
         assert totals.h_demo == pytest.approx(1.0)  # the stand-in entropy is 1 per token
 
 
-def test_entropy_forward_runs_once_per_micro_batch_without_needed_rows(patches, run_step, tiny_model_dir):
+def test_entropy_forward_runs_once_per_micro_batch_without_needed_rows(run_step, tiny_model_dir):
     """Under ZeRO-3 a forward is a collective: a micro-batch with no row a weight needs (srft_no_wrl
     on a micro-batch of rollouts only) still runs its one forward, like every other rank's, and
     returns no sum (audit N2: ranks ran 21 or 22 forwards and the run hung)."""
     (_, args, _), (samples, *_) = run_step("loss.preset=srft_no_wrl")
-    trainer, policy = cluster_trainer(patches, args, tiny_model_dir, gas=1)
+    trainer, policy = cluster_trainer(args, tiny_model_dir, gas=1)
     forward = trainer.response_logprobs_and_entropy
     calls = []
     trainer.response_logprobs_and_entropy = lambda *a, **k: calls.append(a[0].shape[0]) or forward(*a, **k)
@@ -515,25 +553,23 @@ def test_entropy_forward_runs_once_per_micro_batch_without_needed_rows(patches, 
 
 
 @pytest.mark.parametrize("preset", ["srft", "srft_official", "grpo", "luffy"])
-def test_both_backends_give_the_same_loss_and_gradient(
-    patches, monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset
-):
+def test_both_backends_give_the_same_loss_and_gradient(monkeypatch, run_step, tiny_tokenizer, tiny_model_dir, preset):
     """The same step (4 groups of 3 rollouts + 1 demo, the engine's log-probs as π_old) through the
     local backend's optimize() in one micro-batch and through the cluster path (experience maker,
     replay buffer, 8 micro-batches of 2 under DeepSpeed-style accumulation): same loss and gradient."""
     from openrlhf.trainer.ppo_utils.experience import make_experience_batch
 
     from srft_openrlhf.local.engine import Optimization, TorchEngine
-    from srft_openrlhf.local.trainer import optimize
+    from srft_openrlhf.local.step import optimize
 
     (cfg, args, _), (samples, *_) = run_step(f"loss.preset={preset}")
-    trainer, policy = cluster_trainer(patches, args, tiny_model_dir, gas=len(samples) // 2)
+    trainer, policy = cluster_trainer(args, tiny_model_dir, gas=len(samples) // 2)
     local_model = copy.deepcopy(trainer.actor.model)
-    experiences, _ = make_experiences(patches, monkeypatch, args, samples, tiny_tokenizer, policy)
+    experiences, _ = make_experiences(monkeypatch, args, samples, tiny_tokenizer, policy)
     items = replay_items(experiences)
     micro_batches = [make_experience_batch(items[i : i + 2]) for i in range(0, len(items), 2)]
 
-    batch = local_train_batch(patches, items)  # the local backend's batch of the same samples
+    batch = local_train_batch(items)  # the local backend's batch of the same samples
     assert (batch.advantages != 0).any()
     engine = TorchEngine(
         local_model, Optimization(lr=0.1, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=0.0, warmup_steps=0)
@@ -557,7 +593,7 @@ def test_both_backends_give_the_same_loss_and_gradient(
     )
 
     before = {n: p.detach().clone() for n, p in trainer.actor.model.named_parameters()}
-    statuses = train_cluster_step(patches, trainer, micro_batches)
+    statuses = train_cluster_step(trainer, micro_batches)
     assert statistics.fmean(float(s["metrics"]["policy_loss"]) for s in statuses) == pytest.approx(
         local["loss"], rel=1e-4, abs=1e-6
     )
@@ -568,7 +604,9 @@ def test_both_backends_give_the_same_loss_and_gradient(
 
 
 def test_training_step_without_step_totals_is_an_error(patches):
-    trainer = patches.SRFTActorPPOTrainer.__new__(patches.SRFTActorPPOTrainer)
+    from srft_openrlhf.openrlhf.actor import SRFTActorPPOTrainer
+
+    trainer = SRFTActorPPOTrainer.__new__(SRFTActorPPOTrainer)
     with pytest.raises(RuntimeError, match="srft_step_windows"):
         trainer.training_step(None, 0.0, 0, {"dp_size": 1, "batch_num_tokens": 3.0})
 
@@ -623,6 +661,7 @@ def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypat
 
     from srft_openrlhf.config import load_config as load
     from srft_openrlhf.openrlhf import launcher
+    from srft_openrlhf.openrlhf.hooks import unwrap
 
     for module, name in patches.PATCHES:
         monkeypatch.setattr(module, name, getattr(module, name))
@@ -667,6 +706,16 @@ def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypat
     with pytest.raises(ConfigError, match="--ds.packing is set by the launcher"):
         launcher.run(packed)
     assert not seen
+    # an OpenRLHF that moved a hook point is refused before the run folder is written or Ray starts
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+
+    from srft_openrlhf.openrlhf.hooks import HookPointError
+
+    with monkeypatch.context() as moved:
+        moved.delattr(RemoteExperienceMaker, "compute_advantages_and_returns")
+        with pytest.raises(HookPointError, match="compute_advantages_and_returns: not found"):
+            launcher.run(cfg)
+    assert not seen and not (tmp_path / "run").exists()
     assert launcher.run(cfg) == 0
     files = run_files(tmp_path / "run")
     assert load(files.config).logging.output_dir == str(files.root)
@@ -676,7 +725,7 @@ def test_run_writes_the_run_folder_then_runs_the_openrlhf_cli(patches, monkeypat
     assert (name, run_name) == ("openrlhf.cli.train_ppo_ray", "__main__") and sys.argv == argv
     assert cli_argv[1:] == openrlhf_args(seen["srft"], files, resume=False)
     assert seen["srft"].logging.output_dir == str(files.root)  # absolute, for workers in other cwds
-    assert patches.unwrap(seen["policy"]) is patches.SRFTPolicyModelActor
+    assert unwrap(seen["policy"]) is patches.SRFTPolicyModelActor
     assert {"TOKENIZERS_PARALLELISM", "NCCL_DEBUG"} <= set(seen["init"]["runtime_env"]["env_vars"])
     assert "worker_process_setup_hook" not in seen["init"]["runtime_env"]  # the CPU layer: only with cluster.cpu
     assert "num_gpus" not in seen["init"]

@@ -314,7 +314,7 @@ def ray_runtime_env(env_vars: dict[str, str]) -> dict:
 
 
 def check_cpu_hook_points() -> None:
-    from srft_openrlhf.openrlhf.patches import check_hook_points
+    from srft_openrlhf.openrlhf.hooks import check_hook_points
 
     check_hook_points(CPU_HOOK_POINTS)
 

@@ -1,7 +1,8 @@
 """Hook-point checking: does the installed OpenRLHF still have what the SRFT patches rely on?
 
 ``check_hook_points`` verifies ``HOOK_POINTS`` (``srft_openrlhf.openrlhf``) against the installed
-OpenRLHF and raises ``HookPointError`` naming every one that moved. ``unwrap`` / ``rewrap`` go
+OpenRLHF and raises ``HookPointError`` naming every one that moved (``patches.install`` runs it
+before it assigns anything). ``unwrap`` / ``rewrap`` go
 between a Ray actor class and the Python class behind it (the patches subclass the latter).
 Importing this module imports ray, not OpenRLHF; the checks import what they resolve.
 """
@@ -91,6 +92,6 @@ def check_hook_points(hooks: tuple[HookPoint, ...] = HOOK_POINTS) -> None:
         raise HookPointError(
             f"openrlhf {installed} does not have what the SRFT patches rely on (written for "
             f"openrlhf=={OPENRLHF_VERSION}):\n" + "\n".join(lines) + "\nInstall openrlhf=="
-            f"{OPENRLHF_VERSION} (requirements-gpu.txt), or port srft_openrlhf/openrlhf/patches.py "
-            "and HOOK_POINTS to this version."
+            f"{OPENRLHF_VERSION} (requirements-gpu.txt), or port the SRFT patches (srft_openrlhf/openrlhf/"
+            "patches.py and the modules it installs) and HOOK_POINTS to this version."
         )

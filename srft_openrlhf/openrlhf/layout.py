@@ -1,7 +1,8 @@
 """The group layout: how one prompt's rollouts and demonstrations sit in a training batch (Eq. 6).
 
-Shared by the launcher (which checks the config and writes the demonstrations) and the runtime
-patches (which build and check the groups), so that neither imports the other. Importing this
+Shared by the launch side (``plan.check_config`` checks the config, ``data_files.write_data``
+writes the demonstrations) and the runtime patches (which build and check the groups), so that
+neither imports the other. Importing this
 module imports neither openrlhf, ray, vllm nor torch.
 """
 
