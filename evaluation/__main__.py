@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from evaluation.generate import EvalGenerator, Sampling, build_generator, prompt_seed, resolve_generator
+from evaluation.generate import DecodeSettings, EvalGenerator, build_generator, prompt_seed, resolve_generator
 from evaluation.grade import grade_responses
 from evaluation.report import SAMPLES, append_samples, read_samples, results_markdown, summarize, write_outputs
 from srft_openrlhf.data.benchmarks import (
@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = load_tasks(args)  # every data problem surfaces before minutes of engine start
     tokenizer = load_tokenizer(model)
     prompts = render_prompts(tasks, args.template, tokenizer)
-    sampling = Sampling(args.temperature, args.top_p, args.max_tokens)
+    sampling = DecodeSettings(args.temperature, args.top_p, args.max_tokens)
     kind = resolve_generator(args.generator)
     settings = {
         "model": model,

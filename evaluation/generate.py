@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Sampling:
+class DecodeSettings:
+    """How the harness decodes every benchmark (the per-call count k and seed come with each call)."""
+
     temperature: float = 0.6
     top_p: float = 1.0
     max_tokens: int = 8192
@@ -62,7 +64,9 @@ class VLLMEvalGenerator:
 
     default_batch_size = 256  # prompts per call; vLLM schedules inside, results are flushed per call
 
-    def __init__(self, model: str, tokenizer: Any, sampling: Sampling, *, seed: int = 0, tensor_parallel_size: int = 1):
+    def __init__(
+        self, model: str, tokenizer: Any, sampling: DecodeSettings, *, seed: int = 0, tensor_parallel_size: int = 1
+    ):
         from vllm import LLM
 
         self.tokenizer = tokenizer
@@ -103,7 +107,7 @@ class HFEvalGenerator:
 
     default_batch_size = 4
 
-    def __init__(self, model: str, tokenizer: Any, sampling: Sampling, *, device: str | None = None):
+    def __init__(self, model: str, tokenizer: Any, sampling: DecodeSettings, *, device: str | None = None):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -164,7 +168,7 @@ def resolve_generator(kind: str) -> str:
 
 
 def build_generator(
-    kind: str, model: str, tokenizer: Any, sampling: Sampling, *, seed: int, tensor_parallel_size: int = 1
+    kind: str, model: str, tokenizer: Any, sampling: DecodeSettings, *, seed: int, tensor_parallel_size: int = 1
 ) -> EvalGenerator:
     """``kind``: vllm | hf (see ``resolve_generator``)."""
     if kind == "vllm":

@@ -68,9 +68,9 @@ def train_main(argv: list[str]) -> int:
         overrides.append(f"logging.output_dir={args.output_dir}")
     config_path = args.config
     if args.resume:
-        from pathlib import Path
+        from srft_openrlhf.runs import run_files
 
-        saved = Path(args.resume) / "config.yaml"
+        saved = run_files(args.resume).config
         if not saved.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there (is it a run folder?)")
         config_path = config_path or str(saved)

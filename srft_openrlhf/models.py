@@ -4,6 +4,7 @@ loading, and the token log-probs and entropies of a batch of sequences (through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from srft_openrlhf.config import DTYPES
+from srft_openrlhf.data.example import TOY
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.kernels import linear_logprobs_and_entropy, token_logprobs_and_entropy
 
@@ -93,3 +95,12 @@ def load_causal_lm(model_path: str, dtype: torch.dtype, device: torch.device) ->
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     # transformers wraps PreTrainedModel.to in a decorator whose stub takes the model as its first argument
     return model.to(device)  # type: ignore[arg-type]
+
+
+def model_folder(path: str, log: Callable[[str], object] = print) -> str:
+    """``model.path`` as a folder: "toy" is the cached toy base model (built on first use)."""
+    if path != TOY:
+        return str(Path(path).expanduser())
+    from srft_openrlhf.data import toy
+
+    return str(toy.base_model_path(log=log))

@@ -171,7 +171,7 @@ def test_optimize_loss_matches_independent_computation(tiny_model_dir, micro_bat
     micro-batches (the step's denominators and, for the paper's batch-scope w_SFT / w_RL, the
     step's mean entropies), with log-probs aligned to the right tokens."""
     from srft_openrlhf.local.engine import make_engine
-    from srft_openrlhf.local.trainer import optimize
+    from srft_openrlhf.local.step import optimize
 
     engine = make_engine(
         str(tiny_model_dir),

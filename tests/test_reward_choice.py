@@ -9,6 +9,10 @@ import pytest
 from srft_openrlhf.reward import choice_reward, extract_choice
 from srft_openrlhf.reward.choice import gold_to_letter
 
+# Not a speed target (benchmarks/bench_reward.py measures speed): a scan that is super-linear in
+# these megabyte inputs takes minutes to hours, so this bound only catches that, on a busy machine too.
+SUPERLINEAR_S = 30.0
+
 
 @pytest.mark.parametrize(
     "response, expected",
@@ -113,4 +117,4 @@ def test_choice_reward(response, gold, reward):
 def test_garbage_never_raises_and_is_fast(garbage):
     start = time.perf_counter()
     assert choice_reward(garbage, "A") in (0.0, 1.0)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < SUPERLINEAR_S

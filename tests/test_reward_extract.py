@@ -9,6 +9,10 @@ import pytest
 from srft_openrlhf.reward import extract_answer, math_reward
 from srft_openrlhf.reward.extract import boxed_spans, last_boxed, solution_part
 
+# Not a speed target (benchmarks/bench_reward.py measures speed): a scan that is super-linear in
+# these megabyte inputs takes minutes to hours, so this bound only catches that, on a busy machine too.
+SUPERLINEAR_S = 30.0
+
 
 @pytest.mark.parametrize(
     "response, expected",
@@ -72,7 +76,7 @@ def test_deep_nesting_is_linear_and_exact():
     response = "\\boxed{" + inner + "}"
     start = time.perf_counter()
     assert extract_answer(response) == inner
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < SUPERLINEAR_S
     assert math_reward(response, "5", mode="oat") == 1.0  # outer braces are noise
 
 
@@ -98,7 +102,7 @@ def test_garbage_never_raises_and_is_fast(garbage):
     start = time.perf_counter()
     answer = extract_answer(garbage)
     assert answer is None or isinstance(answer, str)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < SUPERLINEAR_S
 
 
 def test_bytes_are_decoded():

@@ -22,16 +22,15 @@ Every problem here is a ``UserError`` naming the input it is about.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from srft_openrlhf.data.example import TOY
 from srft_openrlhf.errors import ConfigError, DataError
+from srft_openrlhf.runs import LOCAL_CHECKPOINT, checkpoint_folders, run_files
+from srft_openrlhf.runs.records import read_records
 
-LOCAL_CHECKPOINT = re.compile(r"^step-(\d+)$")
-OPENRLHF_CHECKPOINT = re.compile(r"^global_step(\d+)_hf$")
 # Text references: responses that are fixed texts rather than samples of a model.
 DEMOS = "demos"  # the demonstrations of the --data rows (on the toy: the flawed teacher's)
 TOY_SOLVER = "toy:solver"  # the toy's correct worked solutions (a perfect solver)
@@ -63,7 +62,7 @@ def is_model_dir(path: Path) -> bool:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file()
+    return run_files(path).config.is_file()
 
 
 def toy_base_path() -> Path:
@@ -130,18 +129,13 @@ def run_checkpoints(run_dir: Path) -> list[Checkpoint]:
         raise ConfigError(
             f"{run_dir}: not a run folder ({describe_missing(run_dir)}; expected config.yaml as `srft train` writes it)"
         )
-    root = run_dir / "checkpoints"
-    found: dict[int, Path] = {}
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        match = LOCAL_CHECKPOINT.match(folder.name) or OPENRLHF_CHECKPOINT.match(folder.name)
-        if not match or not folder.is_dir():
-            continue
+    found = checkpoint_folders(run_dir)
+    for folder in found.values():
         if not is_model_dir(folder):
             raise ConfigError(
                 f"{folder}: checkpoint without config.json (an incomplete or foreign checkpoint; "
                 "delete it or train with the current code)"
             )
-        found[int(match.group(1))] = folder
     return [Checkpoint(step, found[step]) for step in sorted(found)]
 
 
@@ -149,7 +143,7 @@ def initial_model(run_dir: Path) -> Checkpoint:
     """The model a run started from (``model.path`` of its config.yaml), as step 0."""
     import yaml
 
-    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    config = yaml.safe_load(run_files(run_dir).config.read_text()) or {}
     model_path = str((config.get("model") or {}).get("path") or "")
     if model_path == TOY:
         return Checkpoint(0, toy_base_path(), initial=True)
@@ -180,12 +174,12 @@ def checkpoint_at(run_dir: Path, step: int) -> Checkpoint:
 def final_checkpoint(run_dir: Path) -> Checkpoint:
     """The newest checkpoint (OpenRLHF: the final ``model/`` folder when present)."""
     ckpts = run_checkpoints(run_dir)
-    final_model = Path(run_dir) / "model"
+    final_model = run_files(run_dir).model
     if is_model_dir(final_model):
         return Checkpoint(max((c.step for c in ckpts), default=0), final_model)
     if not ckpts:
         raise ConfigError(
-            f"{run_dir}: no checkpoint under {Path(run_dir) / 'checkpoints'} "
+            f"{run_dir}: no checkpoint under {run_files(run_dir).checkpoints} "
             "(set train.save_every > 0; keep more with train.keep_checkpoints)"
         )
     return ckpts[-1]
@@ -194,18 +188,12 @@ def final_checkpoint(run_dir: Path) -> Checkpoint:
 def run_accuracy(run_dir: Path) -> dict[int, float]:
     """Held-out accuracy per step: from ``eval/step-XXXXXX.jsonl`` files, else the
     ``eval_accuracy`` records of ``metrics.jsonl``; empty when the run has neither."""
-    run_dir = Path(run_dir)
+    files = run_files(run_dir)
     acc: dict[int, float] = {}
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-            if isinstance(record, dict) and record.get("eval_accuracy") is not None and "step" in record:
-                acc[int(record["step"])] = float(record["eval_accuracy"])
-    for path in sorted((run_dir / "eval").glob("step-*.jsonl")):
+    for record in read_records(files.metrics):
+        if isinstance(record, dict) and record.get("eval_accuracy") is not None and "step" in record:
+            acc[int(record["step"])] = float(record["eval_accuracy"])
+    for path in sorted(files.eval.glob("step-*.jsonl")):
         match = LOCAL_CHECKPOINT.match(path.stem)
         if not match:
             continue

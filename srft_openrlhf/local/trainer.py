@@ -10,14 +10,7 @@ One training step (paper Sec. 4, Eq. 13)::
     → srft_loss per micro-batch, gradients summed     algorithm.srft_loss
     → optimizer step → new weights to the generator → log / evaluate / checkpoint
 
-Micro-batches: the step's batch is cut into ``train.micro_batch_size`` sequences and the
-gradients of the micro-batch losses are summed before one optimizer step. Every micro-batch
-divides by the step's token and sequence counts (``StepTotals``), so the summed loss is the
-loss of the whole step in one batch. The batch-scope entropy weights w_SFT, w_RL (Eq. 8, 12)
-use the step's mean entropies: a step of several micro-batches first runs one
-gradient-free forward over them (``micro_batch_entropy``); with one micro-batch per step
-(the toy configs) the loss's own forward gives them. Advantages are always computed over
-whole groups first.
+The optimizer step over micro-batches, and the loss of each schedule phase: ``local.step``.
 
 Schedules (paper Table 1): ``joint`` trains with ``loss`` (a preset) at every step;
 ``sft_then_rl`` runs the ``sft`` preset for ``train.switch_step`` steps, then ``grpo``;
@@ -33,24 +26,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from srft_openrlhf.algorithm import (
-    METRIC_TOKENS,
-    RATIO_METRIC_TOKENS,
     LossConfig,
-    entropy_needed,
-    ratio_stats,
-    srft_loss,
-    step_totals,
 )
 from srft_openrlhf.config import SRFTConfig, save_config
-from srft_openrlhf.data.encode import check_round_trip, demo_continuation
 from srft_openrlhf.data.example import TOY
 from srft_openrlhf.data.sampler import PromptSampler, generation_seed
 from srft_openrlhf.errors import ConfigError
@@ -60,38 +44,22 @@ from srft_openrlhf.local.checkpoint import latest_checkpoint, load_checkpoint, r
 from srft_openrlhf.local.engine import check_engine, make_engine, make_reference
 from srft_openrlhf.local.metrics import MetricsLogger, check_logging
 from srft_openrlhf.local.rollout import (
-    MicroBatch,
-    PromptItem,
     RolloutBatch,
-    TrainBatch,
     build_train_batch,
     collect_rollouts,
-    encode_items,
     rollout_stats,
 )
+from srft_openrlhf.local.run_data import RunData, load_data
+from srft_openrlhf.local.step import optimize, phase_loss, phase_losses
+from srft_openrlhf.models import model_folder
 from srft_openrlhf.reward import grade
 from srft_openrlhf.runs import run_files
 
 if TYPE_CHECKING:
-    from srft_openrlhf.data import Example
+    pass
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def phase_loss(cfg: SRFTConfig, step: int) -> LossConfig:
-    """The loss of step ``step`` (0-based) under ``train.schedule``."""
-    schedule = cfg.train.schedule
-    if schedule == "joint":
-        return cfg.loss
-    first, second = ("sft", "grpo") if schedule == "sft_then_rl" else ("grpo", "sft")
-    return LossConfig.from_preset(first if step < cfg.train.switch_step else second)
-
-
-def phase_losses(cfg: SRFTConfig) -> list[LossConfig]:
-    if cfg.train.schedule == "joint":
-        return [cfg.loss]
-    return [phase_loss(cfg, 0), phase_loss(cfg, cfg.train.switch_step)]
 
 
 def check_config(cfg: SRFTConfig) -> None:
@@ -119,69 +87,8 @@ def check_model_path(cfg: SRFTConfig) -> None:
         )
 
 
-@dataclass
-class RunData:
-    tokenizer: Any
-    train: list[PromptItem]
-    eval: list[PromptItem]
-    eval_groups: list[str] | None  # toy held-out: "chained_carry" / "other" per problem
-
-
-def load_tokenizer(cfg: SRFTConfig):
-    if cfg.model.path == TOY:
-        from srft_openrlhf.data import toy
-
-        return toy.build_tokenizer()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(
-        str(Path(cfg.model.path).expanduser()), trust_remote_code=cfg.model.trust_remote_code
-    )
-
-
-def load_data(cfg: SRFTConfig) -> RunData:
-    """Load, render and tokenise the training (and eval) set: every data error surfaces here,
-    before a model is built. Demonstrations are required when some phase trains on them."""
-    from srft_openrlhf.data import toy
-    from srft_openrlhf.data.sources import config_examples
-
-    d = cfg.data
-    tokenizer = load_tokenizer(cfg)
-    needs_demos = any(loss.needs_demos for loss in phase_losses(cfg))
-    if needs_demos and not d.demo_key and d.train != TOY:
-        raise ConfigError(
-            f"loss preset {cfg.loss.preset!r} (schedule {cfg.train.schedule}) trains on "
-            "demonstrations but data.demo_key is null; set data.demo_key"
-        )
-    train = config_examples(d.train, d, demo_key=d.demo_key, require_demo=needs_demos)
-    eval_source = d.eval or (TOY if d.train == TOY else None)
-    evaluation: list[Example] = config_examples(eval_source, d, heldout=True) if eval_source else []
-    groups: list[str] | None = None
-    if eval_source == TOY:
-        groups = []
-        for ex in evaluation:
-            assert isinstance(ex.prompt, str)  # toy.examples builds every prompt as a question string
-            groups.append(toy.problem_group(ex.prompt))
-    encode = dict(
-        tokenizer=tokenizer, template=d.template, max_prompt_len=d.max_prompt_len, max_response_len=d.max_response_len
-    )
-    data = RunData(tokenizer, encode_items(train, **encode), encode_items(evaluation, **encode), groups)
-    check_round_trip(tokenizer, round_trip_sample(data.train), f"model.path {cfg.model.path}")
-    return data
-
-
-def round_trip_sample(items: list[PromptItem], count: int = 32) -> list[tuple[str, str]]:
-    """The rendered prompts and demonstrations of the first ``count`` training items."""
-    texts = []
-    for i, item in enumerate(items[:count]):
-        texts.append((f"training prompt {i}", item.prompt_text))
-        if item.demo_text:
-            texts.append((f"demonstration {i}", demo_continuation(item.prompt_text, item.demo_text)))
-    return texts
-
-
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    if not resume and (run_dir / "config.yaml").exists():
+    if not resume and run_files(run_dir).config.exists():
         raise ConfigError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir"
         )
@@ -215,7 +122,7 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
         print_summary(json.loads(summary_path.read_text()))
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, run_files(run_dir).config)
     trainer = Trainer(cfg, data, run_dir, resume=resume, started=started)
     failed = True
     try:
@@ -246,7 +153,7 @@ class Trainer:
         self.cfg, self.data, self.run_dir, self.started = cfg, data, run_dir, started
         t = cfg.train
         self.async_enabled = t.async_enable and self.needs_generation()
-        self.model_path = self.resolve_model()
+        self.model_path = model_folder(self.cfg.model.path)
         self.engine = make_engine(
             self.model_path,
             engine=t.engine,
@@ -303,13 +210,6 @@ class Trainer:
             self.rollouts.publish(self.start_step, self.engine.named_weights())
 
     # ---------------------------------------------------------------- set-up
-
-    def resolve_model(self) -> str:
-        if self.cfg.model.path == TOY:
-            from srft_openrlhf.data import toy
-
-            return str(toy.base_model_path(log=print))
-        return str(Path(self.cfg.model.path).expanduser())
 
     def needs_generation(self) -> bool:
         return any(loss.needs_rollouts for loss in phase_losses(self.cfg))
@@ -503,75 +403,3 @@ class Trainer:
         self.logger.close(failed)
         if self.generator is not None:
             self.generator.close()
-
-
-# The token count each per-micro-batch mean of ``srft_loss`` and ``ratio_stats`` is taken over.
-MEAN_OVER = {**METRIC_TOKENS, **RATIO_METRIC_TOKENS}
-
-
-def optimize(
-    engine,
-    batch: TrainBatch,
-    loss_cfg: LossConfig,
-    *,
-    micro_batch_size: int,
-    pad_id: int,
-    temperature: float,
-    reference=None,
-) -> dict[str, float]:
-    """One optimizer step on ``batch``: srft_loss per micro-batch with the step's
-    denominators and, for batch-scope entropy weights, the step's mean entropies (one
-    gradient-free forward first when the step has several micro-batches), gradients summed.
-    Returns the metrics of the step."""
-    chunks = list(batch.micro_batches(micro_batch_size, pad_id, engine.device))
-    step_entropy = len(chunks) > 1 and any(entropy_needed(loss_cfg))
-    parts = [
-        step_totals(
-            mb.mask, mb.rewards, mb.is_demo, micro_batch_entropy(engine, mb, temperature) if step_entropy else None
-        )
-        for mb in chunks
-    ]
-    step = sum(parts[1:], parts[0])
-    totals: dict[str, float] = defaultdict(float)
-    weighted: dict[str, float] = defaultdict(float)  # Σ (micro-batch mean × its token count)
-    for mb in chunks:
-        log_probs, entropy = engine.token_logprobs(
-            mb.input_ids, mb.attention_mask, temperature=temperature, entropy_grad=loss_cfg.entropy_bonus > 0
-        )
-        ref = reference(mb.input_ids, mb.attention_mask, temperature=temperature) if loss_cfg.kl_coef > 0 else None
-        loss, metrics = srft_loss(
-            log_probs,
-            mb.old_log_probs,
-            entropy,
-            mb.mask,
-            mb.advantages,
-            mb.rewards,
-            mb.is_demo,
-            loss_cfg,
-            ref,
-            totals=step,
-        )
-        engine.backward(loss)
-        metrics.update(ratio_stats(log_probs.detach(), mb.old_log_probs, mb.mask & ~mb.is_demo[:, None]))
-        metrics["n_rollout_tokens"] = metrics["n_tokens"] - metrics["n_demo_tokens"]
-        for key, value in metrics.items():
-            # token counts and loss shares add up over micro-batches, maxima are maxima, a
-            # mean over a token set is weighted by the set's tokens in each micro-batch
-            if key.startswith(("n_", "loss")):
-                totals[key] += value
-            elif key.endswith("_max"):
-                totals[key] = max(totals.get(key, value), value)
-            else:
-                weighted[key] += value * metrics[MEAN_OVER[key]]
-    for key, value in weighted.items():
-        totals[key] = value / max(totals[MEAN_OVER[key]], 1)
-    del totals["n_rollout_tokens"]
-    totals.update(engine.step())
-    return dict(totals)
-
-
-@torch.no_grad()
-def micro_batch_entropy(engine, mb: MicroBatch, temperature: float) -> torch.Tensor:
-    """H(πθ) at every position of ``mb`` with the weights of the step, before its updates."""
-    _, entropy = engine.token_logprobs(mb.input_ids, mb.attention_mask, temperature=temperature)
-    return entropy
