@@ -737,7 +737,7 @@ def test_cpu_rollout_engine_samples_do_not_depend_on_request_order(tiny_model_di
     a prompt are fixed by the seed, the weights version, the prompt and its repeat count (a
     shared random stream made two runs of the same config train on different rollouts)."""
     from srft_openrlhf.generation import HFGenerator
-    from srft_openrlhf.openrlhf.cpu_compat import CPURolloutActor
+    from srft_openrlhf.openrlhf.cpu_rollout import CPURolloutActor
 
     class Executor:  # OpenRLHF's executor, reduced to what the engine hands it
         async def execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine):
