@@ -273,6 +273,22 @@ def tune_triton(device: torch.device, dtype: torch.dtype, repeats: int) -> list[
     return rows
 
 
+def cpu_info() -> dict[str, str]:
+    """The CPU's model name and SIMD flags (as ``scripts/reproduce_toy_openrlhf.sh`` records
+    them) and the vector ISA torch's CPU kernels dispatched to: CPU timings depend on all three."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+
+    def field(name: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith(name)), "")
+
+    simd = sorted(f for f in field("flags").split() if f.startswith(("avx", "sse4", "amx", "fma")))
+    return {
+        "model": field("model name") or platform.processor() or "unknown",
+        "simd": " ".join(simd),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def print_table(rows: list[dict], copy: dict) -> None:
     head = f"{'method':<16}{'mode':<8}{'N':>7}{'V':>8}{'ms':>11}{'extra MiB':>11}{'RSS MiB':>9}"
     head += f"{'GB/s':>8}{'of copy':>8}{'rel err':>10}"
@@ -352,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, copy)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "cpu": cpu_info(),
+        "command": " ".join(["python benchmarks/bench_kernels.py", *(sys.argv[1:] if argv is None else argv)]),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "memory_method": "cuda max_memory_allocated" if device.type == "cuda" else "torch.profiler allocator events",

@@ -138,8 +138,10 @@ def test_aggregate_table_mean_std_and_curves(tmp_path):
 # ----------------------------------------------------------------------------- lr sweep + final runs
 
 
-def sweep_root(tmp_path: Path) -> Path:
-    """reproduce_toy.sh's layout: sweep/METHOD/lr-LR (seed 42) and final/METHOD/seed-N."""
+def sweep_root(tmp_path: Path, sweep_eval: str | None = "toy:validation") -> Path:
+    """reproduce_toy.sh's layout: sweep/METHOD/lr-LR (seed 42, evaluated on ``sweep_eval``:
+    the toy validation split; None: the config's held-out split, as before) and
+    final/METHOD/seed-N (new runs at the best lr for every seed, 42 included)."""
     root = tmp_path / "repro"
     sweep = {"srft": {"1e-4": 0.70, "2e-4": 0.85, "5e-4": 0.85}, "grpo": {"1e-4": 0.40, "5e-4": 0.02}}
     for method, accs in sweep.items():
@@ -149,7 +151,8 @@ def sweep_root(tmp_path: Path) -> Path:
                 acc / 5,
                 summary={"accuracy_before": 0.3, "accuracy_after": acc, "seed": 42},
             )
-            (d / "config.yaml").write_text(f"train:\n  lr: {float(lr)}\n")
+            data = f"data:\n  eval: {sweep_eval}\n" if sweep_eval else ""
+            (d / "config.yaml").write_text(f"train:\n  lr: {float(lr)}\n{data}")
     for method, lr, accs in (("srft", "2e-4", [0.85, 0.75, 0.80]), ("grpo", "1e-4", [0.40, 0.50, 0.60])):
         for seed, acc in zip((42, 1, 2), accs):
             d = fake_run(
@@ -181,7 +184,10 @@ def test_report_tables_carry_each_rows_lr_and_the_sweep(tmp_path):
     assert "| GRPO | 1e-4 | 50.0 ± 10.0 | 3 |" in table
     assert "| SRFT | 70.0 | **85.0** | 85.0 |" in table  # the sweep row, the chosen lr in bold
     assert "| GRPO | 40.0 | – | 2.0 |" not in table and "| GRPO | **40.0** | – | 2.0 |" in table
+    assert "**Learning-rate sweep (validation %: 200 problems of the training distribution" in table
+    assert "held-out %" not in table
     saved = json.loads((root / "results.json").read_text())
+    assert saved["sweep_eval"] == "toy:validation"
     assert [r["accuracy_after"] for r in saved["final"]["srft"]] == [0.75, 0.8, 0.85]  # seed-1, seed-2, seed-42
     assert (root / "curves.png").read_bytes()[:8] == PNG
 
@@ -206,6 +212,38 @@ def test_readme_block_is_generated_from_the_results_file(tmp_path):
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(SystemExit):
         results.main(["readme", str(root / "results.json"), str(tmp_path / "plain.md")])
+
+
+def test_sweep_table_names_the_set_its_lr_was_chosen_on(tmp_path):
+    """A sweep evaluated on the held-out split (the configs' default, as reproduce_toy.sh did
+    before the validation split) says so; a results file that records where it ran says that."""
+    from srft_openrlhf.runs import results
+
+    root = sweep_root(tmp_path, sweep_eval=None)
+    collected = results.collect(root)
+    assert collected["sweep_eval"] == "toy"
+    table = results.markdown(collected)
+    assert "**Learning-rate sweep (held-out %; one seed;" in table and "validation" not in table
+    collected |= {"command": "JOBS=2 bash scripts/reproduce_toy.sh out", "commit": "abc1234"}
+    collected["cpu"] = {"model": "Test CPU", "simd": "sse2 avx2"}
+    where = "On Test CPU (AVX2, no AVX-512); commit abc1234; command: `JOBS=2 bash scripts/reproduce_toy.sh out`."
+    assert results.markdown(collected) == f"{table}\n{where}\n"
+
+
+def test_committed_toy_tables_are_the_committed_results():
+    """README's toy-results block holds what ``results readme`` makes of docs/results/toy.json,
+    whose sweep chose each lr on the validation split, never on the held-out problems."""
+    from srft_openrlhf.runs import results
+
+    root = Path(__file__).resolve().parents[1]
+    committed = json.loads((root / "docs" / "results" / "toy.json").read_text())
+    assert committed["sweep_eval"] == "toy:validation"
+    for method, runs in committed["final"].items():
+        best = float(results.best_of(committed["sweep"][method]))
+        assert [r["lr"] for r in runs] == [best] * len(runs) and len(runs) == 3
+    text = (root / "README.md").read_text()
+    block = text.split(results.README_BEGIN + "\n", 1)[1].split(results.README_END, 1)[0]
+    assert block.split("\n", 1)[1] == results.markdown(committed)
 
 
 def test_cluster_block_is_generated_from_the_reproduce_results(tmp_path):
@@ -260,3 +298,122 @@ def test_committed_cluster_tables_are_the_committed_results(doc):
     text = (root / doc).read_text()
     block = text.split("<!-- cluster-results:begin -->\n", 1)[1].split("<!-- cluster-results:end -->", 1)[0]
     assert block.split("\n", 1)[1] == table
+
+
+BASE_RESULT = {
+    "command": "build it",
+    "commit": "abc1234",
+    "cpu": {"model": "Test CPU", "simd": "avx avx2 fma"},
+    "torch": "2.13.0+cpu",
+    "pretrain_steps": 600,
+    "heldout_problems": 400,
+    "sampled_prompts": 512,
+    "stats": {"greedy_heldout": 0.3175, "greedy_heldout_chained_carry": 0.0, "sampled_train": 0.345703125},
+    "other_builds": [{"sampled_train": 0.354, "where": "a fresh clone"}],
+}
+
+
+def test_base_results_table_and_band(tmp_path):
+    from srft_openrlhf.runs import results
+
+    text = results.base_markdown(BASE_RESULT)
+    assert "| greedy, 400 held-out problems | 31.8% |" in text
+    assert "| one sample at temperature 1, 512 training prompts | 34.6% |" in text
+    on = "On Test CPU (AVX2, no AVX-512), torch 2.13.0+cpu; commit abc1234; the command and how it was measured: "
+    assert on + "`docs/results/toy_base.json`." in text
+    assert "34.6–35.4% over the 2 recorded builds (here; 35.4% on a fresh clone)." in text
+    doc = tmp_path / "doc.md"
+    doc.write_text("head\n<!-- base-results:begin -->\nold\n<!-- base-results:end -->\ntail\n")
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps(BASE_RESULT))
+    assert results.main(["base-results", str(doc), str(path)]) == 0
+    assert doc.read_text().startswith("head\n<!-- base-results:begin -->\n<!-- generated from ")
+    filled = doc.read_text()
+    assert results.base_markdown(BASE_RESULT, str(path)) in filled and on + f"`{path}`." in filled
+    assert "old" not in filled and filled.endswith("end -->\ntail\n")
+
+
+def kernel_rows() -> list[dict]:
+    def row(method, mode, ms, extra, grad=None):
+        r = {"method": method, "mode": mode, "N": 4096, "V": 152064, "dtype": "bfloat16", "time_ms": ms,
+             "times_ms": [ms] * 5, "peak_extra_bytes": extra}  # fmt: skip
+        return r | ({"grad_bytes": grad} if grad else {})
+
+    return [
+        row("naive", "fwd", 1000.0, 10_000),
+        row("naive", "fwdbwd", 2000.0, 20_000, grad=1_000),
+        row("chunked", "fwd", 210.0, 130),
+        row("chunked", "fwdbwd", 840.0, 2_760, grad=1_000),
+        row("chunked_inplace", "fwdbwd", 900.0, 260, grad=1_000),
+    ]
+
+
+def test_kernel_results_sentences(tmp_path):
+    from srft_openrlhf.runs import results
+
+    result = {"cpu": {"model": "Test CPU", "simd": "avx2 avx512f"}, "threads": 2, "torch": "2.13.0+cpu",
+              "command": "python benchmarks/bench_kernels.py", "note": "loaded", "results": kernel_rows()}  # fmt: skip
+    text = results.kernel_markdown(result)
+    assert text.startswith("Measured on Test CPU (AVX-512), 2 threads, torch 2.13.0+cpu (N = 4,096, V = 152,064, ")
+    assert "bf16 logits; median of 5 runs; loaded): forward 0.21× the time and 0.013× the extra memory" in text
+    assert "forward+backward 0.42× the time, 0.138× the memory (0.013× with the in-place backward" in text
+    assert "the gradient tensor itself is 0.050×" in text
+    result["results"] = [r for r in kernel_rows() if r["method"] != "chunked_inplace"]
+    with pytest.raises(ConfigError, match="one measured chunked_inplace fwdbwd row, found 0"):
+        results.kernel_markdown(result)
+
+
+def committed_block(doc: str, block: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    return text.split(f"<!-- {block}:begin -->\n", 1)[1].split(f"<!-- {block}:end -->", 1)[0].split("\n", 1)[1]
+
+
+def committed_result(name: str) -> dict:
+    return json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / name).read_text())
+
+
+def test_committed_base_results_are_the_committed_results():
+    """README's base-model table is what ``results base-results`` makes of docs/results/toy_base.json
+    (a number edited by hand, or the base rebuilt without regenerating the README, fails)."""
+    from srft_openrlhf.runs import results
+
+    assert committed_block("README.md", "base-results") == results.base_markdown(committed_result("toy_base.json"))
+
+
+def test_committed_kernel_results_are_the_committed_results():
+    """README's kernel ratios are what ``results kernel-results`` makes of docs/results/kernels_cpu.json."""
+    from srft_openrlhf.runs import results
+
+    assert committed_block("README.md", "kernel-results") == results.kernel_markdown(
+        committed_result("kernels_cpu.json")
+    )
+
+
+@pytest.mark.parametrize("name", ["toy_base.json", "kernels_cpu.json", "toy_quickstart_other_cpus.json"])
+def test_committed_result_files_record_the_cpu(name):
+    """Results depend on the CPU (issue 17): these files say which one, model and SIMD flags."""
+    result = committed_result(name)
+    machines = [result["cpu"]] if "cpu" in result else [m["cpu"] for m in result["machines"]]
+    assert machines and all(cpu["model"] and "avx" in cpu["simd"] for cpu in machines)
+
+
+def test_quickstart_cpus_table_and_band():
+    from srft_openrlhf.runs import results
+
+    machine = {"cpu": {"model": "Test CPU", "simd": "avx avx2"}, "commit": "abc1234", "accuracy_before": 0.3175}
+    result = {"machines": [machine | {"accuracy_after": {"42": 0.8525, "1": 0.9}},
+                           machine | {"accuracy_after": {"42": 0.7, "1": 0.725}}]}  # fmt: skip
+    text = results.cpus_markdown(result)
+    assert "| Test CPU (AVX2, no AVX-512) | abc1234 | 31.8 | 85.25 / 90.0 (seeds 42, 1) | 87.6 |" in text
+    assert "| 70.0 / 72.5 (seeds 42, 1) | 71.2 |" in text
+    assert "Band: 70.0–90.0% held-out after training, 4 runs on 2 machines." in text
+
+
+def test_committed_quickstart_cpus_are_the_committed_results():
+    """README's per-machine quick-start table is what ``results quickstart-cpus`` makes of
+    docs/results/toy_quickstart_other_cpus.json."""
+    from srft_openrlhf.runs import results
+
+    assert committed_block("README.md", "quickstart-cpus") == results.cpus_markdown(
+        committed_result("toy_quickstart_other_cpus.json")
+    )

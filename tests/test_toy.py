@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -118,12 +119,121 @@ def test_examples_are_deterministic():
         toy.examples("test")
 
 
+# ----------------------------------------------------------------------------- validation split
+
+
+def assert_disjoint(splits: dict[str, list[tuple[int, int]]]) -> None:
+    """No problem (as an unordered pair, 347+285 = 285+347) in two of ``splits``, none twice in one."""
+    keys = {name: [tuple(sorted(p)) for p in pairs] for name, pairs in splits.items()}
+    for name, ks in keys.items():
+        assert len(set(ks)) == len(ks), f"{name} repeats a problem"
+    names = list(keys)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            shared = set(keys[first]) & set(keys[second])
+            assert not shared, f"{first} and {second} share {sorted(shared)[:3]}"
+
+
+def toy_splits() -> dict[str, list[tuple[int, int]]]:
+    return {
+        split: [operands(e.prompt) for e in toy.examples(split)] for split in ("heldout", "train", "validation")
+    } | {"base pre-training": sorted(toy.pretrain_problems())}
+
+
+def test_validation_split_is_disjoint_and_graded_like_heldout():
+    """200 problems drawn like the training ones (uniform operands: the chained-carry share of
+    the training split), graded like the held-out ones (the true sum, correct demonstrations),
+    sharing no problem with the held-out, training or base pre-training problems."""
+    splits = toy_splits()
+    validation = toy.examples("validation")
+    assert len(validation) == toy.TASK.validation_size == 200
+    assert_disjoint(splits)
+    assert all(e.source == "toy:validation" and e.answer == str(sum(operands(e.prompt))) for e in validation)
+    assert all(math_reward(e.demonstration, e.answer) == 1.0 for e in validation)
+    assert [e.row for e in validation] == list(range(200))
+    share = {s: sum(toy.chained_carry(*p) for p in splits[s]) / len(splits[s]) for s in ("train", "validation")}
+    assert 0.15 < share["validation"] < 0.35 and abs(share["validation"] - share["train"]) < 0.06
+
+
+def test_a_planted_overlap_is_caught(monkeypatch):
+    """The disjointness check above can fail: a held-out problem planted into the validation
+    split with its operands swapped, and a validation draw that forgets its exclusions."""
+    splits = toy_splits()
+    a, b = splits["heldout"][7]
+    planted = dict(splits, validation=[*splits["validation"][:-1], (b, a)])
+    with pytest.raises(AssertionError, match="heldout and validation share"):
+        assert_disjoint(planted)
+
+    real = toy._pairs
+    size = toy.TASK.validation_size
+    monkeypatch.setattr(
+        toy, "_pairs", lambda rng, count, exclude: real(rng, count, set() if count == size else exclude)
+    )
+    toy._validation_pairs.cache_clear()
+    try:
+        with pytest.raises(AssertionError, match="share"):
+            assert_disjoint(toy_splits())
+    finally:
+        toy._validation_pairs.cache_clear()
+
+
+def test_validation_split_leaves_train_heldout_and_base_model_as_they_were():
+    """Hashes of the training and held-out examples and the base model's cache key, computed
+    with the code of commit 6cb6dd2, BEFORE the validation split was added (the quick start's
+    results and every toy test depend on them): drawing the validation problems after both
+    splits, with validation_size kept out of the base model's key, changes none of them."""
+    digest = lambda split: hashlib.sha256(  # noqa: E731
+        json.dumps([dataclasses.asdict(e) for e in toy.examples(split)], sort_keys=True).encode()
+    ).hexdigest()
+    assert digest("train") == "c0bdd62126331e189b1fecda2e8a1ec7c7844156296fedde74af114e9704d4a4"
+    assert digest("heldout") == "da86a0f70cc0caded41bf12041395f4570f062eec755a6ddac0007fa534d363f"
+    assert toy.TASK.key() == "ba154424bb0edcc9"
+    assert dataclasses.replace(toy.TASK, validation_size=50).key() == toy.TASK.key()
+
+
+def test_pretrain_problems_are_the_ones_the_base_is_trained_on(tmp_path, monkeypatch):
+    """``pretrain_problems`` replays the base pre-training's draws: the problems the real
+    pre-training loop draws (recorded from ``_pairs``) are exactly those."""
+    drawn: list[tuple[int, int]] = []
+    real = toy._pairs
+
+    def recording(rng, count, exclude):
+        out = real(rng, count, exclude)
+        if count == TINY.pretrain_batch:
+            drawn.extend(out)
+        return out
+
+    monkeypatch.setattr(toy, "_pairs", recording)
+    monkeypatch.setattr(
+        toy,
+        "base_stats",
+        lambda *a, **k: {k: 0.0 for k in ("greedy_heldout", "greedy_heldout_chained_carry", "sampled_train")},
+    )
+    toy.pretrain_base_model(TINY, tmp_path, log=lambda m: None)
+    monkeypatch.undo()
+    assert len(drawn) == TINY.pretrain_steps * TINY.pretrain_batch
+    assert toy.pretrain_problems(TINY) == {tuple(sorted(p)) for p in drawn}
+    assert toy.pretrain_problems(dataclasses.replace(TINY, seed=TINY.seed + 1)) != toy.pretrain_problems(TINY)
+
+
+def test_toy_validation_is_an_eval_source_only():
+    from srft_openrlhf.config import DataConfig
+    from srft_openrlhf.data.example import TOY_VALIDATION
+    from srft_openrlhf.data.sources import config_examples
+    from srft_openrlhf.errors import ConfigError
+
+    assert config_examples(TOY_VALIDATION, DataConfig(), heldout=True) == toy.examples("validation")
+    assert len(config_examples(TOY_VALIDATION, DataConfig(max_eval_rows=30), heldout=True)) == 30
+    with pytest.raises(ConfigError, match="use it as data.eval"):
+        config_examples(TOY_VALIDATION, DataConfig(train=TOY_VALIDATION))
+
+
 # what a fresh interpreter makes of the toy task: the data and the tokenizer's ids
 _TOY_DIGEST = """
 import dataclasses, hashlib, json
 from srft_openrlhf.data import toy
 tok = toy.build_tokenizer()
-data = [dataclasses.asdict(e) for split in ("train", "heldout") for e in toy.examples(split)]
+data = [dataclasses.asdict(e) for split in ("train", "heldout", "validation") for e in toy.examples(split)]
 text = "347+285=?<think>\\n7+5=12\\n4+8+1=13\\n3+2+1=6\\n</think> \\\\boxed{632}"
 parts = {"data": data, "vocab": sorted(tok.get_vocab().items()), "ids": tok(text)["input_ids"]}
 print(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest())

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TOY = "toy"  # model.path / data.train / data.eval / an analysis source: the toy task (data/toy.py)
+# data.eval only: the toy task's validation split (training distribution, disjoint from held-out),
+# on which scripts/reproduce_toy.sh picks each method's lr
+TOY_VALIDATION = "toy:validation"
 
 
 @dataclass

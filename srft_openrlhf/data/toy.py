@@ -4,6 +4,13 @@ No model or dataset can be downloaded in the quick start, so it brings its own:
 
 - **Problems** ``"347+285=?"``, operands uniform in [100, 999]. The held-out split (greedy
   accuracy before/after training) and the training split are disjoint as unordered pairs.
+  A third split, ``validation`` (``data.eval: toy:validation``), picks learning rates
+  (``scripts/reproduce_toy.sh``) so that the held-out problems only report: 200 problems
+  drawn like the training problems (uniform operands, so chained carries come in the same
+  ~25% share) and graded like the held-out ones (the true sum, correct demonstrations),
+  disjoint from the held-out and training problems and from every problem the base model
+  was pre-trained on. It is drawn after the other two from the same rng, which leaves them
+  as they were.
 - **Demonstrations** in the paper's format, one line per column, units first::
 
       <think>
@@ -48,6 +55,7 @@ No model or dataset can be downloaded in the quick start, so it brings its own:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -59,9 +67,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from srft_openrlhf.data.example import TOY, Example
+from srft_openrlhf.data.example import TOY, TOY_VALIDATION, Example
 
 SOURCE = TOY
+VALIDATION_SOURCE = TOY_VALIDATION
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 MARKERS = ("<think>", "</think>", "\\boxed{")
 
@@ -74,6 +83,7 @@ class ToyTask:
     seed: int = 1234
     heldout_size: int = 400
     train_size: int = 8000
+    validation_size: int = 200  # drawn after both splits: changes neither, nor the base model
     chained_carry_flaw_rate: float = 0.5  # flaw 1: share of chained-carry demonstrations with the bug
     typo_rate: float = 0.10  # flaw 2: share of the other demonstrations with a wrong final answer
     # base model (Qwen2 architecture)
@@ -91,11 +101,12 @@ class ToyTask:
 
     def key(self) -> str:
         """Hash of the settings the base model depends on (the flaws only shape training data)."""
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in DEMO_ONLY_FIELDS}
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_IN_BASE_FIELDS}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 DEMO_ONLY_FIELDS = ("chained_carry_flaw_rate", "typo_rate")
+NOT_IN_BASE_FIELDS = (*DEMO_ONLY_FIELDS, "validation_size")  # the base model does not depend on these
 
 
 TASK = ToyTask()
@@ -183,27 +194,61 @@ def _pairs(rng: random.Random, count: int, exclude: set[tuple[int, int]]) -> lis
     return out
 
 
-def _splits(task: ToyTask) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    rng = random.Random(task.seed)
+def unordered(pairs) -> set[tuple[int, int]]:
+    """The problems as unordered pairs: 347+285 and 285+347 are the same problem."""
+    return {(min(a, b), max(a, b)) for a, b in pairs}
+
+
+def _splits(task: ToyTask, rng: random.Random | None = None) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Held-out, then training problems, drawn from ``rng`` (default: a fresh one seeded
+    ``task.seed``; ``_validation_pairs`` passes its own and draws on after them)."""
+    rng = random.Random(task.seed) if rng is None else rng
     heldout = _pairs(rng, task.heldout_size, set())
     taken = {(min(a, b), max(a, b)) for a, b in heldout}
     return heldout, _pairs(rng, task.train_size, taken)
 
 
-def examples(split: str, task: ToyTask = TASK) -> list[Example]:
-    """``"train"`` (with demonstrations, flawed ones included) or ``"heldout"`` (correct ones)."""
+def pretrain_problems(task: ToyTask = TASK) -> set[tuple[int, int]]:
+    """Every problem ``pretrain_base_model`` trains the base on (unordered pairs): its draws
+    replayed without a tokenizer or a model, rng call for rng call."""
     heldout, train = _splits(task)
-    if split == "heldout":
+    exclude = unordered(heldout + train)
+    rng = random.Random(task.seed + 2)
+    seen: set[tuple[int, int]] = set()
+    for _ in range(task.pretrain_steps):
+        pairs = _pairs(rng, task.pretrain_batch, exclude)  # as _pretrain_batch draws them
+        for a, b in pairs:
+            student_solution(a, b, rng, task.base_carry_rate)
+        seen |= unordered(pairs)
+    return seen
+
+
+@functools.lru_cache(maxsize=4)
+def _validation_pairs(task: ToyTask) -> tuple[tuple[int, int], ...]:
+    """``task.validation_size`` problems drawn after the held-out and training ones from the
+    same rng (which leaves those two as they were), none of them a held-out, training or
+    base pre-training problem."""
+    rng = random.Random(task.seed)
+    heldout, train = _splits(task, rng)
+    return tuple(_pairs(rng, task.validation_size, unordered(heldout + train) | pretrain_problems(task)))
+
+
+def examples(split: str, task: ToyTask = TASK) -> list[Example]:
+    """``"train"`` (with demonstrations, flawed ones included), ``"heldout"`` or
+    ``"validation"`` (correct demonstrations; the answer is the true sum)."""
+    if split in ("heldout", "validation"):
+        pairs = _splits(task)[0] if split == "heldout" else list(_validation_pairs(task))
         return [
             Example(
                 prompt=question(a, b),
                 answer=str(a + b),
                 demonstration=solution_text(*_correct(a, b)),
-                source=SOURCE,
+                source=SOURCE if split == "heldout" else VALIDATION_SOURCE,
                 row=i,
             )
-            for i, (a, b) in enumerate(heldout)
+            for i, (a, b) in enumerate(pairs)
         ]
+    _, train = _splits(task)
     if split == "train":
         rng = random.Random(task.seed + 1)
         return [
@@ -216,7 +261,7 @@ def examples(split: str, task: ToyTask = TASK) -> list[Example]:
             )
             for i, (a, b) in enumerate(train)
         ]
-    raise ValueError(f"toy split must be 'train' or 'heldout', got {split!r}")
+    raise ValueError(f"toy split must be 'train', 'heldout' or 'validation', got {split!r}")
 
 
 def flaw_counts(task: ToyTask = TASK) -> dict[str, int]:

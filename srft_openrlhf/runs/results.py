@@ -1,8 +1,10 @@
 """Result tables of many local runs: the toy's method comparison, tuned the way papers tune.
 
 ``python -m srft_openrlhf.runs.results best-lr SWEEP/METHOD``
-    Prints the learning rate of the best run among ``SWEEP/METHOD/lr-*`` (held-out accuracy
-    after training; ties go to the smaller lr, the more conservative choice).
+    Prints the learning rate of the best run among ``SWEEP/METHOD/lr-*`` (accuracy after
+    training on the runs' own ``data.eval``: ``reproduce_toy.sh`` evaluates its sweep on the
+    toy validation split, never on the held-out problems it reports; ties go to the smaller
+    lr, the more conservative choice).
 
 ``python -m srft_openrlhf.runs.results report ROOT``
     ROOT as ``scripts/reproduce_toy.sh`` writes it (``sweep/METHOD/lr-LR``,
@@ -18,6 +20,20 @@
 ``python -m srft_openrlhf.runs.results cluster DOC RESULTS_JSON ...``
     The same for the ``<!-- cluster-results -->`` block of DOC: one row per results.json of
     ``scripts/reproduce_toy_openrlhf.sh`` (held-out accuracy over seeds, step time by phase).
+
+``python -m srft_openrlhf.runs.results base-results DOC BASE_JSON``
+    The same for the ``<!-- base-results -->`` block: the toy base model's accuracies
+    (``docs/results/toy_base.json``: ``toy.base_stats`` of one build, the machine it ran on,
+    and the sampled accuracy of other builds as a band).
+
+``python -m srft_openrlhf.runs.results kernel-results DOC KERNELS_JSON``
+    The same for the ``<!-- kernel-results -->`` block: the fused log-prob + entropy kernel's
+    time and extra memory against the naive fp32 path, from ``benchmarks/bench_kernels.py``'s
+    JSON (``docs/results/kernels_cpu.json``).
+
+``python -m srft_openrlhf.runs.results quickstart-cpus DOC CPUS_JSON``
+    The same for the ``<!-- quickstart-cpus -->`` block: the quick start's accuracy on each
+    machine it was run on (``docs/results/toy_quickstart_other_cpus.json``) and the band.
 """
 
 from __future__ import annotations
@@ -28,8 +44,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from srft_openrlhf.data import toy
+from srft_openrlhf.data.example import TOY, TOY_VALIDATION
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.runs import method_runs, run_record
+from srft_openrlhf.runs import CONFIG_FILE, method_runs, run_record
 from srft_openrlhf.runs.plot import mean_std, plot_methods
 
 # (method folder, display name); the paper's Table 2 groups, then its Table 3 ablations
@@ -42,6 +60,7 @@ ABLATIONS = (("srft", "SRFT"), ("srft_no_wsft", "w/o w_SFT"), ("srft_no_wrl", "w
 CURVE_SMOOTHING = 10  # steps: per-step rewards of 16 prompts are too noisy to compare methods by eye
 README_BEGIN, README_END = "<!-- toy-results:begin -->", "<!-- toy-results:end -->"
 CLUSTER_BLOCK = "cluster-results"
+BASE_BLOCK, KERNEL_BLOCK, CPUS_BLOCK = "base-results", "kernel-results", "quickstart-cpus"
 STEP_PHASES = (("generation", "generation"), ("experience", "experience"), ("training", "training"),
                ("weight_sync", "weight sync"), ("wait", "waiting"))  # fmt: skip
 
@@ -61,7 +80,8 @@ def sweep_runs(method_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def best_of(runs: dict[str, dict[str, Any]]) -> str:
-    """The lr (as its folder spells it) with the highest held-out accuracy; ties: the smaller."""
+    """The lr (as its folder spells it) with the highest accuracy after training on the runs'
+    evaluation set (the validation split in ``reproduce_toy.sh``'s sweep); ties: the smaller."""
     return max(runs, key=lambda lr: (runs[lr]["accuracy_after"], -float(lr)))
 
 
@@ -70,9 +90,21 @@ def best_lr(method_dir: Path) -> str:
     return best_of(sweep_runs(method_dir))
 
 
+def sweep_eval(sweep_root: Path) -> str:
+    """The ``data.eval`` the sweep runs under ``sweep_root`` were evaluated on (``toy`` when a
+    config leaves it unset: the toy task's held-out split), comma-joined if they differ."""
+    import yaml
+
+    found = set()
+    for config in sorted(Path(sweep_root).glob(f"*/lr-*/{CONFIG_FILE}")):
+        found.add((yaml.safe_load(config.read_text()).get("data") or {}).get("eval") or TOY)
+    return ", ".join(sorted(found)) or TOY
+
+
 def collect(root: Path) -> dict[str, Any]:
     """Everything the tables need, JSON-ready: ``final`` {method: [run records]}, ``sweep``
-    {method: {lr: record}} when ``ROOT/sweep`` exists."""
+    {method: {lr: record}} and ``sweep_eval`` (the ``data.eval`` its accuracies are measured
+    on) when ``ROOT/sweep`` exists."""
     root = Path(root)
     final_root = root / "final" if (root / "final").is_dir() else root
     results: dict[str, Any] = {
@@ -80,6 +112,7 @@ def collect(root: Path) -> dict[str, Any]:
     }
     if (root / "sweep").is_dir():
         results["sweep"] = {d.name: sweep_runs(d) for d in sorted((root / "sweep").iterdir()) if d.is_dir()}
+        results["sweep_eval"] = sweep_eval(root / "sweep")
     return results
 
 
@@ -162,15 +195,28 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["\n**Ablations (layout of the paper's Table 3)**\n\n", header]
         lines += [row(name, final[m]) for m, name in ablations]
     if results.get("sweep"):
-        lines.append(sweep_markdown(results["sweep"]))
+        lines.append(sweep_markdown(results["sweep"], results.get("sweep_eval", TOY)))
+    if "command" in results:
+        lines.append(provenance_markdown(results))
     return "".join(lines)
 
 
-def sweep_markdown(sweep: dict[str, dict[str, dict]]) -> str:
-    """Held-out accuracy of each method at each lr (one seed); the chosen lr in bold."""
+def provenance_markdown(results: dict[str, Any]) -> str:
+    """Where a results file came from: the CPU (model, SIMD), commit, command."""
+    return f"\nOn {cpu_text(results['cpu'])}; commit {results['commit']}; command: `{results['command']}`.\n"
+
+
+def sweep_markdown(sweep: dict[str, dict[str, dict]], evaluated_on: str = TOY) -> str:
+    """Accuracy of each method at each lr (one seed) on ``evaluated_on`` (the sweep runs'
+    ``data.eval``); the chosen lr in bold."""
     lrs = sorted({lr for runs in sweep.values() for lr in runs}, key=float)
+    if evaluated_on == TOY_VALIDATION:
+        title = f"validation %: {toy.TASK.validation_size} problems of the training distribution"
+        title += ", disjoint from the held-out ones"
+    else:
+        title = "held-out %" if evaluated_on == TOY else f"{evaluated_on} %"
     lines = [
-        "\n**Learning-rate sweep (held-out %, one seed; bold: the lr of the final runs)**\n\n",
+        f"\n**Learning-rate sweep ({title}; one seed; bold: the lr of the final runs)**\n\n",
         "| Method | " + " | ".join(lrs) + " |\n|---|" + "---|" * len(lrs) + "\n",
     ]
     names = dict(m for _, methods in PARADIGMS for m in methods) | dict(ABLATIONS)
@@ -218,6 +264,99 @@ def cluster_markdown(results: list[dict[str, Any]]) -> str:
     return "".join(lines)
 
 
+def cpu_text(cpu: dict[str, str]) -> str:
+    """``AMD EPYC (AVX-512)``: a CPU as the result files record it (model name, SIMD flags)."""
+    simd = cpu.get("simd", "").split()
+    return f"{cpu['model']} ({'AVX-512' if 'avx512f' in simd else 'AVX2, no AVX-512' if 'avx2' in simd else 'no AVX2'})"
+
+
+def base_markdown(result: dict[str, Any], source: str = "docs/results/toy_base.json") -> str:
+    """The toy base model's three accuracies (``toy.base_stats``) from ``docs/results/toy_base.json``,
+    the machine and command of that build, and the sampled accuracy of every recorded build as a band."""
+    stats = result["stats"]
+    lines = [
+        f"| base model ({result['pretrain_steps']} pre-training steps) | accuracy |\n",
+        "|---|---|\n",
+        f"| greedy, {result['heldout_problems']} held-out problems | {100 * stats['greedy_heldout']:.1f}% |\n",
+        "| greedy, held-out problems with a chained carry (the teacher's flaw cases) | "
+        f"{100 * stats['greedy_heldout_chained_carry']:.1f}% |\n",
+        f"| one sample at temperature 1, {result['sampled_prompts']} training prompts | "
+        f"{100 * stats['sampled_train']:.1f}% |\n",
+    ]
+    sampled = [stats["sampled_train"]] + [b["sampled_train"] for b in result.get("other_builds", [])]
+    lines.append(
+        f"\nOn {cpu_text(result['cpu'])}, torch {result['torch']}; commit {result['commit']}; "
+        f"the command and how it was measured: `{source}`."
+    )
+    if len(sampled) > 1:
+        others = "; ".join(f"{100 * b['sampled_train']:.1f}% on {b['where']}" for b in result["other_builds"])
+        lines.append(
+            f" The sampled accuracy moves with the build: {100 * min(sampled):.1f}–{100 * max(sampled):.1f}% "
+            f"over the {len(sampled)} recorded builds (here; {others})."
+        )
+    return "".join(lines) + "\n"
+
+
+def _percent(share: float) -> str:
+    """85.25 and 70.0: two decimals where a share of 400 problems has them, else one."""
+    text = f"{100 * share:.2f}"
+    return text[:-1] if text.endswith("0") else text
+
+
+def cpus_markdown(result: dict[str, Any]) -> str:
+    """One row per machine of ``docs/results/toy_quickstart_other_cpus.json``: the quick start's
+    held-out accuracy before and after training, per seed and mean, then the band over all runs."""
+    lines = ["| CPU | commit | held-out before | after, per seed | after, mean |\n", "|---|---|---|---|---|\n"]
+    after_all = []
+    for machine in result["machines"]:
+        after = machine["accuracy_after"]
+        after_all += after.values()
+        seeds = " / ".join(_percent(a) for a in after.values())
+        lines.append(
+            f"| {cpu_text(machine['cpu'])} | {machine['commit']} | {100 * machine['accuracy_before']:.1f} | "
+            f"{seeds} (seeds {', '.join(after)}) | {100 * statistics.fmean(after.values()):.1f} |\n"
+        )
+    lines.append(
+        f"\nBand: {_percent(min(after_all))}–{_percent(max(after_all))}% held-out after training, "
+        f"{len(after_all)} runs on {len(result['machines'])} machines.\n"
+    )
+    return "".join(lines)
+
+
+def _kernel_row(rows: list[dict], method: str, mode: str) -> dict:
+    found = [r for r in rows if r["method"] == method and r["mode"] == mode and "skipped" not in r]
+    if len(found) != 1:
+        raise ConfigError(f"kernel results: expected one measured {method} {mode} row, found {len(found)}")
+    return found[0]
+
+
+def kernel_markdown(result: dict[str, Any]) -> str:
+    """The README's sentences on the fused kernel: time and peak extra memory of the chunked path
+    (and its in-place backward) as fractions of the naive fp32 path, from ``bench_kernels.py``'s JSON."""
+    rows = result["results"]
+    naive = {mode: _kernel_row(rows, "naive", mode) for mode in ("fwd", "fwdbwd")}
+    fused = {mode: _kernel_row(rows, "chunked", mode) for mode in ("fwd", "fwdbwd")}
+    inplace = _kernel_row(rows, "chunked_inplace", "fwdbwd")
+    shapes = {(r["N"], r["V"], r["dtype"]) for r in (*naive.values(), *fused.values(), inplace)}
+    if len(shapes) != 1:
+        raise ConfigError(f"kernel results: the compared rows have different shapes {sorted(shapes)}")
+    ((n, vocab, dtype),) = shapes
+    time = lambda r, mode: r["time_ms"] / naive[mode]["time_ms"]  # noqa: E731
+    memory = lambda r, mode: r["peak_extra_bytes"] / naive[mode]["peak_extra_bytes"]  # noqa: E731
+    dtype_name = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
+    return (
+        f"Measured on {cpu_text(result['cpu'])}, {result['threads']} threads, torch {result['torch']} "
+        f"(N = {n:,}, V = {vocab:,}, {dtype_name} logits; median of {len(naive['fwd']['times_ms'])} runs"
+        + (f"; {result['note']}" if result.get("note") else "")
+        + f"): forward {time(fused['fwd'], 'fwd'):.2f}× the time and {memory(fused['fwd'], 'fwd'):.3f}× the "
+        f"extra memory of the naive fp32 path (OpenRLHF-style); forward+backward "
+        f"{time(fused['fwdbwd'], 'fwdbwd'):.2f}× the time, {memory(fused['fwdbwd'], 'fwdbwd'):.3f}× the memory "
+        f"({memory(inplace, 'fwdbwd'):.3f}× with the in-place backward; the gradient tensor itself is "
+        f"{fused['fwdbwd']['grad_bytes'] / naive['fwdbwd']['peak_extra_bytes']:.3f}×). "
+        f"Command: `{result['command']}`.\n"
+    )
+
+
 def fill_block(doc: Path, block: str, content: str, source: str) -> None:
     """Replace ``doc``'s text between ``<!-- BLOCK:begin -->`` and ``<!-- BLOCK:end -->``."""
     begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
@@ -239,6 +378,21 @@ def write_cluster(doc: Path, results_jsons: list[Path]) -> None:
     """Replace ``doc``'s cluster-results block by the table of ``results_jsons``."""
     results = [json.loads(Path(p).read_text()) for p in results_jsons]
     fill_block(doc, CLUSTER_BLOCK, cluster_markdown(results), ", ".join(map(str, results_jsons)))
+
+
+def write_base(doc: Path, base_json: Path) -> None:
+    """Replace ``doc``'s base-results block by the base model's table of ``base_json``."""
+    fill_block(doc, BASE_BLOCK, base_markdown(json.loads(Path(base_json).read_text()), str(base_json)), str(base_json))
+
+
+def write_kernels(doc: Path, kernels_json: Path) -> None:
+    """Replace ``doc``'s kernel-results block by the kernel ratios of ``kernels_json``."""
+    fill_block(doc, KERNEL_BLOCK, kernel_markdown(json.loads(Path(kernels_json).read_text())), str(kernels_json))
+
+
+def write_cpus(doc: Path, cpus_json: Path) -> None:
+    """Replace ``doc``'s quickstart-cpus block by the per-machine table of ``cpus_json``."""
+    fill_block(doc, CPUS_BLOCK, cpus_markdown(json.loads(Path(cpus_json).read_text())), str(cpus_json))
 
 
 def report(root: Path) -> str:
@@ -263,6 +417,15 @@ def main(argv: list[str] | None = None) -> int:
     cluster = sub.add_parser("cluster", help="fill DOC's cluster-results block from reproduce_toy_openrlhf.sh results")
     cluster.add_argument("doc", type=Path)
     cluster.add_argument("results_json", type=Path, nargs="+")
+    base = sub.add_parser("base-results", help="fill DOC's base-results block from docs/results/toy_base.json")
+    base.add_argument("doc", type=Path)
+    base.add_argument("base_json", type=Path)
+    kernels = sub.add_parser("kernel-results", help="fill DOC's kernel-results block from bench_kernels.py's JSON")
+    kernels.add_argument("doc", type=Path)
+    kernels.add_argument("kernels_json", type=Path)
+    cpus = sub.add_parser("quickstart-cpus", help="fill DOC's quickstart-cpus block (the quick start per machine)")
+    cpus.add_argument("doc", type=Path)
+    cpus.add_argument("cpus_json", type=Path)
     args = p.parse_args(argv)
     try:
         if args.command == "best-lr":
@@ -273,6 +436,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "cluster":
             write_cluster(args.doc, args.results_json)
             print(f"wrote the cluster results of {', '.join(map(str, args.results_json))} into {args.doc}")
+        elif args.command == "base-results":
+            write_base(args.doc, args.base_json)
+            print(f"wrote the base model results of {args.base_json} into {args.doc}")
+        elif args.command == "quickstart-cpus":
+            write_cpus(args.doc, args.cpus_json)
+            print(f"wrote the per-machine quick-start results of {args.cpus_json} into {args.doc}")
+        elif args.command == "kernel-results":
+            write_kernels(args.doc, args.kernels_json)
+            print(f"wrote the kernel results of {args.kernels_json} into {args.doc}")
         else:
             write_readme(args.results_json, args.readme)
             print(f"wrote the toy results of {args.results_json} into {args.readme}")
