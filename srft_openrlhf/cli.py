@@ -30,6 +30,11 @@ _DELEGATED = {
 }
 
 
+# Config keys a --resume may change. The local backend can extend a run (train.steps); the cluster
+# one cannot: its data file holds train.steps batches and its schedule was set for them.
+RESUME_MAY_CHANGE = {"local": ("logging.", "train.steps:"), "openrlhf": ("logging.",)}
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="srft train",
@@ -46,7 +51,12 @@ def train_parser() -> argparse.ArgumentParser:
         help="override any config key, e.g. --set train.lr=1e-5 (repeatable)",
     )
     p.add_argument("--algo", help="shorthand for --set loss.preset=NAME (srft, grpo, luffy, sft, ...)")
-    p.add_argument("--backend", choices=["local", "openrlhf"], default="local")
+    p.add_argument(
+        "--backend",
+        choices=["local", "openrlhf"],
+        help="local (default): this machine; openrlhf: OpenRLHF's Ray trainer. A --resume continues on the "
+        "run's own backend",
+    )
     p.add_argument("--output-dir", help="run folder (shorthand for --set logging.output_dir=DIR)")
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint (uses the run's saved config)"
@@ -66,17 +76,34 @@ def train_main(argv: list[str]) -> int:
         overrides.insert(0, f"loss.preset={args.algo}")
     if args.output_dir:
         overrides.append(f"logging.output_dir={args.output_dir}")
-    config_path = args.config
+    backend = args.backend or "local"
     if args.resume:
-        from srft_openrlhf.runs import run_files
+        from srft_openrlhf.runs import config_differences, run_files, saved_backend
 
-        saved = run_files(args.resume).config
-        if not saved.is_file():
+        files = run_files(args.resume)
+        if not files.config.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there (is it a run folder?)")
-        config_path = config_path or str(saved)
-        overrides.append(f"logging.output_dir={args.resume}")
-    cfg = load_config(config_path, overrides)
-    if args.backend == "openrlhf":
+        backend = saved_backend(files)
+        if args.backend and args.backend != backend:
+            raise ConfigError(
+                f"--resume {args.resume}: the run was made with --backend {backend}, not {args.backend}; "
+                f"it continues on {backend} (drop --backend)"
+            )
+        saved = load_config(str(files.config), [])
+        cfg = load_config(args.config or str(files.config), [*overrides, f"logging.output_dir={args.resume}"])
+        changed = [
+            c
+            for c in config_differences(saved.to_dict(), cfg.to_dict())
+            if not c.startswith(RESUME_MAY_CHANGE[backend])
+        ]
+        if changed:
+            raise ConfigError(
+                f"--resume {args.resume}: a resumed run continues with its saved config, and this one differs in "
+                f"{'; '.join(changed)} (start a new run with --output-dir to change them)"
+            )
+    else:
+        cfg = load_config(args.config, overrides)
+    if backend == "openrlhf":
         from srft_openrlhf.openrlhf.launcher import run as run_backend
     else:
         from srft_openrlhf.local.trainer import run as run_backend

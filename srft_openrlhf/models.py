@@ -4,6 +4,7 @@ loading, and the token log-probs and entropies of a batch of sequences (through
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,6 +20,7 @@ from srft_openrlhf.kernels import linear_logprobs_and_entropy, token_logprobs_an
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hugging Face Hub model name: org/name
 TORCH_DTYPES: dict[str, torch.dtype] = dict(zip(DTYPES, (torch.bfloat16, torch.float16, torch.float32), strict=True))
 
 
@@ -104,3 +106,20 @@ def model_folder(path: str, log: Callable[[str], object] = print) -> str:
     from srft_openrlhf.data import toy
 
     return str(toy.base_model_path(log=log))
+
+
+def check_model_path(path: str, hub_ids: bool = False) -> None:
+    """Refuse a ``model.path`` that is not a Hugging Face model folder ("toy" is built on use).
+    ``hub_ids``: a path that does not exist and reads as ``org/name`` is a Hub model (OpenRLHF
+    downloads it)."""
+    if path == TOY:
+        return
+    folder = Path(path).expanduser()
+    if hub_ids and not folder.exists() and HUB_ID.fullmatch(path):
+        return
+    if not (folder / "config.json").is_file():
+        what = "does not exist" if not folder.exists() else "has no config.json"
+        raise ConfigError(
+            f"model.path: {path!r} {what} (expected a local Hugging Face model "
+            "folder, or 'toy' for the toy task's base model)"
+        )

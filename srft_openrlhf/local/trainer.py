@@ -35,7 +35,6 @@ from srft_openrlhf.algorithm import (
     LossConfig,
 )
 from srft_openrlhf.config import SRFTConfig, save_config
-from srft_openrlhf.data.example import TOY
 from srft_openrlhf.data.sampler import PromptSampler, generation_seed
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.generation import Generator, HFGenerator, make_generator, vllm_available
@@ -51,9 +50,9 @@ from srft_openrlhf.local.rollout import (
 )
 from srft_openrlhf.local.run_data import RunData, load_data
 from srft_openrlhf.local.step import optimize, phase_loss, phase_losses
-from srft_openrlhf.models import model_folder
+from srft_openrlhf.models import check_model_path, model_folder
 from srft_openrlhf.reward import grade
-from srft_openrlhf.runs import run_files
+from srft_openrlhf.runs import check_new_run, run_files, start_run_folder
 
 if TYPE_CHECKING:
     pass
@@ -75,25 +74,6 @@ def check_config(cfg: SRFTConfig) -> None:
     check_logging(cfg.logging)
 
 
-def check_model_path(cfg: SRFTConfig) -> None:
-    if cfg.model.path == TOY:
-        return
-    path = Path(cfg.model.path).expanduser()
-    if not (path / "config.json").is_file():
-        what = "does not exist" if not path.exists() else "has no config.json"
-        raise ConfigError(
-            f"model.path: {cfg.model.path!r} {what} (expected a local Hugging Face model "
-            "folder, or 'toy' for the toy task's base model)"
-        )
-
-
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    if not resume and run_files(run_dir).config.exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir"
-        )
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -104,8 +84,8 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     check_config(cfg)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
-    check_model_path(cfg)
-    check_run_dir(run_dir, resume)
+    check_model_path(cfg.model.path)
+    check_new_run(run_files(run_dir), resume)
     data = load_data(cfg)
     if dry_run:
         import yaml
@@ -121,7 +101,7 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
         print(f"{run_dir} is already finished:")
         print_summary(json.loads(summary_path.read_text()))
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
+    start_run_folder(run_files(run_dir), "local")
     save_config(cfg, run_files(run_dir).config)
     trainer = Trainer(cfg, data, run_dir, resume=resume, started=started)
     failed = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,28 +63,49 @@ def _write_jsonl(path: Path, rows) -> None:
     tmp.replace(path)
 
 
-def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
-    """train.jsonl (steps × prompts_per_step prompts), demos.jsonl and eval.jsonl, as OpenRLHF reads them."""
+@dataclass(frozen=True)
+class DataRows:
+    """The rows of the data files, built (and every row checked) before anything is written."""
+
+    train: list[dict]
+    demos: list[dict] | None  # line k: the demonstrations of example k (presets that use them)
+    eval: list[dict] | None
+
+
+def data_rows(cfg: SRFTConfig, tokenizer: Any) -> DataRows:
+    """train.jsonl (steps × prompts_per_step prompts), demos.jsonl and eval.jsonl rows, as OpenRLHF
+    reads them. Raises DataError / ConfigError naming the file and row of the first bad one."""
     d, layout = cfg.data, layout_of(cfg)
     train_examples = config_examples(
         d.train, d, demo_key=d.demo_key if layout.demos else None, require_demo=bool(layout.demos)
     )
     kept = rendered_prompts(train_examples, tokenizer, cfg)
-    if layout.demos:
-        _write_jsonl(files.demos, ({"demonstrations": [ex.demonstration]} for ex, _ in kept))
+    demos = [{"demonstrations": [ex.demonstration]} for ex, _ in kept] if layout.demos else None
     # The local backend's order: one seeded permutation of the examples per epoch, drawn step by
     # step (OpenRLHF reads the file in this order: patches.prepare_datasets_in_file_order).
     sampler = PromptSampler(len(kept), cfg.train.prompts_per_step, cfg.train.seed)
     order = [i for step in range(cfg.train.steps) for i in sampler.batch(step)]
-    _write_jsonl(files.train_data, ({"prompt": kept[i][1], "label": encode_label(kept[i][0].answer, i)} for i in order))
-    if d.eval and cfg.train.eval_every > 0:
-        _write_jsonl(
-            files.eval_data,
-            (
-                {"prompt": text, "label": encode_label(ex.answer), "datasource": Path(ex.source).stem}
-                for ex, text in rendered_prompts(eval_examples(cfg), tokenizer, cfg)
-            ),
-        )
+    train = [{"prompt": kept[i][1], "label": encode_label(kept[i][0].answer, i)} for i in order]
+    evaluation = None
+    if d.eval:  # read and checked even when only the CPU path's before / after accuracy uses it
+        evaluation = [
+            {"prompt": text, "label": encode_label(ex.answer), "datasource": Path(ex.source).stem}
+            for ex, text in rendered_prompts(eval_examples(cfg), tokenizer, cfg)
+        ]
+    return DataRows(train, demos, evaluation if cfg.train.eval_every > 0 else None)
+
+
+def write_rows(files: RunFiles, rows: DataRows) -> None:
+    if rows.demos is not None:
+        _write_jsonl(files.demos, rows.demos)
+    _write_jsonl(files.train_data, rows.train)
+    if rows.eval is not None:
+        _write_jsonl(files.eval_data, rows.eval)
+
+
+def write_data(cfg: SRFTConfig, files: RunFiles, tokenizer: Any) -> None:
+    """The run's data files (``data_rows``) in the run folder."""
+    write_rows(files, data_rows(cfg, tokenizer))
 
 
 def eval_examples(cfg: SRFTConfig) -> list:

@@ -25,12 +25,12 @@ from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.data import toy
 from srft_openrlhf.data.example import TOY
 from srft_openrlhf.errors import ConfigError
-from srft_openrlhf.openrlhf.data_files import eval_examples, rendered_prompts, write_data
+from srft_openrlhf.openrlhf.data_files import data_rows, eval_examples, rendered_prompts, write_rows
 from srft_openrlhf.openrlhf.flags import describe, openrlhf_args
 from srft_openrlhf.openrlhf.plan import CLI_MODULE, check_config, check_extra_args, cluster_layout, openrlhf_options
 from srft_openrlhf.openrlhf.reward_func import reward_func_file_text
 from srft_openrlhf.reward import grade
-from srft_openrlhf.runs import RunFiles, run_files
+from srft_openrlhf.runs import RunFiles, check_new_run, run_files, start_run_folder
 from srft_openrlhf.runs.records import drop_records_after
 
 # Forwarded to every Ray worker when set in the launching shell.
@@ -62,6 +62,16 @@ def held_out_accuracy(cfg: SRFTConfig, model_path: str | Path, tokenizer: Any) -
     completions = generator.generate(prompts, 1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.rollout.max_new_tokens)
     graded = grade([c[0].text for c in completions], [ex.answer for ex, _ in pairs], cfg.rollout)
     return sum(r >= 1.0 for r in graded.rewards) / len(graded.rewards)
+
+
+def load_tokenizer(cfg: SRFTConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as e:  # no tokenizer files, a Hub name not found or offline
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model.path: {cfg.model.path!r}: cannot load its tokenizer ({first})") from e
 
 
 # ----------------------------------------------------------------------------- launch
@@ -122,16 +132,23 @@ def init_ray(cfg: SRFTConfig) -> None:
 
 def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     """Train with OpenRLHF (see the module docstring); returns the exit code."""
+    from srft_openrlhf.models import check_model_path
+
     cfg = absolute_output_dir(cfg)
     files = run_files(cfg.logging.output_dir)
     check_config(cfg)  # every refusal before anything is written, printed or started
-    if dry_run:
-        print(describe(cfg, openrlhf_args(cfg, files, resume), files))
-        return 0
-    cfg = resolve_model(cfg)
-    args = openrlhf_args(cfg, files, resume)
+    check_new_run(files, resume)
     if resume and not files.train_data.is_file():
         raise ConfigError(f"--resume {files.root}: no {files.train_data.relative_to(files.root)} there")
+    if dry_run:  # may run away from the cluster's model folders
+        print(describe(cfg, openrlhf_args(cfg, files, resume), files))
+        return 0
+    check_model_path(cfg.model.path, hub_ids=True)
+    cfg = resolve_model(cfg)
+    args = openrlhf_args(cfg, files, resume)
+    tokenizer = load_tokenizer(cfg)
+    # a resumed run keeps its data: OpenRLHF's saved dataloader state indexes it
+    rows = None if resume else data_rows(cfg, tokenizer)  # every bad row before anything is written
     if cfg.cluster.cpu:  # before OpenRLHF is imported: flash-attn stub, torch.cuda redirects
         from srft_openrlhf.openrlhf import cpu_compat
 
@@ -144,13 +161,10 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
         cpu_compat.check_cpu_hook_points()
     check_extra_args(cfg.cluster.extra_args, openrlhf_options())
 
-    files.root.mkdir(parents=True, exist_ok=True)
+    start_run_folder(files, "openrlhf")
     save_config(cfg, files.config)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    if not resume:  # a resumed run keeps its data: OpenRLHF's saved dataloader state indexes it
-        write_data(cfg, files, tokenizer)
+    if rows is not None:
+        write_rows(files, rows)
     elif (step := resumed_step(files)) is not None:
         drop_records_after(files.metrics, step)  # the steps after the checkpoint are logged again
     summary = json.loads(files.summary.read_text()) if files.summary.is_file() else {}

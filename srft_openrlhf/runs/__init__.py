@@ -2,6 +2,7 @@
 result tables.
 
     RUN_DIR/config.yaml      the resolved config (``srft train --resume RUN_DIR`` reads it)
+            backend          "local" or "openrlhf": what ``--resume`` continues the run on
             metrics.jsonl    one JSON line per training step or evaluation (``records``)
             summary.json     wall time, held-out accuracy before / after
             checkpoints/     local: step-N/ and ``latest``; cluster: OpenRLHF's DeepSpeed states
@@ -21,6 +22,8 @@ from typing import Any
 from srft_openrlhf.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
+BACKEND_FILE = "backend"
+BACKENDS = ("local", "openrlhf")
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINTS = "checkpoints"
@@ -43,6 +46,10 @@ class RunFiles:
     @property
     def config(self) -> Path:
         return self.root / CONFIG_FILE
+
+    @property
+    def backend(self) -> Path:  # "local" or "openrlhf"
+        return self.root / BACKEND_FILE
 
     @property
     def train_data(self) -> Path:  # rows {"prompt": rendered text, "label": JSON answer + row}
@@ -87,6 +94,43 @@ class RunFiles:
 
 def run_files(output_dir: str | Path) -> RunFiles:
     return RunFiles(Path(output_dir).expanduser().resolve())
+
+
+def check_new_run(files: RunFiles, resume: bool) -> None:
+    """Refuse to start a run in a folder that already holds one, unless it is resumed."""
+    if not resume and files.config.exists():
+        raise ConfigError(
+            f"{files.root} already holds a run; continue it with --resume {files.root} or choose another --output-dir"
+        )
+
+
+def start_run_folder(files: RunFiles, backend: str) -> None:
+    """Create the run folder and record which backend the run is on (``--resume`` reads it)."""
+    files.root.mkdir(parents=True, exist_ok=True)
+    files.backend.write_text(backend + "\n")
+
+
+def saved_backend(files: RunFiles) -> str:
+    """The backend a run folder was made with. Folders from before ``backend`` was recorded: a
+    cluster run is the one with the launcher's ``openrlhf/`` data files."""
+    if files.backend.is_file():
+        backend = files.backend.read_text().strip()
+        if backend not in BACKENDS:
+            raise ConfigError(f"{files.backend}: {backend!r} is not a backend ({', '.join(BACKENDS)})")
+        return backend
+    return "openrlhf" if files.train_data.parent.is_dir() else "local"
+
+
+def config_differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts, with both values."""
+    out = []
+    for key in sorted(saved.keys() | new.keys()):
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def run_record(run_dir: Path) -> dict[str, Any]:
