@@ -253,3 +253,45 @@ def test_encode_prompt_adds_the_bos_token_once():
     assert encode_prompt(tok, "<s>[INST] hi [/INST]") == [1, 2]  # a chat template wrote the BOS already
     encode_prompt(tok, "Question: hi")  # plain text: the tokenizer adds it
     assert tok.calls == [False, True]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@requires_vllm
+def test_vllm_evaluation_killed_mid_run_resumes_without_lost_or_repeated_samples(tiny_model_dir, tmp_path):
+    """SIGKILL of the evaluation (and the vLLM engine processes it spawned) once some batches are
+    written; the rerun generates only what is missing: every (problem, sample) exactly once."""
+    import signal
+    import time
+
+    math = tmp_path / "math.json"
+    math.write_text(json.dumps([{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(12)]))
+    out = tmp_path / "run"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        *(sys.executable, "-m", "evaluation", "--model", str(tiny_model_dir), "--benchmarks", "math500"),
+        *("--data", f"math500={math}", "--out", str(out), "--max-tokens", "8", "--template", "qwen_math"),
+        *("--generator", "vllm", "--samples", "math500=2", "--batch-size", "2"),
+    ]
+    log = tmp_path / "killed.log"
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    samples = out / SAMPLES
+    deadline = time.time() + 600
+    try:
+        while not (samples.is_file() and len(samples.read_text().splitlines()) >= 4):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the engine's processes are in the same session
+        proc.wait(timeout=60)
+    written = len(samples.read_text().splitlines())
+    assert 4 <= written < 24, written  # killed mid-run (6 batches of 2 problems x 2 samples)
+    proc2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    keys = [(r["id"], r["sample"]) for r in records]
+    assert len(keys) == len(set(keys)) == 24, (written, len(keys))
+    summary = json.loads((out / "summary.json").read_text())["benchmarks"]["math500"]
+    assert summary["problems"] == 12 and summary["samples"] == 24

@@ -212,3 +212,22 @@ def test_errors_never_import_ray_workers(tmp_path, tiny_model_dir, capsys):
     error_line(capsys, tmp_path, *cluster_args(tmp_path, tiny_model_dir, "train.lr=-1"))
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()
+
+
+def test_dead_actor_names_the_actor_that_died_not_the_one_waiting():
+    """Ray's actor-died error as the driver gets it: wrapped in the error of the trainer actor that
+    waited on the dead one (ray/exceptions.py ActorDiedError's message lines, colours included)."""
+    from srft_openrlhf.openrlhf.launcher import dead_actor
+
+    text = (
+        "\x1b[36mray::SRFTPPOTrainerAsync.fit()\x1b[39m (pid=17654, ip=192.0.2.2, actor_id=20b8)\n"
+        '  File "ppo_trainer_async.py", line 3, in fit\n'
+        "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n"
+        "\tclass_name: SRFTPolicyModelActor\n\tactor_id: 0a1b\n\tpid: 17653\n\tnamespace: n\n\tip: 192.0.2.2\n"
+        "The actor is dead because its worker process has died. Worker exit type: UNEXPECTED_SYSTEM_EXIT"
+    )
+    assert dead_actor(Exception(text)) == (
+        "SRFTPolicyModelActor (pid 17653): The actor is dead because its worker process has died. "
+        "Worker exit type: UNEXPECTED_SYSTEM_EXIT"
+    )
+    assert dead_actor(Exception("something else\nand more")) == "something else"

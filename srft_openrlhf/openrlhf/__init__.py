@@ -266,6 +266,32 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         params=(),
     ),
     HookPoint(
+        "openrlhf.utils.deepspeed:DeepspeedStrategy.save_ckpt",
+        "replaced by checkpoint.atomic_save_ckpt, which calls it with nothing removed and no `latest`",
+        params=(
+            "model",
+            "save_dir",
+            "tag",
+            "max_num",
+            "max_mem",
+            "client_state",
+            "save_latest",
+            "metric_value",
+            "metric_key",
+        ),
+        reads=("save_checkpoint", "rmtree"),
+    ),
+    HookPoint(
+        "openrlhf.utils.deepspeed:DeepspeedStrategy._read_ckpt_metric",
+        "checkpoint.prune ranks old checkpoints by it",
+        params=("ckpt_dir",),
+    ),
+    HookPoint(
+        "openrlhf.trainer.ray.ppo_actor:PolicyModelActor.save_checkpoint",
+        "the checkpoint OpenRLHF resumes from: strategy.save_ckpt of the policy",
+        reads=("save_ckpt",),
+    ),
+    HookPoint(
         "openrlhf.utils.deepspeed:DeepspeedStrategy.optimizer_step",
         "the optimizer step",
         params=("_optimizer", "model", "_scheduler"),

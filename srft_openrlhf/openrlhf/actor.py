@@ -28,6 +28,7 @@ from srft_openrlhf.algorithm import (
     step_totals,
 )
 from srft_openrlhf.kernels import token_logprobs_and_entropy
+from srft_openrlhf.openrlhf import faults
 from srft_openrlhf.openrlhf.experience import ENTROPY_SUM, sequence_advantages
 from srft_openrlhf.openrlhf.samples import demo_flags, srft_config
 
@@ -165,6 +166,8 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
         if self.aux_loss:
             loss = loss + aux_loss * self.args.actor.aux_loss_coef
         self.strategy.backward(loss, self.actor, self.actor_optim)
+        if faults.armed() and self.actor.model.is_gradient_accumulation_boundary():
+            faults.reached("optimizer_step", self.actor.model.global_steps + 1, dist.get_rank())
         self.strategy.optimizer_step(self.actor_optim, self.actor, self.actor_scheduler, name="actor")
         if self.ema_model:
             self.strategy.moving_average(self.actor, self.ema_model, self.ema_beta, "cuda")

@@ -24,7 +24,8 @@ from typing import Any
 from srft_openrlhf.config import SRFTConfig, save_config
 from srft_openrlhf.data import toy
 from srft_openrlhf.data.example import TOY
-from srft_openrlhf.errors import ConfigError
+from srft_openrlhf.errors import ConfigError, UserError
+from srft_openrlhf.openrlhf import faults
 from srft_openrlhf.openrlhf.data_files import data_rows, eval_examples, rendered_prompts, write_rows
 from srft_openrlhf.openrlhf.flags import describe, openrlhf_args
 from srft_openrlhf.openrlhf.plan import CLI_MODULE, check_config, check_extra_args, cluster_layout, openrlhf_options
@@ -34,7 +35,14 @@ from srft_openrlhf.runs import RunFiles, check_new_run, run_files, start_run_fol
 from srft_openrlhf.runs.records import drop_records_after
 
 # Forwarded to every Ray worker when set in the launching shell.
-_PASS_THROUGH_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE", "SRFT_KERNEL_BACKEND")
+_PASS_THROUGH_ENV = (
+    "WANDB_API_KEY",
+    "HF_TOKEN",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "SRFT_KERNEL_BACKEND",
+    *(faults.ENV, faults.MARKER_ENV),  # the fault tests' stop points (faults.py); unset in real runs
+)
 
 
 def absolute_output_dir(cfg: SRFTConfig) -> SRFTConfig:
@@ -62,6 +70,23 @@ def held_out_accuracy(cfg: SRFTConfig, model_path: str | Path, tokenizer: Any) -
     completions = generator.generate(prompts, 1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.rollout.max_new_tokens)
     graded = grade([c[0].text for c in completions], [ex.answer for ex, _ in pairs], cfg.rollout)
     return sum(r >= 1.0 for r in graded.rewards) / len(graded.rewards)
+
+
+class WorkerDied(UserError):
+    """A training rank or rollout engine of the run died (a node lost, a process killed)."""
+
+
+def dead_actor(error: Exception) -> str:
+    """'SRFTPolicyModelActor (pid 123): <why>' from Ray's actor-died error, which may come wrapped
+    in the error of the actor that was waiting on it (its own pid first)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # Ray colours the task names
+    found = re.search(r"class_name: (\w+)", text)
+    if not found:
+        return text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+    after = text[found.end() :]
+    pid = re.search(r"\bpid: (\d+)", after)
+    why = next((line.strip() for line in after.splitlines()[1:] if line.strip() and ":" not in line[:20]), "")
+    return f"{found[1]}{f' (pid {pid[1]})' if pid else ''}{f': {why[:200]}' if why else ''}"
 
 
 def load_tokenizer(cfg: SRFTConfig) -> Any:
@@ -191,6 +216,11 @@ def run(cfg: SRFTConfig, resume: bool = False, dry_run: bool = False) -> int:
     started = time.time()
     try:
         runpy.run_module(CLI_MODULE, run_name="__main__", alter_sys=True)
+    except ray.exceptions.RayActorError as e:
+        raise WorkerDied(
+            f"a Ray actor of the run died: {dead_actor(e)}. The run stopped; it continues from its last complete "
+            f"checkpoint with: srft train --resume {files.root}"
+        ) from e
     finally:
         sys.argv = argv
         ray.shutdown()

@@ -39,9 +39,11 @@ from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
 
 from srft_openrlhf.config import SRFTConfig
 from srft_openrlhf.openrlhf.actor import SRFTActorPPOTrainer, srft_step_windows
+from srft_openrlhf.openrlhf.checkpoint import DeepspeedStrategy, atomic_save_ckpt
 from srft_openrlhf.openrlhf.experience import SRFTExperienceMaker
 from srft_openrlhf.openrlhf.hooks import check_hook_points, rewrap, unwrap
 from srft_openrlhf.openrlhf.layout import layout_of
+from srft_openrlhf.openrlhf.reward_func import decode_label
 from srft_openrlhf.openrlhf.samples import SRFTSamplesGenerator, demo_flags, srft_config
 from srft_openrlhf.runs import run_files
 from srft_openrlhf.runs.records import append_record
@@ -89,6 +91,11 @@ class _SRFTTrainerLogs:
                 "rollout/max_group_demos": float(torch.bincount(group[is_demo]).max()) if is_demo.any() else 0.0,
             }
         )
+        # the step's training examples (the labels carry their row): a resumed run must train the
+        # same ones at each step as an uninterrupted run (tests/test_openrlhf_faults.py)
+        rows = {decode_label(label)[1] for e in experiences for label in e.labels}
+        if rows and None not in rows:
+            stats["rollout/example_rows_sum"] = float(sum(r for r in rows if r is not None))
         if "weights_version" in experiences[0].info:  # the CPU layer's rollout engine tags each rollout
             version = torch.cat([e.info["weights_version"] for e in experiences]).float()[roll]
             stats["rollout/weights_version_min"] = version.min().item()
@@ -251,6 +258,7 @@ PATCHES: dict[tuple[Any, str], Any] = {
     (ppo_trainer, "RemoteExperienceMaker"): SRFTExperienceMaker,
     (ppo_actor, "ActorPPOTrainer"): SRFTActorPPOTrainer,
     (ppo_actor, "iter_grad_accum_global_norm"): srft_step_windows,
+    (DeepspeedStrategy, "save_ckpt"): atomic_save_ckpt,
     (ppo_trainer, "prepare_datasets"): prepare_datasets_in_file_order,
     (ppo_trainer_async, "prepare_datasets"): prepare_datasets_in_file_order,
     (ppo_actor, "PolicyModelActor"): rewrap(SRFTPolicyModelActor, ppo_actor.PolicyModelActor),

@@ -21,6 +21,7 @@ from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
 from srft_openrlhf.config import SRFTConfig
 from srft_openrlhf.data import encode_example
+from srft_openrlhf.openrlhf.faults import reached
 from srft_openrlhf.openrlhf.layout import layout_of
 from srft_openrlhf.openrlhf.reward_func import decode_label, make_reward_func
 from srft_openrlhf.runs import run_files
@@ -97,6 +98,8 @@ class SRFTSamplesGenerator(SamplesGenerator):
         finally:
             self._training_call = False
         check_samples(samples)
+        self._batches = getattr(self, "_batches", 0) + 1
+        reached("generation", self._batches)
         return self.add_demonstrations(samples), filter_pass_rate, prompts_consumed, exhausted
 
     def _dispatch_prompts_to_vllm(self, prompts, labels, *, images=None, **generate_kwargs):

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import torch
 
+from srft_openrlhf.openrlhf.faults import reached
+
 
 def tensor_digests(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
     """name -> SHA-256 of the tensor's dtype, shape and bytes: equal only for identical tensors."""
@@ -68,8 +70,10 @@ def broadcast_to_cpu_engines(self) -> None:
 
     rank0 = dist.get_rank() == 0
     state = gathered_weights(self.actor.model.module, self.strategy.args.ds.zero_stage, keep=rank0)
+    version = int(self.actor_scheduler.last_epoch)
+    reached("weight_sync", version, dist.get_rank())
     if rank0:
-        send_weights(self.vllm_engines, state, int(self.actor_scheduler.last_epoch))
+        send_weights(self.vllm_engines, state, version)
     dist.barrier()
 
 
