@@ -389,7 +389,83 @@ def test_committed_kernel_results_are_the_committed_results():
     )
 
 
-@pytest.mark.parametrize("name", ["toy_base.json", "kernels_cpu.json", "toy_quickstart_other_cpus.json"])
+def step_result() -> dict:
+    """bench_cluster_step.py's JSON for two lengths; OpenRLHF's step did not fit at the second."""
+
+    def row(method, length, mib, seconds):
+        times = [seconds, 1.5 * seconds]
+        return {
+            "method": method,
+            "T": length,
+            "time_s": seconds,
+            "times_s": times,
+            "peak_activation_bytes": mib * 2**20,
+        }
+
+    fits = {m: {"bytes_per_token": kib * 1024, "intercept_bytes": 100 * 2**20, "max_residual": 0.02 * i}
+            for i, (m, kib) in enumerate((("openrlhf_grpo", 2000.0), ("openrlhf_logits", 600.0),
+                                          ("cluster_fused", 12.0), ("local_fused", 11.5)))}  # fmt: skip
+    return {
+        "cpu": {"model": "Test CPU", "simd": "avx2 avx512f"}, "threads": 2, "torch": "2.13.0+cpu",
+        "commit": "abc1234", "command": "python benchmarks/bench_cluster_step.py",
+        "load_average": {"before": [3.0, 2.0, 1.0], "after": [5.25, 4.0, 3.0]},
+        "model": {"vocab": 151936, "hidden": 64, "layers": 2, "dtype": "float32"},
+        "results": [row("openrlhf_grpo", 1024, 2100, 4.0), {"method": "openrlhf_grpo", "T": 8192, "skipped": "big"},
+                    row("openrlhf_logits", 1024, 700, 3.0), row("openrlhf_logits", 8192, 4900, 30.0),
+                    row("cluster_fused", 1024, 112, 4.4), row("cluster_fused", 8192, 196, 40.0),
+                    row("local_fused", 1024, 111, 4.2), row("local_fused", 8192, 190, 39.0)],
+        "linear_fits": fits,
+        "vs_openrlhf_grpo": [{"method": "cluster_fused", "T": 1024, "memory": 112 / 2100, "time": 1.1},
+                             {"method": "cluster_fused", "T": 8192, "memory": 0.012, "extrapolated": True}],
+    }  # fmt: skip
+
+
+def test_cluster_step_table_and_ratios(tmp_path):
+    from srft_openrlhf.runs import results
+
+    text = results.cluster_step_markdown(step_result())
+    head = (
+        "| one step, T tokens | T = 1,024 | T = 8,192 | per token | one 9,216-token sample |\n|---|---|---|---|---|\n"
+    )
+    assert text.startswith(head)
+    assert (
+        "| OpenRLHF's GRPO actor step (its `Actor`'s fp32 logits, `PolicyLoss`) | 2,100 MiB, 4.0 s | did not fit |"
+        in text
+    )
+    # the sample: 100 MiB + 9,216 tokens × 12 KiB = 208 MiB
+    assert "| SRFT cluster step: fused LM head | 112 MiB, 4.4 s | 196 MiB, 40.0 s | 12.0 KiB | 0.20 GiB |" in text
+    assert "holds 0.012× the peak activation memory of OpenRLHF's GRPO step at T = 8,192 (GRPO's peak from its " in text
+    assert (
+        "line: at T = 8,192 it did not fit into this machine's memory) and takes 1.10× its time at T = 1,024." in text
+    )
+    assert "the worst point is 6% off its line" in text
+    assert "On Test CPU (AVX-512), 2 threads, torch 2.13.0+cpu, load average 3.0 before and 5.2 after" in text
+    assert "two timed runs of one case differ by up to 1.5×" in text
+    result = step_result()
+    del result["linear_fits"]["local_fused"]
+    with pytest.raises(ConfigError, match="no line through the lengths of local_fused"):
+        results.cluster_step_markdown(result)
+    doc, path = tmp_path / "doc.md", tmp_path / "step.json"
+    doc.write_text("head\n<!-- cluster-step:begin -->\nold\n<!-- cluster-step:end -->\ntail\n")
+    path.write_text(json.dumps(step_result()))
+    assert results.main(["cluster-step", str(doc), str(path)]) == 0
+    assert results.cluster_step_markdown(step_result()) in doc.read_text() and "\nold\n" not in doc.read_text()
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/cluster.md"])
+def test_committed_cluster_step_results_are_the_committed_results(doc):
+    """The cluster step's memory table in README and docs/cluster.md is what ``results cluster-step``
+    makes of docs/results/cluster_step_cpu.json."""
+    from srft_openrlhf.runs import results
+
+    assert committed_block(doc, "cluster-step") == results.cluster_step_markdown(
+        committed_result("cluster_step_cpu.json")
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["toy_base.json", "kernels_cpu.json", "toy_quickstart_other_cpus.json", "cluster_step_cpu.json"]
+)
 def test_committed_result_files_record_the_cpu(name):
     """Results depend on the CPU (issue 17): these files say which one, model and SIMD flags."""
     result = committed_result(name)

@@ -6,9 +6,9 @@ gradient clipping, linear warm-up then constant LR; the paper trains at a consta
 and the full weights for the generator, plus ``save``/``load`` for exact resume.
 
 Log-probs come from ``srft_openrlhf.models.causal_token_logprobs``: from the final hidden
-states and the LM head weight, so the [tokens, vocab] logits are never materialised. The one
-exception is ZeRO-3, whose LM head weight exists only inside the module's own forward: there
-the logits come from the full model.
+states and the LM head weight, so the [tokens, vocab] logits are never materialised. The fused
+head runs as the LM head module's forward inside the model's (or the DeepSpeed engine's)
+forward, so ZeRO-3 gathers its weight as it would for the logits (``models.fused_lm_head``).
 
 Precision: "fp32" trains in fp32. "bf16" keeps fp32 master weights in both engines (torch:
 fp32 parameters under bf16 autocast; DeepSpeed: bf16 parameters with fp32 master copies in
@@ -272,11 +272,12 @@ class DeepSpeedEngine(TrainEngine):
         self.model = self.ds.module
         self.device = device
         self.zero_stage = zero_stage
-        self.fused_head = zero_stage < 3 and fused_head_supported(self.model)
+        self.fused_head = fused_head_supported(self.model)
 
     def forward_module(self) -> torch.nn.Module:
-        # the logits path must go through DeepSpeed's forward (ZeRO-3 gathers parameters there)
-        return self.model if self.fused_head else self.ds
+        # DeepSpeed's forward: ZeRO-3 gathers each module's parameters in it, and the backward
+        # prologue (gradient accumulation boundary, ZeRO's backward state) hangs on its outputs
+        return self.ds
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss, scale_wrt_gas=False)

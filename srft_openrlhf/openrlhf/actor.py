@@ -9,6 +9,7 @@ share of the step's loss (both assigned by ``patches.PATCHES``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -28,9 +29,12 @@ from srft_openrlhf.algorithm import (
     step_totals,
 )
 from srft_openrlhf.kernels import token_logprobs_and_entropy
+from srft_openrlhf.models import fused_forward, fused_head_unsupported
 from srft_openrlhf.openrlhf import faults
 from srft_openrlhf.openrlhf.experience import ENTROPY_SUM, sequence_advantages
 from srft_openrlhf.openrlhf.samples import demo_flags, srft_config
+
+logger = logging.getLogger(__name__)
 
 _NOT_LOGGED = ("is_demo", ENTROPY_SUM)  # info keys that are bookkeeping, not per-sample metrics
 
@@ -112,8 +116,9 @@ _METRIC_WEIGHTS: dict[str, str | None] = {
 class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
     """OpenRLHF's actor trainer whose training step is the SRFT loss (Eq. 13 or a preset).
 
-    Each micro-batch: logits from OpenRLHF's ``Actor`` (fp32, divided by the sampling
-    temperature), token log-probs and entropy from the fused kernel, ``srft_loss`` with the
+    Each micro-batch: token log-probs and entropy at the sampling temperature from the final
+    hidden states and the LM head weight (``response_logprobs_and_entropy``; ``fused_head =
+    False`` reads them from OpenRLHF's fp32 logits instead), ``srft_loss`` with the
     run's ``LossConfig`` and the optimizer step's ``StepTotals`` (``srft_step_windows``), then
     DeepSpeed's backward and step exactly as OpenRLHF calls them. The micro-batch losses are
     shares of the step's loss that must add up, so the loss given to DeepSpeed is multiplied
@@ -122,6 +127,8 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
     the step, each over the tokens it describes, and returned with OpenRLHF's status, which
     its trainer sends to wandb / tensorboard.
     """
+
+    fused_head = True  # False: the [B, T, V] fp32 logits of OpenRLHF's Actor (the path before the fused head)
 
     def ppo_train(self, kl_ctl: float):
         self._srft_sums: dict[str, list[float]] = {}
@@ -178,12 +185,59 @@ class SRFTActorPPOTrainer(ppo_actor.ActorPPOTrainer):
     def token_logprobs_and_entropy(self, experience: Experience, entropy_grad: bool):
         """log πθ and H(πθ) of each response token [B, A], plus the MoE aux loss (or None)."""
         return self.response_logprobs_and_entropy(
-            experience.sequences, experience.attention_mask, experience.action_mask.shape[1], entropy_grad
+            experience.sequences, experience.attention_mask, experience.action_mask, entropy_grad
         )
 
     def response_logprobs_and_entropy(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor, entropy_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """log πθ(y_t) and H(πθ) [B, A] at the response tokens ``action_mask`` (the last A positions;
+        0 elsewhere under the fused head), and the MoE aux loss (None for a dense model), for
+        π = softmax(logits / T) with T the actor's (sampling) temperature, as OpenRLHF's ``Actor``
+        scores the rollouts.
+
+        ``fused_head`` (default): the actor's model runs its forward as OpenRLHF's ``Actor.forward``
+        calls it (the same model call, position ids from the attention mask), with the LM head
+        replaced by the fused log-prob + entropy head (``models.fused_forward``), so the [B, T, V]
+        logits are never built; DeepSpeed (ZeRO-2 or ZeRO-3) sees the head's computation as the
+        head module's own forward. Otherwise, and where the head is not a plain linear layer
+        (``models.fused_head_unsupported``, logged once), OpenRLHF's ``Actor`` returns the fp32
+        logits divided by T and the token kernel reads them.
+        """
+        if not self._fused_head_used():
+            return self._openrlhf_logits_path(sequences, attention_mask, action_mask.shape[1], entropy_grad)
+        if getattr(self.actor, "packing_samples", False) or self.strategy.ring_attn_group is not None:
+            raise RuntimeError(
+                "SRFT: the fused LM head scores padded [B, T] batches; packing and ring attention are not supported"
+            )
+        width = action_mask.shape[1]
+        scored = torch.zeros_like(sequences[:, 1:], dtype=torch.bool)
+        scored[:, -width:] = action_mask.bool()
+        # OpenRLHF's Actor.forward: positions count the real tokens (padding gets 1, never scored)
+        positions = attention_mask.long().cumsum(-1) - 1
+        positions.masked_fill_(attention_mask == 0, 1)
+        log_probs, entropy, output = fused_forward(
+            self.actor.model, sequences, attention_mask, positions, scored, self.actor.temperature, entropy_grad
+        )
+        return log_probs[:, -width:], entropy[:, -width:], getattr(output, "aux_loss", None)
+
+    def _fused_head_used(self) -> bool:
+        """``fused_head`` where the actor's LM head allows it (the reason why not logged once)."""
+        if not self.fused_head:
+            return False
+        if "_fused_head_reason" not in self.__dict__:
+            model = self.actor.model
+            # the HF model inside the DeepSpeed engine (whose own .config is DeepSpeed's)
+            self._fused_head_reason = fused_head_unsupported(getattr(model, "module", model))
+            if self._fused_head_reason is not None:
+                logger.warning(
+                    "SRFT: log-probs from OpenRLHF's fp32 logits, not the fused head: %s", self._fused_head_reason
+                )
+        return self._fused_head_reason is None
+
+    def _openrlhf_logits_path(
         self, sequences: torch.Tensor, attention_mask: torch.Tensor, width: int, entropy_grad: bool
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         output = self.actor(
             sequences,
             None,

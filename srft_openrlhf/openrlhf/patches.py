@@ -151,7 +151,8 @@ class _PolicyEntropySums:
         self, sequences: torch.Tensor, action_mask: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor
     ) -> torch.Tensor:
         """Σ H(πθ) over each response's tokens [B] (float64, NaN outside ``rows``), with the current
-        weights: the same forward and kernel as the training step's (``SRFTExperienceMaker``)."""
+        weights: the same forward and kernel as the training step's (``SRFTExperienceMaker``), the
+        fused LM head by default, so no [B, T, V] logits here either."""
         sums = torch.full((sequences.shape[0],), math.nan, dtype=torch.float64)
         picked = torch.nonzero(rows.reshape(-1)).flatten()
         # One forward per micro-batch on every rank, needed rows or not: under ZeRO-3 a forward is a
@@ -164,10 +165,7 @@ class _PolicyEntropySums:
         self.actor.eval()
         try:
             _, entropy, _ = self.trainer.response_logprobs_and_entropy(
-                sequences[forward_rows].to(device),
-                attention_mask[forward_rows].to(device),
-                mask.shape[1],
-                entropy_grad=False,
+                sequences[forward_rows].to(device), attention_mask[forward_rows].to(device), mask, entropy_grad=False
             )
         finally:
             self.actor.train()

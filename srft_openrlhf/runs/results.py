@@ -31,6 +31,12 @@
     time and extra memory against the naive fp32 path, from ``benchmarks/bench_kernels.py``'s
     JSON (``docs/results/kernels_cpu.json``).
 
+``python -m srft_openrlhf.runs.results cluster-step DOC CLUSTER_STEP_JSON``
+    The same for the ``<!-- cluster-step -->`` block (README and docs/cluster.md): peak activation
+    memory and time of one actor step at the real vocabulary, per sequence length and per token,
+    for OpenRLHF's GRPO step and SRFT's steps, from ``benchmarks/bench_cluster_step.py``'s JSON
+    (``docs/results/cluster_step_cpu.json``).
+
 ``python -m srft_openrlhf.runs.results quickstart-cpus DOC CPUS_JSON``
     The same for the ``<!-- quickstart-cpus -->`` block: the quick start's accuracy on each
     machine it was run on (``docs/results/toy_quickstart_other_cpus.json``) and the band.
@@ -61,6 +67,15 @@ CURVE_SMOOTHING = 10  # steps: per-step rewards of 16 prompts are too noisy to c
 README_BEGIN, README_END = "<!-- toy-results:begin -->", "<!-- toy-results:end -->"
 CLUSTER_BLOCK = "cluster-results"
 BASE_BLOCK, KERNEL_BLOCK, CPUS_BLOCK = "base-results", "kernel-results", "quickstart-cpus"
+STEP_BLOCK = "cluster-step"
+# bench_cluster_step.py's methods, as the block names them; the first is what the others are compared with
+STEP_METHODS = (
+    ("openrlhf_grpo", "OpenRLHF's GRPO actor step (its `Actor`'s fp32 logits, `PolicyLoss`)"),
+    ("openrlhf_logits", "SRFT cluster step before: OpenRLHF's fp32 logits, token kernel"),
+    ("cluster_fused", "SRFT cluster step: fused LM head"),
+    ("local_fused", "SRFT local backend: fused LM head"),
+)
+SAMPLE_TOKENS = 1024 + 8192  # one sample of the paper configs: data.max_prompt_len + data.max_response_len
 STEP_PHASES = (("generation", "generation"), ("experience", "experience"), ("training", "training"),
                ("weight_sync", "weight sync"), ("wait", "waiting"))  # fmt: skip
 
@@ -357,6 +372,66 @@ def kernel_markdown(result: dict[str, Any]) -> str:
     )
 
 
+def _step_cell(row: dict | None) -> str:
+    if row is None or "time_s" not in row:
+        return "did not fit" if row is not None and "skipped" in row else "–"
+    return f"{row['peak_activation_bytes'] / 2**20:,.0f} MiB, {row['time_s']:.1f} s"
+
+
+def cluster_step_markdown(result: dict[str, Any]) -> str:
+    """The table of ``bench_cluster_step.py``'s JSON: per method and sequence length the peak
+    activation memory and time of one step, the growth per token and one paper-config sample
+    (both from the method's line through its lengths), then the fused cluster step's ratios to
+    OpenRLHF's GRPO step at the longest length (memory) and the longest both ran (time)."""
+    rows, fits = result["results"], result["linear_fits"]
+    base, *_ = STEP_METHODS[0]
+    lengths = sorted({r["T"] for r in rows})
+    at = {(r["method"], r["T"]): r for r in rows}
+    lines = [
+        "| one step, T tokens | " + " | ".join(f"T = {t:,}" for t in lengths)
+        + f" | per token | one {SAMPLE_TOKENS:,}-token sample |\n",
+        "|---" * (len(lengths) + 3) + "|\n",
+    ]  # fmt: skip
+    for method, name in STEP_METHODS:
+        if method not in fits:
+            raise ConfigError(f"cluster step results: no line through the lengths of {method}")
+        line = fits[method]
+        sample = line["intercept_bytes"] + line["bytes_per_token"] * SAMPLE_TOKENS
+        cells = " | ".join(_step_cell(at.get((method, t))) for t in lengths)
+        lines.append(f"| {name} | {cells} | {line['bytes_per_token'] / 1024:,.1f} KiB | {sample / 2**30:.2f} GiB |\n")
+    ratios = [q for q in result[f"vs_{base}"] if q["method"] == "cluster_fused"]
+    memory = max(ratios, key=lambda q: q["T"])
+    timed = max((q for q in ratios if "time" in q), key=lambda q: q["T"])
+    skipped = sorted(t for t in lengths if "skipped" in at.get((base, t), {}))
+    model = result["model"]
+    load = result["load_average"]
+    spread = max(max(r["times_s"]) / min(r["times_s"]) for r in rows if len(r.get("times_s", [])) > 1)
+    bent = max(line["max_residual"] for line in fits.values())
+    lines.append(
+        f"\nPeak activation memory (what torch's allocator holds beyond the weights, their gradients and "
+        f"the AdamW state) and time of one forward + backward, micro-batch 1 (T/8 prompt tokens); "
+        f"a Qwen2-shaped model with V = {model['vocab']:,} and a {model['layers']}-layer body of hidden size "
+        f"{model['hidden']}, {model['dtype']}; per token: the slope of a line through the lengths "
+        f"(T·V·4 bytes of fp32 logits: {model['vocab'] * 4 / 1024:,.0f} KiB), whose value at {SAMPLE_TOKENS:,} "
+        f"tokens is the sample's (the worst point is {100 * bent:.0f}% off its line: the fused kernel's backward "
+        "tiles grow with the tokens up to 2,048 rows, then stay). "
+        f"The fused cluster step holds {memory['memory']:.3f}× the peak activation memory of OpenRLHF's GRPO "
+        f"step at T = {memory['T']:,}"
+        + (
+            f" (GRPO's peak from its line: at T = {', '.join(f'{t:,}' for t in skipped)} it did not fit "
+            "into this machine's memory)"
+            if memory.get("extrapolated")
+            else ""
+        )
+        + f" and takes {timed['time']:.2f}× its time at T = {timed['T']:,}. On {cpu_text(result['cpu'])}, "
+        f"{result['threads']} threads, torch {result['torch']}, load average {load['before'][0]:.1f} before and "
+        f"{load['after'][0]:.1f} after (a shared machine: two timed runs of one case differ by up to "
+        f"{spread:.1f}×, so the times are rough); commit {result['commit']}; "
+        f"command: `{result['command']}`.\n"
+    )
+    return "".join(lines)
+
+
 def fill_block(doc: Path, block: str, content: str, source: str) -> None:
     """Replace ``doc``'s text between ``<!-- BLOCK:begin -->`` and ``<!-- BLOCK:end -->``."""
     begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
@@ -388,6 +463,11 @@ def write_base(doc: Path, base_json: Path) -> None:
 def write_kernels(doc: Path, kernels_json: Path) -> None:
     """Replace ``doc``'s kernel-results block by the kernel ratios of ``kernels_json``."""
     fill_block(doc, KERNEL_BLOCK, kernel_markdown(json.loads(Path(kernels_json).read_text())), str(kernels_json))
+
+
+def write_cluster_step(doc: Path, step_json: Path) -> None:
+    """Replace ``doc``'s cluster-step block by the step table of ``step_json``."""
+    fill_block(doc, STEP_BLOCK, cluster_step_markdown(json.loads(Path(step_json).read_text())), str(step_json))
 
 
 def write_cpus(doc: Path, cpus_json: Path) -> None:
@@ -423,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     kernels = sub.add_parser("kernel-results", help="fill DOC's kernel-results block from bench_kernels.py's JSON")
     kernels.add_argument("doc", type=Path)
     kernels.add_argument("kernels_json", type=Path)
+    step = sub.add_parser("cluster-step", help="fill DOC's cluster-step block from bench_cluster_step.py's JSON")
+    step.add_argument("doc", type=Path)
+    step.add_argument("step_json", type=Path)
     cpus = sub.add_parser("quickstart-cpus", help="fill DOC's quickstart-cpus block (the quick start per machine)")
     cpus.add_argument("doc", type=Path)
     cpus.add_argument("cpus_json", type=Path)
@@ -442,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "quickstart-cpus":
             write_cpus(args.doc, args.cpus_json)
             print(f"wrote the per-machine quick-start results of {args.cpus_json} into {args.doc}")
+        elif args.command == "cluster-step":
+            write_cluster_step(args.doc, args.step_json)
+            print(f"wrote the cluster step results of {args.step_json} into {args.doc}")
         elif args.command == "kernel-results":
             write_kernels(args.doc, args.kernels_json)
             print(f"wrote the kernel results of {args.kernels_json} into {args.doc}")
