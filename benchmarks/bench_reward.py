@@ -1,7 +1,10 @@
-"""Throughput of the batched math reward: sequential (one process) vs the worker pool.
+"""Throughput of the batched math reward: sequential (one process) vs the worker pool; with
+``--hostile``, the delay one hostile sample adds to a batch.
 
     python benchmarks/bench_reward.py [--n 250] [--workers 2] [--modes either,oat,math_verify]
                                    [--benchmarks ../shared/benchmarks] [--out bench_reward.json]
+    python benchmarks/bench_reward.py --hostile [--n 32] [--workers 2] [--timeout 5] [--repeats 2]
+                                   [--out docs/results/reward_hostile_cpu.json]
 
 Responses are built from the shared benchmark answers when that folder exists (half
 correct: "... so the answer is \\boxed{GOLD}", half another row's answer), else from
@@ -11,6 +14,13 @@ sequential and pool grade the same fresh slice of answers; math-verify memoises 
 and sympy caches expressions, so this process's caches are cleared before its run and
 the workers have not seen the slice. The load average is recorded: on cores shared with
 other work the pool cannot beat the sequential loop.
+
+``--hostile``: a batch of ``--n`` synthetic samples (a training step's grading) is graded
+as it is, then with its first sample replaced by each hostile input of
+tests/test_reward_hostile.py (and its gold by theirs), on the two paths a rollout engine grades on: the worker pool
+and the in-process fallback in a worker thread (as OpenRLHF's ``asyncio.to_thread`` calls
+it). Both batches are graded once untimed first (warm caches); the delay is the difference
+of the two times, its worst over ``--repeats``.
 Prints a table and writes JSON. Not a test.
 """
 
@@ -23,6 +33,7 @@ import platform
 import random
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,16 +109,91 @@ def run(mode: str, workers: int, responses: list[str], truths: list[str], timeou
     }
 
 
+def hostile_delays(args: argparse.Namespace, rng: random.Random) -> int:
+    """``--hostile`` (module docstring): per path and hostile kind, the delay one sample adds."""
+    sys.path.insert(0, str(ROOT / "tests"))  # not a package; a "tests" installed elsewhere would shadow it
+    from test_reward_hostile import HOSTILE, HOSTILE_GOLD
+
+    responses, truths = make_samples(synthetic_golds(args.n, rng), rng)
+    thread = ThreadPoolExecutor(max_workers=1)
+    paths = {
+        f"pool-{args.workers}": lambda r, t: batch_rewards(r, t, timeout_s=args.timeout, num_workers=args.workers),
+        # what grade_never_raising falls back to when the pool cannot start, in OpenRLHF's thread
+        "in-process thread": lambda r, t: thread.submit(
+            batch_rewards, r, t, timeout_s=args.timeout, num_workers=0
+        ).result(),
+    }
+    rows = []
+    load_before = os.getloadavg()[0]
+    for path, grade in paths.items():
+        for kind, (text, *_) in HOSTILE.items():
+            # graded against the tests' gold: a tuple or interval gold can end math-verify early
+            batch, golds = [text, *responses[1:]], [HOSTILE_GOLD, *truths[1:]]
+            grade(responses, truths), grade(batch, golds)  # warm-up, untimed
+            worst: dict = {}
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                grade(responses, truths)
+                normal_s = time.perf_counter() - start
+                start = time.perf_counter()
+                result = grade(batch, golds)
+                hostile_s = time.perf_counter() - start
+                if not worst or hostile_s - normal_s > worst["delay_s"]:
+                    worst = {"normal_s": normal_s, "hostile_s": hostile_s, "delay_s": hostile_s - normal_s}
+            rows.append(
+                {
+                    "path": path,
+                    "kind": kind,
+                    "status": result.details[0]["status"],
+                    **{k: round(v, 3) for k, v in worst.items()},
+                }
+            )
+    load_after = os.getloadavg()[0]
+    close_pool()
+    thread.shutdown()
+
+    header = f"{'path':<18} {'kind':<14} {'status':<8} {'normal s':>8} {'hostile s':>9} {'delay s':>7}"
+    print(
+        f"delay of one hostile sample in a batch of {args.n} on {os.cpu_count()} CPUs (load average "
+        f"{load_before:.1f} -> {load_after:.1f}), per-sample timeout {args.timeout} s, worst of {args.repeats}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['path']:<18} {r['kind']:<14} {r['status']:<8} {r['normal_s']:>8.2f} {r['hostile_s']:>9.2f} "
+            f"{r['delay_s']:>7.2f}"
+        )
+    report = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average": [round(load_before, 2), round(load_after, 2)],
+        "batch": args.n,
+        "workers": args.workers,
+        "timeout_s": args.timeout,
+        "repeats": args.repeats,
+        "worst_delay_s": {path: max(r["delay_s"] for r in rows if r["path"] == path) for path in paths},
+        "results": rows,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=250, help="samples per mode")
+    parser.add_argument("--n", type=int, default=250, help="samples per mode (--hostile: the batch)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--timeout", type=float, default=5.0, help="per-sample timeout (s)")
     parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench_reward.json"))
+    parser.add_argument("--hostile", action="store_true", help="the delay one hostile sample adds (docstring)")
+    parser.add_argument("--repeats", type=int, default=2, help="--hostile: timed repeats per kind")
     args = parser.parse_args(argv)
+    if args.hostile:
+        return hostile_delays(args, random.Random(args.seed))
 
     rng = random.Random(args.seed)
     golds = benchmark_golds(args.benchmarks)

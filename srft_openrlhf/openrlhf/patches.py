@@ -103,6 +103,10 @@ class _SRFTTrainerLogs:
             stats["weights_version"] = version.mean().item()
         if "score" in experiences[0].info:
             stats["score"] = torch.cat([e.info["score"] for e in experiences]).float()[roll].mean().item()
+        if "reward_timeout" in experiences[0].info:  # the reward function's extra_logs: 1 where grading timed out
+            timeouts = torch.cat([e.info["reward_timeout"] for e in experiences]).float()
+            stats["rollout/reward_timeouts"] = timeouts[roll].sum().item()
+            stats["rollout/demo_reward_timeouts"] = timeouts[is_demo].sum().item()
         if is_demo.any():
             stats.update(
                 {

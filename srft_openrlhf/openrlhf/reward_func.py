@@ -64,8 +64,9 @@ def grade_never_raising(
     """``batch_rewards`` that does not raise: OpenRLHF's executor swallows an exception from
     ``reward_func`` and leaves the rollout without a reward, which fails much later, far from the
     cause. If the worker pool fails (a worker that does not start, ...), the batch is graded in
-    this process (where the per-sample timeout works only in the main thread); if that fails
-    too, every sample scores 0 with status "error"."""
+    this process, still with the per-sample timeout in the caller's thread (``time_limit``), so
+    one hostile sample holds up ``CoalescingGrader``'s leader, and every caller waiting on it,
+    for about one timeout; if that fails too, every sample scores 0 with status "error"."""
     try:
         return batch_rewards(responses, answers, kind=kind, mode=mode, timeout_s=timeout_s, num_workers=num_workers)
     except Exception as exc:  # noqa: BLE001 - anything, see the docstring

@@ -152,7 +152,15 @@ class WorkerPool:
         if self.start_method == "forkserver" and self._preload:
             # Takes effect only if this process's forkserver has not started yet.
             self._context.set_forkserver_preload(list(self._preload))
-        self._workers = [self._start_worker() for _ in range(num_workers)]
+        self._workers: list[_Worker] = []
+        try:
+            for _ in range(num_workers):
+                self._workers.append(self._start_worker())
+        except BaseException:
+            # The caller grades in process and retries next batch: workers started before the
+            # failure would otherwise pile up, one set per retry.
+            self.close()
+            raise
         self.num_workers = num_workers
 
     def _start_worker(self) -> _Worker:
@@ -263,9 +271,9 @@ def batch_rewards(
 ) -> BatchRewards:
     """Rewards (1.0 / 0.0) for ``responses[i]`` against ``ground_truths[i]``.
 
-    ``kind="math"``: graded in ``num_workers`` processes (0: in this process, where the
-    timeout works only in the main thread). ``kind="choice"``: letter matching, always in
-    this process (a regex pass; nothing to time out). Never raises on response content.
+    ``kind="math"``: graded in ``num_workers`` processes (0: in this process, in any thread,
+    with the bounds of ``math_grader.time_limit``). ``kind="choice"``: letter matching, always
+    in this process (a regex pass; nothing to time out). Never raises on response content.
     """
     if kind not in KINDS:
         raise ValueError(f"reward kind {kind!r} is unknown; use one of {', '.join(KINDS)}")

@@ -1,8 +1,8 @@
 """A small LaTeX parser for normalised answers, into sympy objects built through sympy's API
 (never ``eval``: the text comes from the model). Stage 3 of the OAT-style grader
 (``oat_grader``): whatever it does not understand is reported as unreadable (None), and the
-grader then compares strings. Powers that would build numbers of more than ``MAX_DIGITS``
-digits and answers longer than ``MAX_ANSWER_CHARS`` are never handed to sympy."""
+grader then compares strings. Numbers and powers of more than ``MAX_DIGITS`` digits and answers
+longer than ``MAX_ANSWER_CHARS`` are never handed to sympy."""
 
 from __future__ import annotations
 
@@ -188,6 +188,9 @@ class _Parser:
         if token[0].isdigit() or token[0] == ".":
             if self.peek() == "_":  # 52_8: a number in base 8, only equal to itself
                 return sympy.Symbol(f"{token}_{self._subscript()}")
+            _, _, exponent = token.lower().partition("e")
+            if exponent and abs(int(exponent)) > MAX_DIGITS:  # Rational("1e100000000") never finishes
+                raise _Unparsable("number too large")
             return sympy.Rational(token)
         if token in ("(", "["):
             value = self.expr()

@@ -7,13 +7,17 @@ Two graders judge the extracted answer against the ground truth:
 - our OAT-style normalising grader (``oat_grader``).
 ``mode``: "either" (default: correct if either grader says so), "math_verify", "oat".
 
-Time: one wall-clock limit per sample (``time_limit``, SIGALRM based, main thread only)
-covers both graders; elsewhere (threads) there is no in-process limit and
-``batch.batch_rewards`` (worker processes killed on overrun) is the protection.
+Time: one wall-clock limit per sample (``time_limit``) covers both graders, in any thread.
+Python delivers it between bytecodes; the main thread's SIGALRM also interrupts CPython's
+big-integer arithmetic (which checks signals), nothing interrupts it in another thread. So off
+the main thread math-verify is not given an answer with an exponent that our parser does not
+vouch for (``9^{9^{9^9}}`` or ``9E999999999`` would build a giant integer in one C call).
+``batch.batch_rewards`` (worker processes killed on overrun) is the hard bound on top.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 import signal
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.reward.extract import as_text, extract_answer, last_boxed
+from srft_openrlhf.reward.latex import parse_latex
 from srft_openrlhf.reward.oat_grader import MAX_ANSWER_CHARS, oat_equal
 
 logger = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ MODES = ("either", "math_verify", "oat")
 DEFAULT_TIMEOUT_S = 5.0
 
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+# Anything math-verify may read as a power: ^, **, scientific notation (1e9, 2.5 E-7).
+_EXPONENT = re.compile(r"\^|\*\*|[0-9.]\s*[eE]\s*[-+]?\s*[0-9]")
 
 
 @dataclass(frozen=True)
@@ -56,14 +63,19 @@ class GradingTimeout(BaseException):
 
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise GradingTimeout in the block after ``seconds`` of wall time.
+    """Raise GradingTimeout in the block after ``seconds`` of wall time, in any thread.
 
-    Works in the main thread only (elsewhere: no limit). An outer SIGALRM timer (e.g.
-    pytest-timeout) is respected: if it fires first it keeps its handler, otherwise it is
-    re-armed with its remaining time on exit.
+    Main thread: SIGALRM. An outer SIGALRM timer (e.g. pytest-timeout) is respected: if it
+    fires first it keeps its handler, otherwise it is re-armed with its remaining time on exit.
+    Other threads (OpenRLHF calls ``reward_func`` from ``asyncio.to_thread`` workers, where
+    signals never arrive): ``_thread_time_limit``.
     """
-    if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
+    if not seconds or seconds <= 0:
         yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        with _thread_time_limit(seconds):
+            yield
         return
     outer_remaining, _ = signal.getitimer(signal.ITIMER_REAL)
     if outer_remaining and outer_remaining <= seconds:
@@ -84,6 +96,45 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         if outer_remaining:
             left = outer_remaining - (time.monotonic() - started)
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Have ``thread_id`` raise ``exc`` at its next bytecode; None withdraws a pending one."""
+    # ctypes passes None as NULL, which is what withdrawing takes.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+
+
+@contextmanager
+def _thread_time_limit(seconds: float) -> Iterator[None]:
+    """``time_limit`` off the main thread: a timer thread raises GradingTimeout in this one.
+
+    The lock makes "the block has ended" and "raise now" exclusive, and the exit withdraws an
+    exception raised but not yet delivered, so a timeout surfaces inside the block or not at all.
+    """
+    thread_id = threading.get_ident()
+    lock = threading.Lock()
+    ended = False
+    fired = False
+
+    def _expire() -> None:
+        nonlocal fired
+        with lock:
+            if not ended:
+                fired = True
+                _set_async_exc(thread_id, GradingTimeout)
+
+    timer = threading.Timer(seconds, _expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            ended = True
+        timer.cancel()
+        if fired:
+            _set_async_exc(thread_id, None)
+            raise GradingTimeout(f"grading took longer than {seconds} s")
 
 
 def clean_ground_truth(ground_truth: object) -> str:
@@ -127,8 +178,13 @@ def grade_math_unguarded(response: object, ground_truth: object, mode: str = "ei
     oat = oat_equal(prediction, gold) if mode in ("either", "oat") else None
     mv = None
     if mode in ("either", "math_verify"):
-        # Over-long answers are not worth a parse that may take seconds: no match.
-        mv = len(prediction) <= MAX_ANSWER_CHARS and _math_verify_equal(prediction, gold)
+        # Over-long answers are not worth a parse that may take seconds: no match. Off the main
+        # thread the timer cannot stop one long C call (module docstring): no match either for an
+        # exponent that our parser refuses or cannot read (it size-checks every power and number).
+        unbounded = threading.current_thread() is not threading.main_thread() and any(
+            _EXPONENT.search(text) and parse_latex(text) is None for text in (prediction, gold)
+        )
+        mv = len(prediction) <= MAX_ANSWER_CHARS and not unbounded and _math_verify_equal(prediction, gold)
     return MathGrade(bool(oat) or bool(mv), extracted, mv, oat)
 
 
