@@ -86,7 +86,8 @@ def dead_actor(error: Exception) -> str:
     after = text[found.end() :]
     pid = re.search(r"\bpid: (\d+)", after)
     why = next((line.strip() for line in after.splitlines()[1:] if line.strip() and ":" not in line[:20]), "")
-    return f"{found[1]}{f' (pid {pid[1]})' if pid else ''}{f': {why[:200]}' if why else ''}"
+    why = ". ".join(why.split(". ")[:2])[:200]  # what died and how; Ray's advice follows
+    return f"{found[1]}{f' (pid {pid[1]})' if pid else ''}{f': {why}' if why else ''}"
 
 
 def load_tokenizer(cfg: SRFTConfig) -> Any:
