@@ -11,7 +11,8 @@ installed OpenRLHF like the SRFT patches, so an upgrade that moves one fails lou
 - ``torch.cuda.set_device`` / ``synchronize``: no-ops; ``torch.cuda.current_device``: the CPU
   device (OpenRLHF moves every batch to it);
 - DeepSpeed's device mesh on "cpu"; its Adam is torch's (``torch_adam``; FusedAdam's CPU op
-  compiles C++ for minutes) and its shared-memory all-reduce op is off (also a C++ build);
+  compiles C++ for minutes) and its shared-memory all-reduce op is off (also a C++ build); under
+  ZeRO-3 every parameter is partitioned, however small (a laptop's model is all small ones);
 - DeepSpeed ZeRO-3's all-gather of a list of parameters (``GatheredParameters``: loading the
   model under ``zero.Init``, gathering it for a checkpoint) gathers them one by one: the original
   launches one asynchronous all-gather per parameter and waits for the last only, which on NCCL
@@ -61,7 +62,8 @@ REDIRECTS = (
     "torch.cuda.set_device, torch.cuda.synchronize -> no-ops",
     "torch.cuda.current_device -> torch.device('cpu')",
     "openrlhf.utils.deepspeed.deepspeed.init_device_mesh('cuda', ...) -> on 'cpu'",
-    "DeepspeedStrategy.get_ds_train_config: Adam -> torch_adam (no FusedAdam C++ build)",
+    "DeepspeedStrategy.get_ds_train_config: Adam -> torch_adam (no FusedAdam C++ build); ZeRO-3 partitions "
+    "every parameter (stage3_param_persistence_threshold 0: a small model's would all stay whole)",
     "deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] -> False (no shared-memory all-reduce build)",
     "deepspeed zero.Init._allgather_params_coalesced -> _allgather_params_sequential (gloo completes "
     "asynchronous all-gathers out of order)",
@@ -228,6 +230,11 @@ def _patch_deepspeed_strategy(module: ModuleType) -> None:
         optimizer = config.get("optimizer")
         if optimizer and str(optimizer.get("type", "")).lower().startswith("adam"):
             optimizer.setdefault("params", {})["torch_adam"] = True
+        zero = config.get("zero_optimization", {})
+        if zero.get("stage") == 3:
+            # DeepSpeed keeps parameters under 1e5 elements whole; the CPU path's models are small
+            # enough that all of them would be, and ZeRO-3's gathers would never run
+            zero["stage3_param_persistence_threshold"] = 0
         return config
 
     # the hook check reads OpenRLHF's own code (a plain function declares no __wrapped__)
