@@ -564,3 +564,98 @@ def local_train_batch(items):
         rewards=whole.rewards.float(),
         is_demo=demo_flags(whole),
     )
+
+
+# ----------------------------------------------------------------------------- DeepSpeed ranks on gloo
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_rank(rank: int, worker, world: int, port: int, args: tuple) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_SIZE=str(world),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    from srft_openrlhf.openrlhf import cpu_compat
+
+    cpu_compat.install()
+    worker(rank, *args)
+
+
+def spawn_gloo_ranks(worker, world: int, *args) -> None:
+    """``worker(rank, *args)`` in ``world`` spawned processes that form a torch.distributed group
+    (the environment DeepSpeed reads; CPU layer installed; one thread each). ``worker`` must be a
+    module-level function: spawn pickles it by reference."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(
+        _gloo_rank, args=(worker, world, free_port(), args), nprocs=world, join=True, start_method="spawn"
+    )
+
+
+def cluster_strategy(args, zero_stage: int):
+    """OpenRLHF's DeepSpeed strategy of ``args`` in a spawned rank, fp32, with the SRFT patches."""
+    from openrlhf.utils import get_strategy
+
+    from srft_openrlhf.openrlhf import patches
+
+    patches.install()
+    args.ds.zero_stage, args.ds.param_dtype = zero_stage, "fp32"
+    if args.actor.eps_clip_low_high is None:  # train_ppo_ray's own default, set after it parses
+        args.actor.eps_clip_low_high = (args.actor.eps_clip, args.actor.eps_clip)
+    strategy = get_strategy(args)
+    strategy.setup_distributed()
+    return strategy
+
+
+def full_weights(actor) -> dict[str, torch.Tensor]:
+    """Every parameter of a DeepSpeed actor in full, float64 (gathered under ZeRO-3: a collective,
+    every rank calls it)."""
+    import deepspeed
+
+    named = list(actor.model.module.named_parameters())
+    with deepspeed.zero.GatheredParameters([p for _, p in named]):
+        return {name: p.detach().double().clone() for name, p in named}
+
+
+def gradient_step_trainer(strategy, args, model_dir: Path, step: float, eps: float, temperature: float = 1.0):
+    """A fresh OpenRLHF ``Actor`` from ``model_dir`` (loaded in bf16, then fp32), prepared by
+    ``strategy`` with DeepSpeed's AdamW at eps ≫ |g| and lr = step·eps, whose first update is then
+    −step·g (test_openrlhf_multirank.py), and the SRFT actor trainer on it: (actor, trainer)."""
+    from openrlhf.models import Actor
+
+    from srft_openrlhf.openrlhf.actor import SRFTActorPPOTrainer
+
+    actor = Actor(str(model_dir), attn_implementation="eager", param_dtype="bf16", temperature=temperature)
+    actor.model.float()
+    optim = {
+        "optim": "adam",
+        "adam": {"lr": step * eps, "betas": (0.9, 0.999), "eps": eps, "weight_decay": 0.0},
+        "lr_scheduler": "constant",
+        "lr_warmup_ratio": 0.0,
+        "scheduler_steps": 1,
+        "max_norm": 0.0,
+    }
+    actor, actor_optim, scheduler = strategy.prepare((actor, optim))
+    trainer = SRFTActorPPOTrainer(
+        strategy,
+        actor,
+        None,
+        actor_optim,
+        scheduler,
+        micro_train_batch_size=args.train.micro_batch_size,
+        dataloader_pin_memory=False,
+    )
+    return actor, trainer

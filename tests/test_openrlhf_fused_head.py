@@ -18,7 +18,7 @@ that the temperature is checked, not just 1. Both paths agree on
 
 for the tiny model with separate and with tied input / output embeddings (the toy model ties them).
 Under ZeRO-3 DeepSpeed keeps parameters below ``stage3_param_persistence_threshold`` (1e5 elements)
-whole on every rank, which is every parameter of the tiny model; the ranks here set it to 0, so the
+whole on every rank, which is every parameter of the tiny model; the CPU layer sets it to 0, so the
 LM head weight is a shard on each rank outside its module's forward (checked), and its gradient,
 from the fused head, must still be the logits path's.
 
@@ -33,8 +33,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
-import socket
 import sys
 from pathlib import Path
 
@@ -42,12 +40,16 @@ import pytest
 import torch
 from helpers import (
     build_tiny_model,
+    cluster_strategy,
     cluster_trainer,
+    full_weights,
     generate_step,
+    gradient_step_trainer,
     make_experiences,
     requires_deepspeed,
     save_model,
     small_run,
+    spawn_gloo_ranks,
 )
 
 from srft_openrlhf.openrlhf.cpu_compat import STUB_DIR
@@ -100,12 +102,6 @@ def step(tmp_path_factory, tiny_tokenizer, tiny_model_dir):
 # ----------------------------------------------------------------------------- the DeepSpeed ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def planted(case: str):
     """The fused head with ``case``'s bug in this process (nothing for "logits" and "fused")."""
@@ -130,43 +126,12 @@ def planted(case: str):
         models.linear_logprobs_and_entropy = kernel
 
 
-def _full_weights(actor) -> dict[str, torch.Tensor]:
-    """Every parameter in full (gathered under ZeRO-3; a collective: every rank calls it)."""
-    import deepspeed
-
-    named = list(actor.model.module.named_parameters())
-    with deepspeed.zero.GatheredParameters([p for _, p in named]):
-        return {name: p.detach().double().clone() for name, p in named}
-
-
 def _train_one_step(strategy, args, model_dir: Path, experiences: list, fused: bool) -> dict:
     """A fresh actor through OpenRLHF's prepare, the experience maker's entropy forward, then
     ppo_train on ``experiences``: what each path computed."""
-    from openrlhf.models import Actor
-
-    from srft_openrlhf.openrlhf.actor import SRFTActorPPOTrainer
     from srft_openrlhf.openrlhf.patches import SRFTPolicyModelActor
 
-    actor = Actor(str(model_dir), attn_implementation="eager", param_dtype="bf16", temperature=TEMPERATURE)
-    actor.model.float()
-    optim = {
-        "optim": "adam",
-        "adam": {"lr": STEP * EPS, "betas": (0.9, 0.999), "eps": EPS, "weight_decay": 0.0},
-        "lr_scheduler": "constant",
-        "lr_warmup_ratio": 0.0,
-        "scheduler_steps": 1,
-        "max_norm": 0.0,
-    }
-    actor, actor_optim, scheduler = strategy.prepare((actor, optim))
-    trainer = SRFTActorPPOTrainer(
-        strategy,
-        actor,
-        None,
-        actor_optim,
-        scheduler,
-        micro_train_batch_size=args.train.micro_batch_size,
-        dataloader_pin_memory=False,
-    )
+    actor, trainer = gradient_step_trainer(strategy, args, model_dir, STEP, EPS, TEMPERATURE)
     trainer.fused_head = fused
     head = actor.model.module.get_output_embeddings().weight
     # a shard outside the head's forward under ZeRO-3 (ds_numel: the full size), the whole weight otherwise
@@ -191,10 +156,10 @@ def _train_one_step(strategy, args, model_dir: Path, experiences: list, fused: b
     ]
     for experience in experiences:  # PolicyModelActor.append
         trainer.replay_buffer.append(copy.deepcopy(experience))
-    before = _full_weights(actor)
+    before = full_weights(actor)
     torch.manual_seed(0)  # the replay buffer's shuffle: the same micro-batches in every case
     status = trainer.ppo_train(0.0)
-    after = _full_weights(actor)
+    after = full_weights(actor)
     return {
         "update": {name: after[name] - before[name] for name in before},
         "loss": float(status["policy_loss"]),
@@ -204,40 +169,11 @@ def _train_one_step(strategy, args, model_dir: Path, experiences: list, fused: b
     }
 
 
-def _rank_worker(rank: int, world: int, port: int, payload: Path, out_dir: Path) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        LOCAL_SIZE=str(world),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
-    from srft_openrlhf.openrlhf import cpu_compat
-
-    cpu_compat.install()
-    from openrlhf.utils import get_strategy
-
-    from srft_openrlhf.openrlhf import patches
-
-    patches.install()
+def _rank_worker(rank: int, payload: Path, out_dir: Path) -> None:
     job = torch.load(payload, weights_only=False)
     args = job["args"]
-    args.ds.zero_stage, args.ds.param_dtype = job["stage"], "fp32"
-    if args.actor.eps_clip_low_high is None:  # train_ppo_ray's own default, set after it parses
-        args.actor.eps_clip_low_high = (args.actor.eps_clip, args.actor.eps_clip)
-    strategy = get_strategy(args)
-    strategy.setup_distributed()
-    ds_config = strategy.get_ds_train_config
-
-    def partition_every_parameter(*a, **k):  # ZeRO-3 would keep the tiny model's parameters whole
-        config = ds_config(*a, **k)
-        config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-        return config
-
-    strategy.get_ds_train_config = partition_every_parameter
+    # ZeRO-3 partitions even the tiny model's parameters: the CPU layer sets the persistence threshold to 0
+    strategy = cluster_strategy(args, job["stage"])
     results = {}
     for name, model_dir in job["models"].items():
         for case in CASES:
@@ -250,8 +186,6 @@ def _rank_worker(rank: int, world: int, port: int, payload: Path, out_dir: Path)
 
 @pytest.fixture(scope="module")
 def rank_results(step, tmp_path_factory):
-    import torch.multiprocessing as mp
-
     args, models, chunks = step
     cache: dict[int, dict] = {}
 
@@ -260,13 +194,7 @@ def rank_results(step, tmp_path_factory):
             tmp_path = tmp_path_factory.mktemp(f"fused_zero{stage}")
             payload = tmp_path / "job.pt"
             torch.save({"args": args, "models": models, "stage": stage, "experiences": chunks}, payload)
-            mp.start_processes(
-                _rank_worker,
-                args=(WORLD, _free_port(), payload, tmp_path),
-                nprocs=WORLD,
-                join=True,
-                start_method="spawn",
-            )
+            spawn_gloo_ranks(_rank_worker, WORLD, payload, tmp_path)
             cache[stage] = torch.load(tmp_path / "rank0.pt", weights_only=False)
         return cache[stage]
 

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +45,17 @@ from typing import Any
 import pytest
 import torch
 from helpers import (
+    cluster_strategy,
     cluster_trainer,
+    full_weights,
     generate_step,
+    gradient_step_trainer,
     local_train_batch,
     make_experiences,
     replay_items,
     requires_deepspeed,
     small_run,
+    spawn_gloo_ranks,
 )
 
 from srft_openrlhf.openrlhf.cpu_compat import STUB_DIR
@@ -167,12 +169,6 @@ def mismatch(update: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
 # ----------------------------------------------------------------------------- the DeepSpeed ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def planted(case: str):
     """The SRFT step with ``case``'s bug in this process (nothing for "exact")."""
@@ -208,79 +204,26 @@ def planted(case: str):
         ppo_actor.iter_grad_accum_global_norm, srft_actor._with_totals = windows, with_totals
 
 
-def _full_weights(actor) -> dict[str, torch.Tensor]:
-    """Every parameter in full (gathered under ZeRO-3; a collective: every rank calls it)."""
-    import deepspeed
-
-    named = list(actor.model.module.named_parameters())
-    with deepspeed.zero.GatheredParameters([p for _, p in named]):
-        return {name: p.detach().double().clone() for name, p in named}
-
-
 def _train_one_step(strategy, args, model_dir: Path, experiences: list) -> tuple[dict, dict]:
     """A fresh actor from ``model_dir`` through OpenRLHF's prepare (DeepSpeed engine, its AdamW),
     ``experiences`` appended to the trainer's replay buffer, OpenRLHF's ppo_train: the update and
     the step's status."""
-    from openrlhf.models import Actor
-
-    from srft_openrlhf.openrlhf.actor import SRFTActorPPOTrainer
-
-    actor = Actor(str(model_dir), attn_implementation="eager", param_dtype="bf16")
-    actor.model.float()  # the weights the local reference starts from (cluster_trainer's)
-    optim = {
-        "optim": "adam",
-        "adam": {"lr": STEP * EPS, "betas": (0.9, 0.999), "eps": EPS, "weight_decay": 0.0},
-        "lr_scheduler": "constant",
-        "lr_warmup_ratio": 0.0,
-        "scheduler_steps": 1,
-        "max_norm": 0.0,
-    }
-    actor, actor_optim, scheduler = strategy.prepare((actor, optim))
-    trainer = SRFTActorPPOTrainer(
-        strategy,
-        actor,
-        None,
-        actor_optim,
-        scheduler,
-        micro_train_batch_size=args.train.micro_batch_size,
-        dataloader_pin_memory=False,
-    )
+    # the weights the local reference starts from (cluster_trainer's)
+    actor, trainer = gradient_step_trainer(strategy, args, model_dir, STEP, EPS)
     for experience in experiences:  # PolicyModelActor.append
         trainer.replay_buffer.append(copy.deepcopy(experience))
-    before = _full_weights(actor)
+    before = full_weights(actor)
     torch.manual_seed(0)  # the replay buffer's shuffle: the same micro-batches in every case
     status = trainer.ppo_train(0.0)
-    after = _full_weights(actor)
+    after = full_weights(actor)
     assert actor.model.global_steps == 1
     return {name: after[name] - before[name] for name in before}, status
 
 
-def _rank_worker(rank: int, world: int, port: int, payload: Path, out_dir: Path) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        LOCAL_SIZE=str(world),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
-    from srft_openrlhf.openrlhf import cpu_compat
-
-    cpu_compat.install()
-    from openrlhf.utils import get_strategy
-
-    from srft_openrlhf.openrlhf import patches
-
-    patches.install()
+def _rank_worker(rank: int, payload: Path, out_dir: Path) -> None:
     job = torch.load(payload, weights_only=False)
     args = job["args"]
-    args.ds.zero_stage, args.ds.param_dtype = job["stage"], "fp32"
-    if args.actor.eps_clip_low_high is None:  # train_ppo_ray's own default, set after it parses
-        args.actor.eps_clip_low_high = (args.actor.eps_clip, args.actor.eps_clip)
-    strategy = get_strategy(args)
-    strategy.setup_distributed()
+    strategy = cluster_strategy(args, job["stage"])
     assert strategy.accumulated_gradient == job["gas"], strategy.accumulated_gradient
     results = {}
     for case in job["cases"]:
@@ -291,8 +234,6 @@ def _rank_worker(rank: int, world: int, port: int, payload: Path, out_dir: Path)
 
 def train_on_ranks(step: Step, stage: int, tmp_path: Path) -> list[dict]:
     """Every case of ``CASES`` on ``WORLD`` spawned DeepSpeed ranks; per rank {case: (update, status)}."""
-    import torch.multiprocessing as mp
-
     micro_batch = step.args.train.micro_batch_size
     gas = sum(len(e.sequences) for e in step.rank_experiences[0]) // micro_batch  # one optimizer step
     payload = tmp_path / "job.pt"
@@ -307,9 +248,7 @@ def train_on_ranks(step: Step, stage: int, tmp_path: Path) -> list[dict]:
         },
         payload,
     )
-    mp.start_processes(
-        _rank_worker, args=(WORLD, _free_port(), payload, tmp_path), nprocs=WORLD, join=True, start_method="spawn"
-    )
+    spawn_gloo_ranks(_rank_worker, WORLD, payload, tmp_path)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

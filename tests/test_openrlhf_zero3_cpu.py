@@ -17,27 +17,19 @@ Two checks, each on 2 spawned gloo ranks:
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import requires_deepspeed
+from helpers import requires_deepspeed, spawn_gloo_ranks
 
 pytestmark = [pytest.mark.openrlhf, pytest.mark.deepspeed, pytest.mark.slow, requires_deepspeed]
 
 WORLD = 2
 LATE_S = 0.3  # how late the first of two all-gathers lands in the ``gather`` check
 LOADS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _LateHandle:
@@ -142,20 +134,7 @@ def _load_check(model_dir: str) -> float:
     return worst
 
 
-def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        LOCAL_SIZE=str(WORLD),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
-    from srft_openrlhf.openrlhf import cpu_compat
-
-    cpu_compat.install()
+def _worker(rank: int, model_dir: str, out_dir: str) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")
@@ -169,12 +148,8 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def results(tiny_model_dir, tmp_path_factory) -> list[dict]:
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("zero3")
-    mp.start_processes(
-        _worker, args=(_free_port(), str(tiny_model_dir), str(out)), nprocs=WORLD, join=True, start_method="spawn"
-    )
+    spawn_gloo_ranks(_worker, WORLD, str(tiny_model_dir), str(out))
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
