@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from srft_openrlhf.data.benchmarks import (
     get_benchmark,
     load_benchmark,
 )
+from srft_openrlhf.data.example import HUB_ID
 from srft_openrlhf.errors import ConfigError, UserError
 
 # --template names -> srft_openrlhf.data templates ("own": the model's chat template, Table A1).
@@ -126,7 +126,7 @@ def check_model(model: str) -> str:
         if not (path / "config.json").is_file():
             raise ConfigError(f"--model {model}: the folder has no config.json (not a Hugging Face model folder)")
         return str(path.resolve())
-    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model)
+    hub_id = HUB_ID.fullmatch(model)
     if hub_id and not Path(model.split("/")[0]).exists():
         return model
     raise ConfigError(f"--model {model}: no such model folder (and not a hub id like ORG/NAME)")

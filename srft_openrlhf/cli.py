@@ -12,6 +12,7 @@ import sys
 
 from srft_openrlhf.config import load_config
 from srft_openrlhf.errors import ConfigError, UserError
+from srft_openrlhf.runs import BACKENDS, config_differences, run_files, saved_backend
 
 # subcommand -> (module, function taking argv, one-line help); each owns its argparse.
 _DELEGATED = {
@@ -53,7 +54,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", help="shorthand for --set loss.preset=NAME (srft, grpo, luffy, sft, ...)")
     p.add_argument(
         "--backend",
-        choices=["local", "openrlhf"],
+        choices=BACKENDS,
         help="local (default): this machine; openrlhf: OpenRLHF's Ray trainer. A --resume continues on the "
         "run's own backend",
     )
@@ -78,8 +79,6 @@ def train_main(argv: list[str]) -> int:
         overrides.append(f"logging.output_dir={args.output_dir}")
     backend = args.backend or "local"
     if args.resume:
-        from srft_openrlhf.runs import config_differences, run_files, saved_backend
-
         files = run_files(args.resume)
         if not files.config.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there (is it a run folder?)")

@@ -4,7 +4,6 @@ loading, and the token log-probs and entropies of a batch of sequences (through
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -13,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from srft_openrlhf.config import DTYPES
-from srft_openrlhf.data.example import TOY
+from srft_openrlhf.data.example import HUB_ID, TOY
 from srft_openrlhf.errors import ConfigError
 from srft_openrlhf.kernels import linear_logprobs_and_entropy, token_logprobs_and_entropy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hugging Face Hub model name: org/name
 TORCH_DTYPES: dict[str, torch.dtype] = dict(zip(DTYPES, (torch.bfloat16, torch.float16, torch.float32), strict=True))
 
 

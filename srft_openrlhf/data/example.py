@@ -3,8 +3,11 @@ the toy task both build these)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+# a model.path / --model naming a Hugging Face Hub model: ORG/NAME
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 TOY = "toy"  # model.path / data.train / data.eval / an analysis source: the toy task (data/toy.py)
 # data.eval only: the toy task's validation split (training distribution, disjoint from held-out),
 # on which scripts/reproduce_toy.sh picks each method's lr

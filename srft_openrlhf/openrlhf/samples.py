@@ -87,6 +87,7 @@ class SRFTSamplesGenerator(SamplesGenerator):
         self._demo_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srft-demos")
         self._demos_ahead: dict[tuple[str, str], list[Future]] = {}
         self._training_call = False
+        self._batches = 0  # training batches generated: the step of the "generation" fault point
 
     @torch.no_grad()
     def generate_samples(self, **generate_kwargs):
@@ -98,7 +99,7 @@ class SRFTSamplesGenerator(SamplesGenerator):
         finally:
             self._training_call = False
         check_samples(samples)
-        self._batches = getattr(self, "_batches", 0) + 1
+        self._batches += 1
         reached("generation", self._batches)
         return self.add_demonstrations(samples), filter_pass_rate, prompts_consumed, exhausted
 
